@@ -1,0 +1,1 @@
+"""Models: the hand-written ResNet family and pretrained-weight loading."""
