@@ -23,8 +23,16 @@ def real_data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_splits(real_data_root: Path):
-    """All 60,000 real images, decoded once per test session."""
-    from resnet_cifar.data.sources import load_image_folder
+def decoded_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The decoded-image cache the real-data tests share: $RESNET_CIFAR_CACHE (CI sets a fresh
+    one) or a per-session temporary folder, so the ~20 s JPEG decode happens once at most."""
+    configured = os.environ.get("RESNET_CIFAR_CACHE")
+    return Path(configured) if configured else tmp_path_factory.mktemp("decoded-cache")
 
-    return load_image_folder(real_data_root)
+
+@pytest.fixture(scope="session")
+def real_splits(real_data_root: Path, decoded_cache_dir: Path):
+    """All 60,000 real images (CifarSplits), decoded once per test session."""
+    from resnet_cifar.data.sources import load_cifar10
+
+    return load_cifar10(real_data_root, cache_dir=decoded_cache_dir)
