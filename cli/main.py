@@ -59,26 +59,36 @@ def _cache_dir(environ: dict[str, str] | os._Environ[str]) -> Path:
     return base / "resnet-cifar" / "decoded"
 
 
-def _progress_callback(out: Output, description: str) -> tuple[Callable[[int, int | None], None], Callable[[], None]]:
-    """A Rich progress bar on stderr, fed by the library's (done, total) callbacks."""
+@contextmanager
+def download_progress(out: Output) -> Iterator[Callable[[int, int | None], None]]:
+    """A Rich progress bar on stderr, started by the first (done, total) callback of a download,
+    so commands that find their data already there show nothing."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=out.errors,
-        transient=False,
-    )
-    task = progress.add_task(description, total=None)
-    progress.start()
+    progress: Progress | None = None
 
     def update(done: int, total: int | None) -> None:
-        progress.update(task, completed=done, total=total)
+        nonlocal progress
+        if progress is None:
+            progress = Progress(
+                "cifar-10-python.tar.gz",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=out.errors,
+                # A bar only helps a person watching; logs and pipes get the result line alone.
+                disable=not out.errors.is_terminal,
+            )
+            progress.add_task("download", total=total)
+            progress.start()
+        progress.update(progress.task_ids[0], completed=done, total=total)
 
-    return update, progress.stop
+    try:
+        yield update
+    finally:
+        if progress is not None:
+            progress.stop()
 
 
 @app.command()
@@ -97,7 +107,8 @@ def data(
 
     out = Output(json_mode=json_output)
     with reported_errors(out):
-        root = resolve_data_dir(directory, os.environ, on_progress=None)
+        with download_progress(out) as on_progress:
+            root = resolve_data_dir(directory, os.environ, on_progress=on_progress)
         splits = load_cifar10(root, verify=not no_verify, cache_dir=None if no_cache else _cache_dir(os.environ))
         summary = describe(splits)
     if json_output:
@@ -129,11 +140,8 @@ def download(
             raise UsageError(f"{data_dir}: no such folder")
         target = data_dir if data_dir is not None else default_data_dir(os.environ)
         target.mkdir(parents=True, exist_ok=True)
-        update, stop = _progress_callback(out, "cifar-10-python.tar.gz")
-        try:
-            extracted = download_cifar10(target, url=url or CIFAR10_URL, on_progress=update)
-        finally:
-            stop()
+        with download_progress(out) as on_progress:
+            extracted = download_cifar10(target, url=url or CIFAR10_URL, on_progress=on_progress)
     if json_output:
         out.json({"data_dir": str(target), "extracted": str(extracted)})
     else:

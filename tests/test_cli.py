@@ -95,3 +95,27 @@ def test_data_json_on_the_real_folder(real_data_root: Path, decoded_cache_dir: P
     assert set(summary["train"]["per_class"].values()) == {5000}
     assert set(summary["test"]["per_class"].values()) == {1000}
     assert list(summary["train"]["per_class"]) == summary["classes"]
+
+
+def test_download_md5_mismatch_exits_1_and_leaves_nothing(tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "cifar-10-python.tar.gz").write_bytes(b"not the official archive" * 1000)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        target = tmp_path / "data"
+        target.mkdir()
+        url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+        result = run_cli("download", "--data-dir", str(target), "--url", url, env={"NO_PROXY": "*", "no_proxy": "*"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_one_line_error(result, 1, "md5")
+    assert list(target.iterdir()) == []
