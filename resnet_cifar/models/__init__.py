@@ -1,1 +1,32 @@
 """Models: the hand-written ResNet family and pretrained-weight loading."""
+
+from resnet_cifar.models.finetune import finetune_param_groups, freeze_backbone, resize_batch, set_train_mode
+from resnet_cifar.models.pretrained import PRETRAINED_FILES, LoadReport, load_pretrained
+from resnet_cifar.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+)
+
+__all__ = [
+    "PRETRAINED_FILES",
+    "BasicBlock",
+    "Bottleneck",
+    "LoadReport",
+    "ResNet",
+    "finetune_param_groups",
+    "freeze_backbone",
+    "load_pretrained",
+    "resize_batch",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "set_train_mode",
+]
