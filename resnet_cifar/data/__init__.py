@@ -1,1 +1,98 @@
-"""CIFAR-10 data: sources on disk, download, split, and the tensor and DALI loaders."""
+"""CIFAR-10 data: sources on disk, download, split, and the tensor and DALI loaders.
+
+`build_loaders(data_cfg, device)` is the one entry point the engine uses: it reads the data,
+carves the validation split from train, applies the --limit subsets and builds three loaders that
+honour one contract (see `BatchLoader`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from resnet_cifar.config import DataConfig
+from resnet_cifar.data.dali_loader import DaliLoader, dali_available
+from resnet_cifar.data.sources import load_cifar10
+from resnet_cifar.data.split import limit_split, train_val_split
+from resnet_cifar.data.tensor_loader import TensorLoader
+from resnet_cifar.data.types import CifarSplit
+from resnet_cifar.errors import UsageError
+
+
+class BatchLoader(Protocol):
+    """(images, labels) batches: images normalized float [N,3,H,W] (NCHW or channels_last) on the
+    device, labels int64 [N]. Train drops the last partial batch; eval yields every sample once."""
+
+    num_samples: int
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+@dataclass(frozen=True)
+class Loaders:
+    train: BatchLoader
+    val: BatchLoader
+    test: BatchLoader
+    classes: tuple[str, ...]
+    kind: str  # "tensor" or "dali", after resolving "auto"
+
+
+def resolve_loader_kind(requested: str, device: torch.device, dali_installed: bool) -> str:
+    """auto means DALI on a GPU when it is installed, else the tensor loader."""
+    if requested == "auto":
+        return "dali" if device.type == "cuda" and dali_installed else "tensor"
+    if requested == "dali" and not dali_installed:
+        raise UsageError("--loader dali needs NVIDIA DALI: pip install nvidia-dali-cuda120")
+    if requested not in ("tensor", "dali"):
+        raise UsageError(f"--loader must be auto, tensor or dali, got {requested!r}")
+    return requested
+
+
+def build_loaders(
+    cfg: DataConfig,
+    device: torch.device,
+    *,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    shard_id: int = 0,
+    num_shards: int = 1,
+) -> Loaders:
+    kind = resolve_loader_kind(cfg.loader, device, dali_available())
+    splits = load_cifar10(cfg.data_dir, verify=cfg.verify, cache_dir=cfg.cache_dir)
+    train, val = train_val_split(splits.train, cfg.val_fraction, cfg.seed)
+    train = limit_split(train, cfg.limit_train, cfg.seed)
+    val = limit_split(val, cfg.limit_val, cfg.seed)
+    if len(train) < cfg.batch_size * num_shards:
+        raise UsageError(
+            f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images"
+            + (f" shared by {num_shards} processes" if num_shards > 1 else "")
+        )
+    loader_class = DaliLoader if kind == "dali" else TensorLoader
+
+    def make(split: CifarSplit, *, train_mode: bool, batch_size: int) -> BatchLoader:
+        return loader_class(
+            split,
+            batch_size=batch_size,
+            train=train_mode,
+            device=device,
+            dtype=dtype,
+            channels_last=channels_last,
+            seed=cfg.seed,
+            shard_id=shard_id,
+            num_shards=num_shards,
+        )
+
+    return Loaders(
+        train=make(train, train_mode=True, batch_size=cfg.batch_size),
+        val=make(val, train_mode=False, batch_size=cfg.eval_batch_size),
+        test=make(splits.test, train_mode=False, batch_size=cfg.eval_batch_size),
+        classes=splits.train.classes,
+        kind=kind,
+    )
