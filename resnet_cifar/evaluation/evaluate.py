@@ -1,0 +1,152 @@
+"""Evaluate a classifier over a loader: confusion matrix, metrics and mean loss, in one pass.
+
+The loader contract: an iterable of ``(images, labels)`` batches, images float ``[N, 3, H, W]``
+(any memory format) and labels int64 ``[N]``, already on the model's device, every sample
+exactly once. Batches may differ in size (the last one usually does); nothing here depends on it.
+
+Nothing here calls torch.compile. A trainer that compiled its model for training passes an
+uncompiled view for evaluation, so that evaluation never recompiles or invalidates the
+training graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from resnet_cifar.errors import DataError, UsageError
+from resnet_cifar.evaluation.metrics import ClassificationReport, ConfusionMeter
+
+__all__ = ["EvalResult", "evaluate", "predict_logits"]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The outcome of :func:`evaluate`. ``confusion`` is an int64 CPU tensor, rows true, columns predicted."""
+
+    report: ClassificationReport
+    loss: float | None
+    count: int
+    confusion: Tensor
+
+    @property
+    def accuracy(self) -> float:
+        return self.report.accuracy
+
+    def to_dict(self, class_names: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
+        """The report's JSON-ready dict plus ``loss`` (None when no loss function was given)."""
+        payload = self.report.to_dict(class_names)
+        payload["loss"] = self.loss
+        return payload
+
+
+def predict_logits(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    autocast: Callable[[], AbstractContextManager[Any]] | None = None,
+    tta: bool = False,
+) -> Tensor:
+    """float32 logits of a batch, optionally averaged with those of its horizontal mirror.
+
+    TTA averages *logits*, as torchvision's and timm's reference evaluations do: the mean of
+    two logit vectors is still a logit vector, so a loss and an argmax apply to it unchanged.
+    The mirror flips the last (width) dimension, which is right for NCHW whatever the memory
+    format: channels_last changes strides, not the meaning of the dimensions.
+    """
+    context = autocast if autocast is not None else contextlib.nullcontext
+    with context():
+        logits = model(images)
+        if tta:
+            mirrored = model(images.flip(-1))
+    # Average in float32: under bf16 autocast the logits come out in bf16.
+    logits = logits.float()
+    if tta:
+        logits = (logits + mirrored.float()) / 2
+    return logits
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    *,
+    num_classes: int,
+    autocast: Callable[[], AbstractContextManager[Any]] | None = None,
+    tta: bool = False,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    transform: Callable[[Tensor], Tensor] | None = None,
+) -> EvalResult:
+    """Run ``model`` over every batch of ``loader`` in eval mode and inference mode.
+
+    ``transform`` is applied to each image batch first (for example the fine-tuning resize);
+    ``autocast`` is a factory of the precision context (e.g. ``lambda: torch.autocast("cuda",
+    torch.bfloat16)``); ``tta`` averages with the horizontally flipped batch; ``loss_fn``
+    (mean-reduced, e.g. cross entropy) is applied to the final float32 logits and averaged
+    per sample over the whole loader. The train/eval flag of every submodule is restored
+    afterwards, so a frozen backbone's batch norms stay as the trainer set them.
+
+    Raises DataError for a malformed batch, a label outside ``[0, num_classes)`` or an empty
+    loader, and UsageError when the model's output does not have ``num_classes`` columns.
+    """
+    previous_modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.inference_mode():
+            meter = _run(model, loader, num_classes, autocast, tta, loss_fn, transform)
+    finally:
+        for module, was_training in previous_modes:
+            module.training = was_training
+
+    count = meter.count
+    if count == 0:
+        raise DataError("the evaluation loader yielded no samples")
+    return EvalResult(report=meter.report(), loss=meter.mean_loss, count=count, confusion=meter.matrix.cpu())
+
+
+def _run(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    num_classes: int,
+    autocast: Callable[[], AbstractContextManager[Any]] | None,
+    tta: bool,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None,
+    transform: Callable[[Tensor], Tensor] | None,
+) -> ConfusionMeter:
+    meter: ConfusionMeter | None = None
+    for batch_index, batch in enumerate(loader):
+        images, labels = _unpack(batch, batch_index)
+        if meter is None:
+            # The meter lives where the labels are, so counting never copies across devices.
+            meter = ConfusionMeter(num_classes, device=labels.device)
+        if transform is not None:
+            images = transform(images)
+        logits = predict_logits(model, images, autocast=autocast, tta=tta)
+        if logits.ndim != 2 or logits.shape != (labels.numel(), num_classes):
+            raise UsageError(
+                f"the model returned logits of shape {tuple(logits.shape)} for batch {batch_index}, "
+                f"expected ({labels.numel()}, {num_classes}): does the checkpoint match the dataset's classes?"
+            )
+        mean_loss = loss_fn(logits, labels) if loss_fn is not None else None
+        meter.update(logits.argmax(dim=1), labels, mean_loss)
+    return meter if meter is not None else ConfusionMeter(num_classes)
+
+
+def _unpack(batch: object, batch_index: int) -> tuple[Tensor, Tensor]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise DataError(f"evaluation batch {batch_index} is not an (images, labels) pair")
+    images, labels = batch
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise DataError(f"evaluation batch {batch_index}: images must be a [N, C, H, W] tensor, got {shape}")
+    if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.numel() != images.shape[0]:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise DataError(
+            f"evaluation batch {batch_index}: labels must be a 1-D tensor of {images.shape[0]} ids, got {shape}"
+        )
+    return images, labels

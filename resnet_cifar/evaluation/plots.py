@@ -1,0 +1,201 @@
+"""Evaluation artefacts on disk: confusion-matrix heatmaps, training curves, CSV and JSON.
+
+Every file is written atomically: into a temp file in the destination folder, flushed and
+fsynced, then renamed over the destination with os.replace. A crash leaves either the old
+file or the new one, never half of one, and no temp file survives a failed write.
+
+matplotlib is imported inside the plotting functions, so importing the package does not pay
+for it. The figures are built on ``matplotlib.figure.Figure`` directly, which renders with the
+Agg (PNG, headless) canvas, instead of through pyplot: pyplot keeps global state and a
+process-wide backend, which a library has no business switching under its caller.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Union
+
+import numpy as np
+from torch import Tensor
+
+from resnet_cifar.errors import UsageError
+
+__all__ = [
+    "atomic_write",
+    "plot_confusion_matrix",
+    "plot_training_curves",
+    "write_confusion_csv",
+    "write_metrics_json",
+]
+
+# Union, not |: the alias is evaluated at runtime, and the package supports Python 3.10.
+MatrixLike = Union[Tensor, np.ndarray, Sequence[Sequence[int]]]
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write`` on a binary temp file beside ``path``, fsync it, and rename it onto ``path``.
+
+    The parent folder is created if needed. On any error the temp file is removed and the
+    previous content of ``path`` (if any) is left untouched.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise UsageError(f"cannot write into {path.parent}: {error.strerror or error}") from error
+    temp_path = Path(temp_name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp_path, path)
+    finally:
+        temp_path.unlink(missing_ok=True)
+
+
+def _as_matrix(matrix: MatrixLike, class_names: Sequence[str]) -> np.ndarray:
+    if isinstance(matrix, Tensor):
+        matrix = matrix.detach().cpu().numpy()
+    array = np.asarray(matrix)
+    if array.ndim != 2 or array.shape[0] != array.shape[1] or array.shape[0] == 0:
+        raise ValueError(f"a confusion matrix must be square and non-empty, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"a confusion matrix holds integer counts, got dtype {array.dtype}")
+    if len(class_names) != array.shape[0]:
+        raise ValueError(f"got {len(class_names)} class names for a {array.shape[0]}-class matrix")
+    return array.astype(np.int64)
+
+
+def _row_normalized(counts: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (the recall on the diagonal); an empty row stays 0."""
+    sums = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, sums, out=np.zeros(counts.shape, dtype=np.float64), where=sums > 0)
+
+
+def plot_confusion_matrix(matrix: MatrixLike, class_names: Sequence[str], path: Path) -> None:
+    """Write one PNG with two labelled heatmaps side by side: counts and row-normalized rates."""
+    from matplotlib.figure import Figure
+
+    counts = _as_matrix(matrix, class_names)
+    rates = _row_normalized(counts)
+    size = len(class_names)
+    # Scale with the class count so the per-cell annotations stay legible.
+    panel = max(4.0, 0.55 * size + 2.0)
+    figure = Figure(figsize=(2 * panel + 1.5, panel), layout="constrained")
+    axes_counts, axes_rates = figure.subplots(1, 2)
+    fontsize = 8 if size <= 12 else 6
+
+    panels = (
+        (axes_counts, counts, f"counts (N = {int(counts.sum())})", "d", "Blues"),
+        (axes_rates, rates, "row-normalized (recall on the diagonal)", ".2f", "Greens"),
+    )
+    for axes, values, title, number_format, colormap in panels:
+        top = float(values.max())
+        image = axes.imshow(values, cmap=colormap, vmin=0, vmax=top if top > 0 else 1, interpolation="nearest")
+        figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+        axes.set_title(title)
+        axes.set_xlabel("predicted")
+        axes.set_ylabel("true")
+        axes.set_xticks(range(size), labels=list(class_names), rotation=45, ha="right", rotation_mode="anchor")
+        axes.set_yticks(range(size), labels=list(class_names))
+        for row in range(size):
+            for column in range(size):
+                value = values[row, column]
+                # White text on the dark half of the colour map, black on the light half.
+                color = "white" if top > 0 and value > top / 2 else "black"
+                axes.text(
+                    column, row, format(value, number_format), ha="center", va="center", color=color, fontsize=fontsize
+                )
+    atomic_write(Path(path), lambda out: figure.savefig(out, format="png", dpi=100))
+
+
+def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) for the entries that have a finite number under ``key``."""
+    epochs: list[float] = []
+    values: list[float] = []
+    for position, entry in enumerate(history, start=1):
+        value = entry.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        epoch = entry.get("epoch", position)
+        epochs.append(float(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else position)
+        values.append(float(value))
+    return epochs, values
+
+
+def plot_training_curves(history: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Write a PNG with two panels per epoch: loss (train_loss, val_loss) and accuracy (train_acc, val_acc).
+
+    Entries may lack any of the keys (or hold NaN): a curve shows the epochs that have a value,
+    and a panel with no data says so. The x axis is each entry's "epoch" if present, else its
+    1-based position.
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    axes_loss, axes_acc = figure.subplots(1, 2)
+    panels = (
+        (axes_loss, "loss", (("train_loss", "train"), ("val_loss", "validation"))),
+        (axes_acc, "accuracy", (("train_acc", "train"), ("val_acc", "validation"))),
+    )
+    for axes, title, curves in panels:
+        plotted = False
+        for key, label in curves:
+            epochs, values = _series(history, key)
+            if epochs:
+                axes.plot(epochs, values, marker="o", markersize=3, label=label)
+                plotted = True
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(title)
+        axes.grid(True, alpha=0.3)
+        if plotted:
+            axes.legend()
+        else:
+            axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes, color="gray")
+    atomic_write(Path(path), lambda out: figure.savefig(out, format="png", dpi=100))
+
+
+def write_confusion_csv(matrix: MatrixLike, class_names: Sequence[str], path: Path) -> None:
+    """Write the matrix as CSV: header ``true\\predicted,<classes>``, then one row per true class."""
+    counts = _as_matrix(matrix, class_names)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["true\\predicted", *class_names])
+    for name, row in zip(class_names, counts.tolist()):
+        writer.writerow([name, *row])
+    data = text.getvalue().encode("utf-8")
+    atomic_write(Path(path), lambda out: out.write(data))
+
+
+def _json_ready(value: Any) -> Any:
+    """Plain JSON types: tensors and numpy values become lists or numbers; NaN and inf become null."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().tolist()
+    elif isinstance(value, (np.ndarray, np.generic)):
+        value = value.tolist()
+    if isinstance(value, Mapping):
+        return {str(key): _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        # Strict JSON has no NaN; null reads as "no value", which is what a diverged loss is.
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_metrics_json(payload: Mapping[str, Any], path: Path) -> None:
+    """Write ``payload`` as strict, indented JSON (non-finite floats as null)."""
+    data = (json.dumps(_json_ready(payload), indent=2, allow_nan=False) + "\n").encode("utf-8")
+    atomic_write(Path(path), lambda out: out.write(data))
