@@ -20,6 +20,10 @@ LIBRARY_MODULES = [
     "resnet_cifar.models",
     "resnet_cifar.models.pretrained",
     "resnet_cifar.models.finetune",
+    "resnet_cifar.evaluation",
+    "resnet_cifar.evaluation.plots",
+    "resnet_cifar.engine",
+    "resnet_cifar.engine.trainer",
     "resnet_cifar.cli.main",
 ]
 

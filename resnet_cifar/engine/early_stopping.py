@@ -1,0 +1,108 @@
+"""Early stopping with PyTorch Lightning's semantics (``EarlyStopping`` callback, check_finite on).
+
+- ``mode`` follows the metric: ``max`` for ``val_acc``, ``min`` for ``val_loss``.
+- An improvement is a value better than the best by MORE than ``min_delta``
+  (max: ``value - min_delta > best``; min: ``value + min_delta < best``). A change of exactly
+  ``min_delta`` (in floating point) or less is no improvement.
+- Each check without improvement adds one to ``wait_count``; an improvement resets it. The run
+  stops when ``wait_count >= patience``, so ``patience=0`` stops at the first non-improvement.
+- A NaN or infinite value stops at once (Lightning's ``check_finite``), leaving the best alone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from resnet_cifar.errors import UsageError
+
+METRIC_MODES: dict[str, str] = {"val_acc": "max", "val_loss": "min"}
+
+
+class EarlyStopping:
+    """Decides after each validation check whether training should stop."""
+
+    def __init__(self, monitor: str, *, patience: int, min_delta: float = 0.0, mode: str | None = None) -> None:
+        implied = METRIC_MODES.get(monitor)
+        if mode is None:
+            if implied is None:
+                raise UsageError(f"early stopping on {monitor!r} needs a mode (min or max)")
+            mode = implied
+        if mode not in ("min", "max"):
+            raise UsageError(f"early stopping mode must be 'min' or 'max', got {mode!r}")
+        if implied is not None and mode != implied:
+            raise UsageError(f"{monitor} is maximised or minimised as {implied!r}, not {mode!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise UsageError(f"patience must be an integer >= 0, got {patience!r}")
+        if not (math.isfinite(min_delta) and min_delta >= 0):
+            raise UsageError(f"min_delta must be a number >= 0, got {min_delta!r}")
+        self.monitor = monitor
+        self.mode = mode
+        self.patience = patience
+        self.min_delta = float(min_delta)
+        self.best = -math.inf if mode == "max" else math.inf
+        self.wait_count = 0
+        self.checks = 0  # validation checks seen so far
+        self.is_best = False  # did the latest check improve?
+        self.best_step_index: int | None = None  # 0-based index of the check that set ``best``
+        self.best_epoch: int | None = None  # the epoch passed with that check, if any
+
+    def _improves(self, value: float) -> bool:
+        if self.mode == "max":
+            return value - self.min_delta > self.best
+        return value + self.min_delta < self.best
+
+    def step(self, value: float, *, epoch: int | None = None) -> tuple[bool, str | None]:
+        """Record one check of the monitored metric; return ``(should_stop, reason)``.
+
+        ``reason`` is a one-line explanation when stopping, else ``None``.
+        """
+        value = float(value)
+        index = self.checks
+        self.checks += 1
+        self.is_best = False
+        if not math.isfinite(value):
+            return True, f"{self.monitor} = {value} is not finite (best {self.best:.4f}); stopping"
+        if self._improves(value):
+            self.best = value
+            self.wait_count = 0
+            self.is_best = True
+            self.best_step_index = index
+            self.best_epoch = epoch
+            return False, None
+        self.wait_count += 1
+        if self.wait_count >= self.patience:
+            return True, (
+                f"{self.monitor} did not improve by more than {self.min_delta} in the last {self.wait_count} "
+                f"checks (best {self.best:.4f}); stopping"
+            )
+        return False, None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain floats, ints, strings and None: safe for a ``weights_only`` checkpoint."""
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "patience": self.patience,
+            "min_delta": self.min_delta,
+            "best": self.best,
+            "wait_count": self.wait_count,
+            "checks": self.checks,
+            "is_best": self.is_best,
+            "best_step_index": self.best_step_index,
+            "best_epoch": self.best_epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the progress; ``patience`` and ``min_delta`` stay this instance's (the resumed config's)."""
+        if state.get("monitor") != self.monitor or state.get("mode") != self.mode:
+            raise UsageError(
+                f"the checkpoint's early stopping monitors {state.get('monitor')!r} ({state.get('mode')}), "
+                f"not {self.monitor!r} ({self.mode})"
+            )
+        self.best = float(state["best"])
+        self.wait_count = int(state["wait_count"])
+        self.checks = int(state["checks"])
+        self.is_best = bool(state["is_best"])
+        self.best_step_index = state["best_step_index"]
+        self.best_epoch = state["best_epoch"]

@@ -1,0 +1,250 @@
+"""Optimizer parameter groups, optimizers and learning-rate schedules.
+
+Weight decay: normalization-layer weights and all biases get none by default (they set scales
+and offsets, not feature detectors, and decaying them mostly hurts; see Goyal et al. 2017,
+"Accurate, Large Minibatch SGD", and the "bag of tricks", He et al. 2019). This composes with the
+fine-tuning multiplier: up to four groups {backbone, top} x {decay, no decay}, each with its "lr".
+
+Schedules are stepped ONCE PER OPTIMIZER STEP, so every length given in epochs is converted to
+iterations with ``steps_per_epoch``:
+- ``constant``: the base rate throughout.
+- ``step``: multiply by ``gamma`` every ``step_size`` epochs.
+- ``multistep``: multiply by ``gamma`` at each epoch in ``milestones``.
+- ``cosine``: half a cosine from each group's rate down to ``min_lr_ratio`` times it, ending at
+  the last iteration.
+- ``onecycle``: ``OneCycleLR`` (cosine ramp up over ``onecycle_pct_start`` of the run from
+  lr/25 to lr, then down towards lr/25e4 or ``min_lr_ratio`` * lr). Its ramp IS its warm-up, so
+  ``warmup_epochs`` > 0 is refused (set ``onecycle_pct_start`` instead). Momentum is not cycled:
+  ``--momentum`` keeps meaning what it says.
+
+Warm-up (all but onecycle): a linear ramp over ``warmup_epochs`` (``LinearLR``) chained to the
+main schedule with ``SequentialLR``; at iteration ``i < W`` the rate is ``lr * (i + 1) / (W + 1)``.
+Decay epochs (``step_size``, ``milestones``) count from the start of training, warm-up included
+(decay at epoch 30 means epoch 30 with or without warm-up), and the cosine spans what remains
+after the warm-up.
+
+Every schedule is built from ``torch.optim.lr_scheduler`` classes, so ``state_dict()`` round-trips
+through a ``weights_only`` checkpoint. The cosine is a ``LambdaLR`` rather than
+``CosineAnnealingLR`` because the latter's floor is one absolute ``eta_min`` shared by all groups,
+which cannot be a fraction of each group's own rate (backbone vs top).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import lr_scheduler
+
+from resnet_cifar.errors import UsageError
+from resnet_cifar.models.finetune import finetune_param_groups
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle")
+
+# Modules whose parameters are scales and offsets of a normalization.
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*d, SyncBatchNorm, InstanceNorm*d
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+_ONECYCLE_DIV_FACTOR = 25.0  # OneCycleLR's default: the ramp starts at lr / 25
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{name} must be a positive number, got {value!r}")
+
+
+def _no_decay_param_ids(model: nn.Module) -> set[int]:
+    """Ids of normalization-layer parameters and of every bias."""
+    ids: set[int] = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if isinstance(module, _NORM_TYPES) or name == "bias":
+                ids.add(id(param))
+    return ids
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    decay_norm_and_bias: bool = False,
+    backbone_lr_mult: float = 1.0,
+    lr: float,
+) -> list[dict[str, Any]]:
+    """Trainable parameters split by learning rate (backbone vs ``fc``) and by weight decay.
+
+    Each group carries "params", "lr", "weight_decay" and a "name" such as ``"backbone/no_decay"``
+    (kept in the optimizer's state dict, handy in logs). Empty groups are omitted. With
+    ``backbone_lr_mult == 1`` there is no backbone/top split (the model needs no ``fc``) and the
+    names are ``"all/decay"`` and ``"all/no_decay"``.
+    """
+    _check_positive("learning rate", lr)
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise UsageError(f"weight decay must be >= 0, got {weight_decay!r}")
+    if backbone_lr_mult == 1.0:
+        trainable = [param for param in model.parameters() if param.requires_grad]
+        lr_groups = [("all", lr, trainable)] if trainable else []
+    else:
+        # finetune_param_groups defines the split (and validates the multiplier and the ``fc``);
+        # it omits empty groups, so a group is the top's when its parameters belong to ``fc``.
+        groups_by_lr = finetune_param_groups(model, lr, backbone_lr_mult)
+        head_ids = {id(param) for param in model.fc.parameters()}
+        lr_groups = [
+            ("top" if id(group["params"][0]) in head_ids else "backbone", group["lr"], group["params"])
+            for group in groups_by_lr
+        ]
+    no_decay_ids = set() if decay_norm_and_bias else _no_decay_param_ids(model)
+    groups: list[dict[str, Any]] = []
+    for part, group_lr, params in lr_groups:
+        decay = [param for param in params if id(param) not in no_decay_ids]
+        no_decay = [param for param in params if id(param) in no_decay_ids]
+        for suffix, members, group_decay in (("decay", decay, weight_decay), ("no_decay", no_decay, 0.0)):
+            if members:
+                name = f"{part}/{suffix}"
+                groups.append({"params": members, "lr": group_lr, "weight_decay": group_decay, "name": name})
+    return groups
+
+
+def build_optimizer(
+    model: nn.Module,
+    *,
+    name: str,
+    lr: float,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    weight_decay: float = 5e-4,
+    decay_norm_and_bias: bool = False,
+    backbone_lr_mult: float = 1.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> torch.optim.Optimizer:
+    """SGD (``momentum``, ``nesterov``), Adam (L2 decay in the gradient) or AdamW (decoupled decay).
+
+    Only trainable parameters are optimized; groups come from ``param_groups``.
+    """
+    if name not in OPTIMIZERS:
+        raise UsageError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    groups = param_groups(
+        model, weight_decay, decay_norm_and_bias=decay_norm_and_bias, backbone_lr_mult=backbone_lr_mult, lr=lr
+    )
+    if not groups:
+        raise UsageError(f"{type(model).__name__} has no trainable parameters to optimize")
+    if name == "sgd":
+        if not 0.0 <= momentum < 1.0:
+            raise UsageError(f"momentum must be in [0, 1), got {momentum!r}")
+        if nesterov and momentum == 0.0:
+            raise UsageError("nesterov momentum needs momentum > 0")
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    if not all(0.0 <= beta < 1.0 for beta in betas) or len(betas) != 2:
+        raise UsageError(f"Adam betas must be two numbers in [0, 1), got {betas!r}")
+    optimizer_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    return optimizer_class(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def _epochs_to_iterations(epochs: float, steps_per_epoch: int) -> int:
+    return round(epochs * steps_per_epoch)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    name: str,
+    epochs: int,
+    steps_per_epoch: int,
+    step_size: float = 30,
+    gamma: float = 0.1,
+    milestones: Sequence[float] = (),
+    warmup_epochs: float = 0.0,
+    onecycle_pct_start: float = 0.25,
+    min_lr_ratio: float = 0.0,
+) -> lr_scheduler.LRScheduler:
+    """The learning-rate schedule, to be stepped once per optimizer step (see the module notes).
+
+    Build it right after the optimizer: it reads each group's current "lr" as that group's base.
+    """
+    if name not in SCHEDULES:
+        raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got {name!r}")
+    if epochs < 1 or steps_per_epoch < 1:
+        raise UsageError(f"epochs and steps per epoch must be >= 1, got {epochs} and {steps_per_epoch}")
+    if not (math.isfinite(warmup_epochs) and 0.0 <= warmup_epochs < epochs):
+        raise UsageError(f"warm-up epochs must be in [0, epochs={epochs}), got {warmup_epochs!r}")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise UsageError(f"min lr ratio must be in [0, 1], got {min_lr_ratio!r}")
+    total = epochs * steps_per_epoch
+    warmup = _epochs_to_iterations(warmup_epochs, steps_per_epoch)
+
+    if name == "onecycle":
+        if warmup_epochs > 0:
+            raise UsageError("the one-cycle schedule ramps up by itself: set its pct_start instead of warm-up epochs")
+        if not 0.0 < onecycle_pct_start < 1.0:
+            raise UsageError(f"one-cycle pct_start must be in (0, 1), got {onecycle_pct_start!r}")
+        # The final rate is initial / final_div_factor = lr / (25 * final_div_factor).
+        final_div = 1.0 / (_ONECYCLE_DIV_FACTOR * min_lr_ratio) if min_lr_ratio > 0 else 1e4
+        return lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=total,
+            pct_start=onecycle_pct_start,
+            anneal_strategy="cos",
+            cycle_momentum=False,
+            div_factor=_ONECYCLE_DIV_FACTOR,
+            final_div_factor=final_div,
+        )
+
+    main = _main_schedule(
+        optimizer, name, total=total, warmup=warmup, steps_per_epoch=steps_per_epoch,
+        step_size=step_size, gamma=gamma, milestones=milestones, min_lr_ratio=min_lr_ratio,
+    )  # fmt: skip
+    if warmup == 0:
+        return main
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+    return lr_scheduler.SequentialLR(optimizer, schedulers=[ramp, main], milestones=[warmup])
+
+
+def _main_schedule(
+    optimizer: torch.optim.Optimizer,
+    name: str,
+    *,
+    total: int,
+    warmup: int,
+    steps_per_epoch: int,
+    step_size: float,
+    gamma: float,
+    milestones: Sequence[float],
+    min_lr_ratio: float,
+) -> lr_scheduler.LRScheduler:
+    """The schedule after the warm-up; it starts counting at iteration ``warmup``."""
+    if name == "constant":
+        return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if name == "cosine":
+        span = total - warmup
+
+        def cosine_factor(iteration: int) -> float:
+            progress = min(iteration / span, 1.0)
+            return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        return lr_scheduler.LambdaLR(optimizer, lr_lambda=cosine_factor)
+    if not (math.isfinite(gamma) and 0.0 < gamma <= 1.0):
+        raise UsageError(f"gamma must be in (0, 1], got {gamma!r}")
+    if name == "step":
+        _check_positive("step size (epochs)", step_size)
+        interval = _epochs_to_iterations(step_size, steps_per_epoch)
+        if interval <= warmup or interval < 1:
+            raise UsageError(f"step size {step_size} epochs must be longer than the warm-up and one iteration")
+        if warmup == 0:
+            return lr_scheduler.StepLR(optimizer, step_size=interval, gamma=gamma)
+        decay_points = list(range(interval, total, interval))
+    else:  # multistep
+        if any(b <= a for a, b in zip(milestones, milestones[1:])):
+            raise UsageError(f"milestones must be strictly increasing, got {list(milestones)}")
+        decay_points = [_epochs_to_iterations(epoch, steps_per_epoch) for epoch in milestones]
+        if decay_points and decay_points[0] <= warmup:
+            raise UsageError(f"milestones must come after the warm-up ({warmup} iterations), got {list(milestones)}")
+    # MultiStepLR counts from its own start, i.e. after the warm-up: shift the absolute decay points.
+    return lr_scheduler.MultiStepLR(optimizer, milestones=[point - warmup for point in decay_points], gamma=gamma)
