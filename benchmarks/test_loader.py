@@ -3,7 +3,8 @@
     python -m pytest benchmarks/test_loader.py --benchmark-only
 
 Each benchmark times whole epochs (random crop with 4-pixel padding, horizontal flip,
-normalize; batch 512, last partial batch dropped) after one untimed warm-up epoch, and
+normalize; batch 512, last partial batch dropped; test_tensor_loader_cutout adds a
+16-pixel cutout square) after one untimed warm-up epoch, and
 records images_per_sec, device, dtype and batch_size in extra_info. The baseline is the
 usual torchvision recipe: ImageFolder + transforms + DataLoader(num_workers=2).
 """
@@ -50,6 +51,14 @@ def measure(benchmark, loader, *, rounds: int, device: str, dtype: torch.dtype) 
 def test_tensor_loader(benchmark, real_train_split: CifarSplit) -> None:
     loader = TensorLoader(real_train_split, batch_size=BATCH_SIZE, train=True, device=DEVICE)
     measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32)
+
+
+@pytest.mark.benchmark(group="loader")
+def test_tensor_loader_cutout(benchmark, real_train_split: CifarSplit) -> None:
+    """The longer recipe's augmentation: crop, flip and a 16-pixel cutout square."""
+    loader = TensorLoader(real_train_split, batch_size=BATCH_SIZE, train=True, device=DEVICE, cutout=16)
+    measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32)
+    benchmark.extra_info["cutout"] = 16
 
 
 @pytest.mark.benchmark(group="loader")

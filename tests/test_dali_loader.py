@@ -21,7 +21,7 @@ from resnet_cifar.data.sources import read_image_folder_split
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CifarSplit
 from resnet_cifar.errors import DataError, UsageError
-from test_tensor_loader import SHIFTS, collect, identity_split, recover_augmentation
+from test_tensor_loader import SHIFTS, collect, identity_split, recover_augmentation, zeroed_pixels
 
 FILES_PER_CLASS = 20
 
@@ -240,3 +240,58 @@ def test_missing_dali_is_a_usage_error(odd_split: CifarSplit, monkeypatch: pytes
     with pytest.raises(UsageError) as caught:
         DaliLoader(odd_split, batch_size=8, train=True)
     assert str(caught.value) == DALI_MISSING == "DALI is not installed: pip install nvidia-dali-cuda120"
+
+
+# --- augmentation options: crop, flip, cutout ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "channels_last", "epochs"),
+    [
+        (dict(cutout=16), False, 2),  # two epochs: fresh squares each epoch, the same in both loaders
+        (dict(cutout=7, crop=False), True, 1),
+        (dict(cutout=32, flip=False), False, 1),
+        (dict(crop=False, flip=False), True, 1),
+    ],
+)
+def test_same_batches_as_tensor_loader_with_augmentation_options(
+    odd_split: CifarSplit, options: dict, channels_last: bool, epochs: int
+) -> None:
+    for shard_id in range(2):
+        settings = dict(
+            batch_size=64, train=True, seed=12, shard_id=shard_id, num_shards=2, channels_last=channels_last
+        )
+        dali_loader = DaliLoader(odd_split, **settings, **options)
+        tensor_loader = TensorLoader(odd_split, **settings, **options)
+        for _ in range(epochs):
+            assert_same_batches(dali_loader, tensor_loader)
+
+
+def test_cutout_zeroes_the_same_pixels_as_the_tensor_loader(odd_split: CifarSplit) -> None:
+    settings = dict(batch_size=100, train=True, seed=5, cutout=10)
+    images, labels = collect(DaliLoader(odd_split, **settings, dtype=torch.float16))
+    expected, expected_labels = collect(TensorLoader(odd_split, **settings))
+    assert torch.equal(labels, expected_labels)
+    zeroed = zeroed_pixels(images)
+    assert torch.equal(zeroed, zeroed_pixels(expected))
+    assert zeroed.flatten(1).any(dim=1).all()  # one square in every image
+
+
+@pytest.mark.parametrize("options", [dict(cutout=16), dict(crop=False, flip=False, cutout=32)])
+def test_eval_ignores_the_augmentation_options(odd_split: CifarSplit, options: dict) -> None:
+    dali_loader = DaliLoader(odd_split, batch_size=128, train=False, **options)
+    assert_same_batches(dali_loader, TensorLoader(odd_split, batch_size=128, train=False))
+
+
+def test_folder_cutout_matches_the_in_memory_loader(image_folder: Path) -> None:
+    decoded = read_image_folder_split(image_folder)
+    settings = dict(batch_size=32, train=True, seed=9, cutout=12, flip=False)
+    folder_loader = DaliLoader.from_image_folder(image_folder, **settings)
+    memory_loader = DaliLoader(decoded, **settings)
+    assert_same_batches(folder_loader, memory_loader, atol=FOLDER_TOLERANCE)
+
+
+@pytest.mark.parametrize("cutout", [-1, 33])
+def test_bad_cutout_is_a_usage_error_naming_the_flag(odd_split: CifarSplit, cutout: int) -> None:
+    with pytest.raises(UsageError, match=f"^--cutout .*got {cutout}$"):
+        DaliLoader(odd_split, batch_size=8, train=True, cutout=cutout)

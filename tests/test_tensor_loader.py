@@ -209,9 +209,141 @@ def test_dtype_and_memory_format(
         ({"seed": -1}, "seed"),
         ({"batch_size": 600, "num_shards": 2}, "no full batch"),
         ({"device": "cuda:0"} if not torch.cuda.is_available() else {"device": "nosuchdevice"}, "device"),
+        ({"cutout": 33}, "^--cutout .*got 33$"),
+        ({"cutout": -1}, "^--cutout .*got -1$"),
     ],
 )
 def test_bad_arguments_are_usage_errors(small_split: CifarSplit, arguments: dict, message: str) -> None:
     settings = {"batch_size": 32, "train": True, **arguments}
     with pytest.raises(UsageError, match=message):
         TensorLoader(small_split.subset(np.arange(1000)), **settings)
+
+
+# --- augmentation options: crop, flip, cutout ----------------------------------------------
+
+
+def zeroed_pixels(images: torch.Tensor) -> torch.Tensor:
+    """bool [n, 32, 32]: pixels whose every channel is exactly zero (the mean, once normalized).
+
+    Never true of an unerased pixel: 0 would need pixel / 255 == mean in all three channels,
+    and the crop's black padding normalizes to -mean / std, not 0.
+    """
+    return (images.float() == 0).all(dim=1)
+
+
+def zeroed_boxes(zeroed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(top, bottom, left, right) of each sample's zeroed pixels, after checking that they form
+    one solid rectangle (rows top..bottom-1 x columns left..right-1)."""
+    rows, columns = zeroed.any(dim=2), zeroed.any(dim=1)  # [n, 32] each
+    assert rows.any(dim=1).all(), "an image without a cutout square"
+    positions = torch.arange(32)
+
+    def span(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        first = torch.where(hit, positions, 32).min(dim=1).values
+        last = torch.where(hit, positions, -1).max(dim=1).values
+        assert torch.equal(hit.sum(dim=1), last - first + 1), "zeroed rows or columns with a gap"
+        return first, last + 1
+
+    (top, bottom), (left, right) = span(rows), span(columns)
+    assert torch.equal(zeroed, rows[:, :, None] & columns[:, None, :]), "zeroed pixels not a rectangle"
+    return top, bottom, left, right
+
+
+def expected_clipped_side(side: int) -> float:
+    """Mean length of the square's extent along one axis, its centre uniform over 0..31 and the
+    square spanning centre - side // 2 .. centre - side // 2 + side - 1, clipped to the image."""
+    lengths = [min(32, c - side // 2 + side) - max(0, c - side // 2) for c in range(32)]
+    return sum(lengths) / 32
+
+
+def test_crop_off_keeps_the_source_position_and_the_same_flips(small_split: CifarSplit) -> None:
+    images, labels = collect(TensorLoader(small_split, batch_size=250, train=True, seed=4, crop=False))
+    shift_y, shift_x, flip, error = recover_augmentation(small_split.images, images, labels)
+    assert error.max() < 1e-3
+    assert not shift_y.any() and not shift_x.any()
+    assert abs(flip.mean() - 0.5) < 0.05
+    # The crop option does not move the other draws: the flips are those of crop=True.
+    default_images, default_labels = collect(TensorLoader(small_split, batch_size=250, train=True, seed=4))
+    assert torch.equal(default_labels, labels)
+    assert np.array_equal(recover_augmentation(small_split.images, default_images, labels)[2], flip)
+
+
+def test_flip_off_never_mirrors_and_keeps_the_same_crops(small_split: CifarSplit) -> None:
+    images, labels = collect(TensorLoader(small_split, batch_size=250, train=True, seed=4, flip=False))
+    shift_y, shift_x, flip, error = recover_augmentation(small_split.images, images, labels)
+    assert error.max() < 1e-3
+    assert not flip.any()
+    assert len(set(zip(shift_y.tolist(), shift_x.tolist()))) == 81
+    default_images, _ = collect(TensorLoader(small_split, batch_size=250, train=True, seed=4))
+    default_shifts = recover_augmentation(small_split.images, default_images, labels)
+    assert np.array_equal(default_shifts[0], shift_y) and np.array_equal(default_shifts[1], shift_x)
+
+
+def test_crop_and_flip_off_yield_the_source_images_shuffled(small_split: CifarSplit) -> None:
+    images, labels = collect(TensorLoader(small_split, batch_size=250, train=True, crop=False, flip=False))
+    assert not torch.equal(labels, labels.sort().values)  # still shuffled
+    restored = denormalize(images).round().to(torch.uint8)
+    assert torch.equal(restored, torch.from_numpy(small_split.images[labels.numpy()]))
+
+
+@pytest.mark.parametrize("side", [1, 5, 16, 32])
+def test_cutout_zeroes_one_clipped_square_per_image_at_varying_places(
+    small_split: CifarSplit, side: int
+) -> None:
+    settings = dict(batch_size=250, train=True, seed=6)
+    images, labels = collect(TensorLoader(small_split, **settings, cutout=side))
+    reference, reference_labels = collect(TensorLoader(small_split, **settings))
+    assert torch.equal(labels, reference_labels)
+    zeroed = zeroed_pixels(images)
+    top, bottom, left, right = zeroed_boxes(zeroed)
+    for low, high in ((top, bottom), (left, right)):
+        length = high - low
+        assert length.max() == side and length.min() >= (side + 1) // 2
+        # Shorter than the side only where the square runs past the image border.
+        assert ((length == side) | (low == 0) | (high == 32)).all()
+    assert len(set(zip(top.tolist(), bottom.tolist(), left.tolist(), right.tolist()))) > 100
+    # Everything outside the square is the plain crop+flip: cutout did not move those draws.
+    kept = ~zeroed.unsqueeze(1).expand_as(images)
+    assert torch.equal(images[kept], reference[kept])
+    # Centres uniform over the image: the erased fraction matches the clipped square's mean area.
+    expected = expected_clipped_side(side) ** 2 / 1024
+    assert abs(zeroed.float().mean().item() - expected) < 0.01
+
+
+def test_cutout_squares_change_across_epochs_and_follow_the_seed(small_split: CifarSplit) -> None:
+    loader = TensorLoader(small_split, batch_size=500, train=True, seed=2, cutout=8)
+    first, second = collect(loader), collect(loader)
+    twin = TensorLoader(small_split, batch_size=500, train=True, seed=2, cutout=8)
+    assert torch.equal(collect(twin)[0], first[0])
+
+    def boxes_by_sample(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.stack(zeroed_boxes(zeroed_pixels(images)), dim=1)[labels.argsort()]
+
+    assert (boxes_by_sample(*first) != boxes_by_sample(*second)).any(dim=1).float().mean() > 0.8
+
+
+@pytest.mark.parametrize(
+    ("dtype", "channels_last", "tolerance"),
+    [(torch.float32, True, 1e-6), (torch.float16, False, 4e-3), (torch.bfloat16, True, 2e-2)],
+)
+def test_cutout_in_every_format_erases_the_same_squares(
+    small_split: CifarSplit, dtype: torch.dtype, channels_last: bool, tolerance: float
+) -> None:
+    settings = dict(batch_size=200, train=True, seed=3, cutout=12)
+    expected, _ = next(iter(TensorLoader(small_split, **settings)))
+    images, _ = next(iter(TensorLoader(small_split, **settings, dtype=dtype, channels_last=channels_last)))
+    assert images.dtype == dtype
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    assert images.is_contiguous(memory_format=memory_format)
+    assert torch.equal(zeroed_pixels(images), zeroed_pixels(expected))
+    assert torch.allclose(images.float(), expected, atol=tolerance, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "options", [dict(cutout=16), dict(crop=False, flip=False, cutout=32), dict(crop=True, flip=True, cutout=1)]
+)
+def test_eval_ignores_the_augmentation_options(small_split: CifarSplit, options: dict) -> None:
+    images, labels = collect(TensorLoader(small_split, batch_size=300, train=False, **options))
+    assert torch.equal(labels, torch.arange(len(small_split)))
+    restored = denormalize(images).round().to(torch.uint8)
+    assert torch.equal(restored, torch.from_numpy(small_split.images))

@@ -4,10 +4,14 @@ Two sources: a CifarSplit already in memory (fed through fn.external_source) or 
 folder of JPEG/PNG files (fn.readers.file + fn.decoders.image, decoded on the GPU when the
 device is CUDA). Either way the augmentation is fn.slice (the random crop: a 32 x 32 window
 moved -4..4 pixels, zero outside the image) then fn.crop_mirror_normalize (flip, normalize,
-layout, dtype).
+layout, dtype). Cutout is applied to DALI's output batch, on the device, by the very torch
+op TensorLoader uses (apply_cutout: one multiply by a 0/1 mask). That is the simplest choice
+and identical by construction; fn.erase fed per-sample anchors would be a second
+implementation of the same one elementwise pass over a batch already in memory.
 
 The randomness is not DALI's: the loader executes the same EpochPlan as TensorLoader (order,
-shards, crop offsets, flips, all from the seed and epoch), fed to DALI as per-sample arguments.
+shards, crop offsets, flips, cutout squares, all from the seed and epoch), fed to DALI as
+per-sample arguments.
 So an epoch is reproducible from (seed, epoch, shard) alone, whatever ran before, and both
 loaders yield the same batches for the same seed. A fresh pipeline is built per epoch (about
 10 ms from memory, a few hundred ms for a 50k-file folder) so an abandoned epoch never leaks
@@ -33,6 +37,7 @@ from resnet_cifar.data.tensor_loader import (
     Batch,
     EpochPlan,
     ShardLayout,
+    apply_cutout,
     check_loader_args,
     derive_seed,
     plan_epoch,
@@ -79,6 +84,7 @@ class DaliLoader:
     images: normalized [N, 3, 32, 32] in `dtype` on `device` (channels_last memory format when
     asked, produced directly as HWC by DALI: no copy); labels: int64 [N]. On CPU the pipeline
     runs every operator on the CPU; on CUDA it augments (and decodes, for folders) on the GPU.
+    `crop`, `flip` and `cutout` are TensorLoader's augmentation options (train mode only).
     """
 
     def __init__(
@@ -94,6 +100,9 @@ class DaliLoader:
         shard_id: int = 0,
         num_shards: int = 1,
         num_threads: int | None = None,
+        crop: bool = True,
+        flip: bool = True,
+        cutout: int = 0,
     ) -> None:
         self._setup(
             num_total=len(split),
@@ -110,6 +119,9 @@ class DaliLoader:
             shard_id=shard_id,
             num_shards=num_shards,
             num_threads=num_threads,
+            crop=crop,
+            flip=flip,
+            cutout=cutout,
         )
 
     @classmethod
@@ -126,6 +138,9 @@ class DaliLoader:
         shard_id: int = 0,
         num_shards: int = 1,
         num_threads: int | None = None,
+        crop: bool = True,
+        flip: bool = True,
+        cutout: int = 0,
     ) -> DaliLoader:
         """Read SPLIT_DIR/<class>/*.{jpg,jpeg,png} with DALI's file reader and image decoder.
 
@@ -148,6 +163,9 @@ class DaliLoader:
             shard_id=shard_id,
             num_shards=num_shards,
             num_threads=num_threads,
+            crop=crop,
+            flip=flip,
+            cutout=cutout,
         )
         return loader
 
@@ -168,10 +186,18 @@ class DaliLoader:
         shard_id: int,
         num_shards: int,
         num_threads: int | None,
+        crop: bool,
+        flip: bool,
+        cutout: int,
     ) -> None:
         self._dali = _import_dali()
         check_loader_args(
-            batch_size=batch_size, dtype=dtype, seed=seed, shard_id=shard_id, num_shards=num_shards
+            batch_size=batch_size,
+            dtype=dtype,
+            seed=seed,
+            shard_id=shard_id,
+            num_shards=num_shards,
+            cutout=cutout,
         )
         if num_threads is not None and num_threads < 1:
             raise UsageError(f"num_threads must be at least 1, got {num_threads}")
@@ -190,6 +216,9 @@ class DaliLoader:
         self.shard_id = shard_id
         self.num_shards = num_shards
         self.num_threads = num_threads or _default_num_threads()
+        self.crop = crop
+        self.flip = flip
+        self.cutout = cutout
         self.classes = classes
         self._labels = torch.from_numpy(labels)
         self._images = images
@@ -216,7 +245,9 @@ class DaliLoader:
     def __iter__(self) -> Iterator[Batch]:
         # The plan is drawn here, not lazily in the generator, so `iter()` alone advances the epoch.
         epoch = self._epoch
-        plan = plan_epoch(self.layout, seed=self.seed, epoch=epoch)
+        plan = plan_epoch(
+            self.layout, seed=self.seed, epoch=epoch, crop=self.crop, flip=self.flip, cutout=self.cutout
+        )
         self._epoch += 1
         return self._batches(plan, epoch)
 
@@ -224,6 +255,8 @@ class DaliLoader:
         if self.layout.num_batches == 0:  # an eval shard of a split smaller than the shard count
             return
         labels = self._labels[plan.indices].to(self.device)
+        boxes = plan.cutout_boxes()
+        boxes = boxes.to(self.device) if boxes is not None else None
         pipeline, outputs = self._build_pipeline(plan, epoch)
         try:
             for start, stop in self.layout.batch_bounds():
@@ -236,6 +269,8 @@ class DaliLoader:
                 if "shapes" in outputs:
                     self._check_shapes(produced[outputs["shapes"]], plan, start, stop)
                 images = self._to_torch(produced[outputs["images"]], stop - start)
+                if boxes is not None:  # on torch's current stream, after the copy out of DALI
+                    apply_cutout(images, boxes, start, stop)
                 yield images, labels[start:stop]
         finally:
             # Dropping the pipeline (on exhaustion or an abandoned epoch) stops its threads.
