@@ -144,6 +144,8 @@ class DataConfig(_Section):
     seed: int = 0
     limit_train: int | None = None
     limit_val: int | None = None
+    # A stratified subset of the test split for the final report of quick runs (never for selection).
+    limit_test: int | None = None
     verify: bool = True
     # Where decoded image folders are cached; None disables the cache.
     cache_dir: Path | None = None
@@ -163,7 +165,7 @@ class DataConfig(_Section):
             self._fail("loader", f"--loader must be one of {_choices(LOADER_KINDS)}, got {self.loader!r}")
         if not 0 <= self.seed < SEED_LIMIT:
             self._fail("seed", f"{self._flag('seed')} must be in [0, 2**32), got {self.seed}")
-        for name in ("limit_train", "limit_val"):
+        for name in ("limit_train", "limit_val", "limit_test"):
             limit = getattr(self, name)
             if limit is not None and limit <= 0:
                 self._fail(name, f"{self._flag(name)} must be positive, got {limit}")

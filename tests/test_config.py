@@ -92,6 +92,7 @@ def test_every_section_is_valid_with_its_defaults(data_dir: Path) -> None:
         (DataConfig, {"val_fraction": 1.0}, "--val-fraction must be in (0, 1), got 1"),
         (DataConfig, {"loader": "ffcv"}, "--loader must be one of auto, tensor, dali, got 'ffcv'"),
         (DataConfig, {"limit_val": 0}, "--limit-val must be positive, got 0"),
+        (DataConfig, {"limit_test": -1}, "--limit-test must be positive, got -1"),
         (DataConfig, {"limit_train": 100}, "--limit-train 100 is smaller than --batch-size 512"),
         (DataConfig, {"cutout": 33}, "--cutout must be a square side in [0, 32] pixels, got 33"),
         (DataConfig, {"cutout": -1}, "--cutout must be a square side in [0, 32] pixels, got -1"),

@@ -248,3 +248,9 @@ def test_build_scheduler_rejects_bad_values(kwargs: dict, message: str) -> None:
     arguments = {"epochs": 5, "steps_per_epoch": 4, **kwargs}
     with pytest.raises(UsageError, match=message):
         build_scheduler(optimizer, **arguments)
+
+
+def test_one_cycle_with_an_empty_phase_is_a_usage_error() -> None:
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(UsageError, match="empty warm-up or annealing phase"):
+        build_scheduler(optimizer, name="onecycle", epochs=3, steps_per_epoch=2, onecycle_pct_start=0.5 / 3)

@@ -87,12 +87,15 @@ def build_loaders(
             seed=cfg.seed,
             shard_id=shard_id,
             num_shards=num_shards,
+            crop=cfg.crop,
+            flip=cfg.flip,
+            cutout=cfg.cutout,
         )
 
     return Loaders(
         train=make(train, train_mode=True, batch_size=cfg.batch_size),
         val=make(val, train_mode=False, batch_size=cfg.eval_batch_size),
-        test=make(splits.test, train_mode=False, batch_size=cfg.eval_batch_size),
+        test=make(limit_split(splits.test, cfg.limit_test, cfg.seed), train_mode=False, batch_size=cfg.eval_batch_size),
         classes=splits.train.classes,
         kind=kind,
     )

@@ -184,6 +184,12 @@ def build_scheduler(
             raise UsageError("the one-cycle schedule ramps up by itself: set its pct_start instead of warm-up epochs")
         if not 0.0 < onecycle_pct_start < 1.0:
             raise UsageError(f"one-cycle pct_start must be in (0, 1), got {onecycle_pct_start!r}")
+        if onecycle_pct_start * total <= 1 or (1 - onecycle_pct_start) * total <= 1:
+            # OneCycleLR divides by each phase's length in steps and fails on an empty phase.
+            raise UsageError(
+                f"a one-cycle schedule of {total} steps leaves an empty warm-up or annealing phase; "
+                "train for more steps or choose another --schedule"
+            )
         # The final rate is initial / final_div_factor = lr / (25 * final_div_factor).
         final_div = 1.0 / (_ONECYCLE_DIV_FACTOR * min_lr_ratio) if min_lr_ratio > 0 else 1e4
         return lr_scheduler.OneCycleLR(
