@@ -18,6 +18,8 @@ import typer
 import typer.exceptions
 
 from .render import Output
+from .inference import register as register_inference
+from .train import register as register_train
 from resnet_cifar import __version__
 from resnet_cifar.errors import ResnetCifarError
 
@@ -51,7 +53,7 @@ def reported_errors(out: Output) -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
 
 
-def _cache_dir(environ: dict[str, str] | os._Environ[str]) -> Path:
+def cache_dir_from_env(environ: dict[str, str] | os._Environ[str]) -> Path:
     """Decoded image-folder cache: $RESNET_CIFAR_CACHE, else the XDG cache folder."""
     if environ.get("RESNET_CIFAR_CACHE"):
         return Path(environ["RESNET_CIFAR_CACHE"])
@@ -109,7 +111,7 @@ def data(
     with reported_errors(out):
         with download_progress(out) as on_progress:
             root = resolve_data_dir(directory, os.environ, on_progress=on_progress)
-        splits = load_cifar10(root, verify=not no_verify, cache_dir=None if no_cache else _cache_dir(os.environ))
+        splits = load_cifar10(root, verify=not no_verify, cache_dir=None if no_cache else cache_dir_from_env(os.environ))
         summary = describe(splits)
     if json_output:
         out.json(summary)
@@ -183,6 +185,10 @@ def _dali_status() -> str | None:
     except Exception as exc:  # a broken install must not take `info` down with it
         return f"unusable ({type(exc).__name__}: {exc})"
     return str(dali.__version__)
+
+
+register_train(app)
+register_inference(app)
 
 
 def run(argv: list[str] | None = None) -> int:
