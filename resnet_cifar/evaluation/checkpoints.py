@@ -1,0 +1,482 @@
+"""From a trained checkpoint to answers: rebuild the model, evaluate it on a split, classify image files.
+
+This is the library behind ``resnet-cifar eval`` and ``resnet-cifar predict``; nothing here prints.
+
+The checkpoint is the trainer's (engine/trainer.py): a dict with ``format`` 1, ``model`` (the
+plain module's state dict), ``ema`` (None, or a ``torch.optim.swa_utils.AveragedModel`` state
+dict: ``module.<name>`` keys plus ``n_averaged``), ``classes`` and ``config``
+(``TrainConfig.to_dict()``). It is read with ``weights_only=True``, so a file that would run code
+is refused, never run.
+
+Choices, and why:
+
+- **EMA weights win.** When the checkpoint has them they are what the trainer validated and
+  tested (``Trainer._evaluate`` uses the EMA model), so they are what ``eval`` reports.
+- **No pretrained source is touched.** The architecture comes from ``config["model"]`` (depth,
+  stem, dropout; ``num_classes`` = number of checkpoint classes) and every weight from the file,
+  so evaluation never downloads or reads ImageNet weights.
+- **The val split is the trainer's.** ``train_val_split(train, data.val_fraction, data.seed)``
+  then ``limit_split(val, data.limit_val, data.seed)``, the same calls ``build_loaders`` makes,
+  so ``eval --split val`` sees the very images (in the same order) that training validated on.
+  ``limit`` *replaces* the trainer's ``limit_val`` (it is applied to the whole val split, with
+  the same seed), so a limit equal to ``limit_val`` gives the trainer's val again and a limit
+  at least the size of the val split gives all of it. ``--split test`` is the whole test split
+  unless ``limit`` is given; the trainer's ``limit_test`` (a quick-run knob for its final
+  report) is not applied.
+- **Precision follows the checkpoint, per device.** AMP and channels_last are decided by the
+  checkpoint's precision section for the device that evaluates (``use_amp``/``use_channels_last``);
+  an AMP dtype that device cannot run (fp16 on a CPU, bf16 on a GPU without it) falls back to
+  float32, which is never less accurate, rather than failing an evaluation.
+- **Images for predict** are read with Pillow, turned upright (EXIF orientation), flattened onto
+  white when they have transparency, converted to RGB and resized to 32 x 32 as a whole (no
+  crop, so a very wide image is squashed) with ``Image.Resampling.LANCZOS``. Pillow widens every
+  filter but NEAREST by the reduction factor, so a downscale is antialiased, and its docs rank
+  Lanczos first for downscaling quality. They are then normalized by the same code as the data
+  loader (a ``TensorLoader`` over them), so predict sees exactly what evaluation sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from resnet_cifar.config import DataConfig, PrecisionConfig, TrainConfig
+from resnet_cifar.data.sources import load_cifar10
+from resnet_cifar.data.split import limit_split, train_val_split
+from resnet_cifar.data.tensor_loader import TensorLoader
+from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit
+from resnet_cifar.engine.checkpoint import load_checkpoint
+from resnet_cifar.engine.precision import Precision, resolve_precision, select_device
+from resnet_cifar.errors import DataError, UsageError
+from resnet_cifar.evaluation.evaluate import EvalResult, evaluate, predict_logits
+from resnet_cifar.evaluation.plots import plot_confusion_matrix, write_confusion_csv, write_metrics_json
+from resnet_cifar.models import resize_batch, resnet18, resnet34, resnet50, resnet101, resnet152
+
+__all__ = [
+    "EVAL_SPLITS",
+    "EvalOutcome",
+    "ImagePrediction",
+    "TrainedModel",
+    "default_eval_dir",
+    "eval_precision",
+    "evaluate_checkpoint",
+    "evaluate_split",
+    "load_eval_split",
+    "load_trained_model",
+    "predict_files",
+    "read_image_file",
+    "select_weights",
+    "write_eval_files",
+]
+
+CHECKPOINT_FORMAT = 1
+EVAL_SPLITS = ("test", "val")
+EMA_PREFIX = "module."
+_BUILDERS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101, 152: resnet152}
+# A good antialiasing filter for the (usually large) downscale to 32 x 32; see the module notes.
+RESAMPLE_FILTER_NAME = "LANCZOS"
+METRICS_FILE = "metrics.json"
+CONFUSION_CSV_FILE = "confusion_matrix.csv"
+CONFUSION_PNG_FILE = "confusion_matrix.png"
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model rebuilt from a checkpoint, on its device in eval mode, with what it needs to run."""
+
+    path: Path
+    model: nn.Module
+    classes: tuple[str, ...]
+    config: TrainConfig
+    precision: Precision
+    weights: str  # "ema" or "model": which weights of the checkpoint were loaded
+    epoch: int | None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def batch_dtype(self) -> torch.dtype:
+        """The dtype batches are built in: the autocast dtype (as in training), else float32."""
+        return self.precision.amp_dtype or torch.float32
+
+    def transform(self, images: Tensor) -> Tensor:
+        """What the trainer does to a batch before the model: the fine-tuning resize, if any."""
+        return resize_batch(images, self.config.model.image_size)
+
+
+def select_weights(payload: Mapping[str, Any], path: Path) -> tuple[dict[str, Tensor], str]:
+    """The state dict to evaluate and its name: the EMA weights when present, else ``model``.
+
+    The EMA entry is an ``AveragedModel`` state dict; its ``module.`` prefix is stripped and its
+    ``n_averaged`` counter dropped, which leaves the plain module's keys.
+    """
+    ema = payload.get("ema")
+    if ema is None:
+        return _state_dict(payload["model"], path, "model"), "model"
+    ema = _state_dict(ema, path, "ema")
+    weights: dict[str, Tensor] = {}
+    for key, value in ema.items():
+        if key == "n_averaged":
+            continue
+        if not key.startswith(EMA_PREFIX):
+            raise DataError(f"{path}: EMA weight {key!r} lacks the {EMA_PREFIX!r} prefix of an AveragedModel")
+        weights[key[len(EMA_PREFIX) :]] = value
+    return weights, "ema"
+
+
+def _state_dict(value: Any, path: Path, name: str) -> dict[str, Tensor]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(key, str) and isinstance(tensor, Tensor) for key, tensor in value.items()
+    ):
+        raise DataError(f"{path}: {name!r} is not a state dict (names to tensors)")
+    return dict(value)
+
+
+def _checked_classes(value: Any, path: Path) -> tuple[str, ...]:
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) < 2
+        or not all(isinstance(name, str) and name for name in value)
+        or len(set(value)) != len(value)
+    ):
+        raise DataError(f"{path}: 'classes' must be a list of at least two distinct class names")
+    return tuple(value)
+
+
+def _checked_config(value: Any, path: Path) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(value)
+    except UsageError as error:
+        # A bad config inside the file is bad data, not a bad command line.
+        raise DataError(f"{path}: its config is invalid: {error}") from None
+
+
+def _weights_mismatch(expected: Mapping[str, Tensor], weights: Mapping[str, Tensor]) -> str:
+    """A one-line summary of how ``weights`` differ from the model's state dict ("" if they fit)."""
+    missing = [key for key in expected if key not in weights]
+    unexpected = [key for key in weights if key not in expected]
+    reshaped = [key for key in expected if key in weights and weights[key].shape != expected[key].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (first {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
+    if reshaped:
+        key = reshaped[0]
+        shapes = f"{tuple(weights[key].shape)} instead of {tuple(expected[key].shape)}"
+        parts.append(f"{len(reshaped)} of another shape (first {key}: {shapes})")
+    return ", ".join(parts)
+
+
+def eval_precision(cfg: PrecisionConfig, device: torch.device) -> Precision:
+    """AMP and channels_last as the checkpoint's precision config says for ``device``.
+
+    An AMP dtype the device cannot run (fp16 on the CPU, bf16 on a GPU without it) falls back to
+    float32 instead of failing: for inference that only costs speed, never accuracy.
+    """
+    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    amp = cfg.use_amp(device.type, bf16_supported=bf16_ok)
+    runnable = (cfg.amp_dtype == "bf16" and bf16_ok) or (cfg.amp_dtype == "fp16" and device.type == "cuda")
+    return resolve_precision(
+        device,
+        amp=amp and runnable,
+        amp_dtype=cfg.amp_dtype,
+        channels_last=cfg.use_channels_last(device.type),
+    )
+
+
+def load_trained_model(path: Path, *, device: str = "auto") -> TrainedModel:
+    """Rebuild the checkpoint's model from its config and weights, on ``device``, in eval mode.
+
+    Raises UsageError for a missing file or an unusable device, DataError for a file that is not
+    a checkpoint of this project (including a pickle that would run code, refused unread) or
+    whose weights do not fit the architecture its config names.
+    """
+    path = Path(path)
+    payload = load_checkpoint(path, require=("model", "classes", "config"))
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format")
+        raise DataError(f"{path}: unsupported checkpoint format {found!r} (expected {CHECKPOINT_FORMAT})")
+    classes = _checked_classes(payload["classes"], path)
+    config = _checked_config(payload["config"], path)
+    weights, which = select_weights(payload, path)
+
+    model_cfg = config.model
+    # Only the architecture: no pretrained source is read, every weight comes from the file.
+    model = _BUILDERS[model_cfg.depth](num_classes=len(classes), stem=model_cfg.stem, dropout=model_cfg.dropout)
+    mismatch = _weights_mismatch(model.state_dict(), weights)
+    if mismatch:
+        raise DataError(
+            f"{path}: the {which} weights do not fit a ResNet-{model_cfg.depth} ({model_cfg.stem} stem, "
+            f"{len(classes)} classes): {mismatch}"
+        )
+    model.load_state_dict(weights, strict=True)
+
+    precision = eval_precision(config.precision, select_device(device))
+    model = model.to(precision.device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model.eval()
+    epoch = payload.get("epoch")
+    return TrainedModel(
+        path=path,
+        model=model,
+        classes=classes,
+        config=config,
+        precision=precision,
+        weights=which,
+        epoch=int(epoch) if isinstance(epoch, int) else None,
+    )
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _check_request(
+    *, split: str, limit: int | None, data_dir: Path | None, batch_size: int | None = None
+) -> None:
+    """The cheap checks of an evaluation request, made before anything is loaded."""
+    if split not in EVAL_SPLITS:
+        raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    if limit is not None and limit <= 0:
+        raise UsageError(f"--limit must be positive, got {limit}")
+    if batch_size is not None and batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UsageError(f"--data-dir {data_dir}: no such folder")
+
+
+def load_eval_split(
+    data_cfg: DataConfig,
+    split: str,
+    *,
+    data_dir: Path | None = None,
+    limit: int | None = None,
+    cache_dir: Path | None = None,
+) -> CifarSplit:
+    """The images ``eval`` scores: ``"test"`` or the trainer's ``"val"`` (see the module notes).
+
+    ``data_dir`` replaces the config's data folder; ``limit`` takes a stratified subset seeded
+    with ``data_cfg.seed`` (for val it replaces ``limit_val``). ``cache_dir`` is the decoded
+    image-folder cache (None: decode without one).
+    """
+    _check_request(split=split, limit=limit, data_dir=data_dir)
+    if data_dir is not None:
+        root = Path(data_dir)
+    else:
+        root = data_cfg.data_dir
+        if not root.is_dir():
+            raise UsageError(f"{root}: the checkpoint's data folder does not exist here; pass --data-dir")
+    splits = load_cifar10(root, verify=data_cfg.verify, cache_dir=cache_dir)
+    if split == "test":
+        return limit_split(splits.test, limit, data_cfg.seed)
+    _, val = train_val_split(splits.train, data_cfg.val_fraction, data_cfg.seed)
+    return limit_split(val, limit if limit is not None else data_cfg.limit_val, data_cfg.seed)
+
+
+def evaluate_split(trained: TrainedModel, data: CifarSplit, *, batch_size: int, tta: bool = False) -> EvalResult:
+    """Score ``trained`` on every image of ``data``: exact coverage, in order, no augmentation.
+
+    The loss is the training loss (cross-entropy with the checkpoint's label smoothing), so on
+    the val split it is the ``val_loss`` the trainer logged for these weights.
+    """
+    if batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    if tuple(data.classes) != trained.classes:
+        raise DataError(
+            f"{trained.path} was trained on classes {list(trained.classes)}, but the data has {list(data.classes)}"
+        )
+    loader = TensorLoader(
+        data,
+        batch_size=batch_size,
+        train=False,
+        device=trained.precision.device,
+        dtype=trained.batch_dtype,
+        channels_last=trained.precision.channels_last,
+        seed=trained.config.data.seed,
+    )
+    return evaluate(
+        trained.model,
+        loader,
+        num_classes=trained.num_classes,
+        autocast=trained.precision.autocast,
+        tta=tta,
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=trained.config.optim.label_smoothing),
+        transform=trained.transform,
+    )
+
+
+def default_eval_dir(checkpoint: Path, split: str) -> Path:
+    """``eval-<split>`` beside the checkpoint."""
+    return Path(checkpoint).parent / f"eval-{split}"
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    """What ``evaluate_checkpoint`` measured and wrote. ``report`` is the metrics.json content."""
+
+    result: EvalResult
+    report: dict[str, Any]
+    classes: tuple[str, ...]
+    out_dir: Path
+    files: tuple[Path, ...]
+
+
+def write_eval_files(report: Mapping[str, Any], classes: Sequence[str], out_dir: Path) -> tuple[Path, ...]:
+    """metrics.json, confusion_matrix.csv and confusion_matrix.png (counts and row-normalized).
+
+    Each file is written atomically; the heatmap comes last because it is the slowest.
+    """
+    out_dir = Path(out_dir)
+    matrix = np.asarray(report["confusion_matrix"], dtype=np.int64)
+    paths = (out_dir / METRICS_FILE, out_dir / CONFUSION_CSV_FILE, out_dir / CONFUSION_PNG_FILE)
+    write_metrics_json(report, paths[0])
+    write_confusion_csv(matrix, list(classes), paths[1])
+    plot_confusion_matrix(matrix, list(classes), paths[2])
+    return paths
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    *,
+    split: str = "test",
+    data_dir: Path | None = None,
+    limit: int | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    tta: bool = False,
+    out_dir: Path | None = None,
+    cache_dir: Path | None = None,
+) -> EvalOutcome:
+    """Load ``checkpoint``, score it on ``split`` and write the report files into ``out_dir``
+    (default: ``eval-<split>`` beside the checkpoint). ``batch_size`` defaults to the
+    checkpoint's ``data.eval_batch_size``. Arguments are checked before anything heavy runs."""
+    _check_request(split=split, limit=limit, data_dir=data_dir, batch_size=batch_size)
+    checkpoint = Path(checkpoint)
+    trained = load_trained_model(checkpoint, device=device)
+    data = load_eval_split(trained.config.data, split, data_dir=data_dir, limit=limit, cache_dir=cache_dir)
+    result = evaluate_split(
+        trained, data, batch_size=batch_size or trained.config.data.eval_batch_size, tta=tta
+    )
+    target = Path(out_dir) if out_dir is not None else default_eval_dir(checkpoint, split)
+    amp_dtype = trained.precision.amp_dtype
+    report = {
+        **result.to_dict(list(trained.classes)),
+        "split": split,
+        "checkpoint": str(checkpoint),
+        "weights": trained.weights,
+        "epoch": trained.epoch,
+        "tta": tta,
+        "limit": limit,
+        "classes": list(trained.classes),
+        "device": str(trained.precision.device),
+        "amp_dtype": None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+    }
+    files = write_eval_files(report, trained.classes, target)
+    return EvalOutcome(result=result, report=report, classes=trained.classes, out_dir=target, files=files)
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    """One image file of any size and mode as uint8 ``[32, 32, 3]`` RGB (see the module notes).
+
+    Raises UsageError when the path is missing or not a file, DataError when Pillow cannot decode it.
+    """
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such image file")
+    if not path.is_file():
+        raise UsageError(f"{path}: not a file")
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()  # decode now, inside the try: Image.open only reads the header
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                # Transparent pixels hold arbitrary (often black) colour; show them on white.
+                rgba = image.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, rgba)
+            rgb = image.convert("RGB")
+            height, width = IMAGE_SHAPE[:2]
+            resized = rgb.resize((width, height), resample=getattr(Image.Resampling, RESAMPLE_FILTER_NAME))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: not a readable image ({detail})") from None
+    return np.array(resized, dtype=np.uint8).reshape(IMAGE_SHAPE)
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """The ``top`` classes of one image, most probable first: ``(class name, probability)`` pairs."""
+
+    image: Path
+    top: tuple[tuple[str, float], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image": str(self.image),
+            "top": [{"class": name, "probability": probability} for name, probability in self.top],
+        }
+
+
+def predict_files(
+    trained: TrainedModel,
+    images: Sequence[Path],
+    *,
+    top_k: int = 3,
+    batch_size: int | None = None,
+    tta: bool = False,
+) -> list[ImagePrediction]:
+    """Classify image files: the ``top_k`` most probable classes (softmax) of each, in input order.
+
+    Every file is read before the model runs, so a bad file fails the call before any result.
+    """
+    if not images:
+        raise UsageError("give at least one image file")
+    if not 1 <= top_k <= trained.num_classes:
+        raise UsageError(f"--top-k must be in 1..{trained.num_classes}, got {top_k}")
+    batch_size = batch_size or trained.config.data.eval_batch_size
+    if batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    paths = [Path(image) for image in images]
+    pixels = np.stack([read_image_file(path) for path in paths])
+    # Labels are unused; the loader wants some. It normalizes exactly as evaluation does.
+    split = CifarSplit(pixels, np.zeros(len(paths), dtype=np.int64), trained.classes)
+    loader = TensorLoader(
+        split,
+        batch_size=batch_size,
+        train=False,
+        device=trained.precision.device,
+        dtype=trained.batch_dtype,
+        channels_last=trained.precision.channels_last,
+    )
+    probabilities: list[Tensor] = []
+    with torch.inference_mode():
+        for batch, _ in loader:
+            batch = trained.transform(batch)
+            logits = predict_logits(trained.model, batch, autocast=trained.precision.autocast, tta=tta)
+            probabilities.append(torch.softmax(logits, dim=1).cpu())
+    top_values, top_indices = torch.cat(probabilities).topk(top_k, dim=1)
+    return [
+        ImagePrediction(
+            image=path,
+            top=tuple((trained.classes[index], probability) for index, probability in zip(indices, values)),
+        )
+        for path, indices, values in zip(paths, top_indices.tolist(), top_values.tolist())
+    ]
+

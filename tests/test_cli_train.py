@@ -1,0 +1,117 @@
+"""`resnet-cifar train` through a real subprocess: config layering, JSON, signals, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from resnet_cifar.config import read_config_file
+from resnet_cifar.engine.checkpoint import load_checkpoint
+
+ANSI = re.compile(r"\x1b\[")
+SMALL = [
+    "--preset", "smoke", "--depth", "18", "--stem", "imagenet", "--device", "cpu", "--batch-size", "64",
+    "--limit-train", "256", "--limit-val", "128", "--limit-test", "128",
+]  # fmt: skip
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "resnet_cifar.cli", *args]
+
+
+def env_with_cache(cache: Path) -> dict[str, str]:
+    return {**os.environ, "RESNET_CIFAR_CACHE": str(cache)}
+
+
+def test_config_file_then_flags_json_result_and_saved_config(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('[optim]\nepochs = 1\nlr = 0.02\nlabel_smoothing = 0.0\n[model]\ndropout = 0.1\n')
+    out = tmp_path / "run"
+    result = subprocess.run(
+        cli("train", *SMALL, "--data-dir", str(real_data_root), "--out", str(out), "--config", str(config),
+            "--lr", "0.03", "--json"),
+        capture_output=True, text=True, env=env_with_cache(decoded_cache_dir), timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)  # exactly one JSON object on stdout
+    assert summary["epochs_run"] == 1 and summary["stopped_early"] is False
+    assert summary["out_dir"] == str(out) and 0.0 <= summary["best_val_acc"] <= 1.0
+    assert not ANSI.search(result.stdout + result.stderr)
+    assert "epoch 1" in result.stderr  # the human log goes to stderr under --json
+    saved = read_config_file(out / "config.toml")
+    assert saved["optim"]["lr"] == 0.03  # the flag beats the file
+    assert saved["optim"]["epochs"] == 1 and saved["model"]["dropout"] == 0.1  # the file beats the preset
+    assert saved["model"]["depth"] == 18
+    assert json.loads((out / "result.json").read_text())["epochs_run"] == 1
+
+
+def test_sigterm_leaves_a_resumable_checkpoint(real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = cli("train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out))
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with_cache(decoded_cache_dir)
+    )
+    assert process.stdout is not None
+    first_line = process.stdout.readline()  # printed when training starts
+    assert first_line.startswith("training on cpu"), first_line + (process.stderr.read() if process.stderr else "")
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr
+    assert "interrupted by SIGTERM" in stdout and "--resume" in stdout
+    assert "Traceback" not in stderr
+    checkpoint = load_checkpoint(out / "last.pt")
+    assert checkpoint["epoch"] * 4 + checkpoint["batches_done_in_epoch"] >= 1  # at least one step was saved
+    assert not list(out.glob(".*.tmp"))
+
+    resumed = subprocess.run(
+        cli("train", "--resume", str(out / "last.pt"), "--json"),
+        capture_output=True, text=True, env=env_with_cache(decoded_cache_dir), timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["epochs_run"] == 2 and summary["interrupted"] is None
+    assert [row["epoch"] for row in summary["history"]] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size must be positive"),
+        (["--lr", "0"], "--lr must be positive"),
+        (["--optimizer", "rmsprop"], "--optimizer must be one of"),
+        (["--dropout", "1.0"], "--dropout"),
+        (["--epochs", "two"], "--epochs"),
+        (["--preset", "fastest"], "fastest"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line(real_data_root: Path, tmp_path: Path, flags: list[str], message: str) -> None:
+    result = subprocess.run(
+        cli("train", "--data-dir", str(real_data_root), "--out", str(tmp_path / "run"), *flags),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_missing_data_dir_exits_2_without_downloading(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder"
+    result = subprocess.run(
+        cli("train", "--data-dir", str(missing), "--out", str(tmp_path / "run")),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {missing}: no such folder"
+    assert not missing.exists()
