@@ -36,11 +36,9 @@ from resnet_cifar.data.sources import list_image_folder_split
 from resnet_cifar.data.tensor_loader import (
     Batch,
     EpochPlan,
-    ShardLayout,
+    PlannedLoader,
     apply_cutout,
-    check_loader_args,
     derive_seed,
-    plan_epoch,
     resolve_device,
 )
 from resnet_cifar.data.types import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SHAPE, CifarSplit
@@ -78,7 +76,7 @@ def _default_num_threads() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), 8))
 
 
-class DaliLoader:
+class DaliLoader(PlannedLoader):
     """Iterate (images, labels) batches through a DALI pipeline; same contract as TensorLoader.
 
     images: normalized [N, 3, 32, 32] in `dtype` on `device` (channels_last memory format when
@@ -191,12 +189,17 @@ class DaliLoader:
         cutout: int,
     ) -> None:
         self._dali = _import_dali()
-        check_loader_args(
+        self._init_plan(
+            num_total=num_total,
             batch_size=batch_size,
+            train=train,
             dtype=dtype,
+            channels_last=channels_last,
             seed=seed,
             shard_id=shard_id,
             num_shards=num_shards,
+            crop=crop,
+            flip=flip,
             cutout=cutout,
         )
         if num_threads is not None and num_threads < 1:
@@ -206,49 +209,14 @@ class DaliLoader:
             raise UsageError(f"DALI runs on cpu or cuda devices, not {self.device}")
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.layout = ShardLayout(num_total, train, batch_size, shard_id, num_shards)
-        self.layout.check_trainable()
-        self.batch_size = batch_size
-        self.train = train
-        self.dtype = dtype
-        self.channels_last = channels_last
-        self.seed = seed
-        self.shard_id = shard_id
-        self.num_shards = num_shards
         self.num_threads = num_threads or _default_num_threads()
-        self.crop = crop
-        self.flip = flip
-        self.cutout = cutout
         self.classes = classes
         self._labels = torch.from_numpy(labels)
         self._images = images
         self._files = files
-        self._epoch = 0
-
-    @property
-    def epoch(self) -> int:
-        """The epoch the next iteration will use."""
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch < 0:
-            raise UsageError(f"epoch must be >= 0, got {epoch}")
-        self._epoch = epoch
-
-    def __len__(self) -> int:
-        return self.layout.num_batches
-
-    @property
-    def num_samples(self) -> int:
-        return self.layout.num_samples
 
     def __iter__(self) -> Iterator[Batch]:
-        # The plan is drawn here, not lazily in the generator, so `iter()` alone advances the epoch.
-        epoch = self._epoch
-        plan = plan_epoch(
-            self.layout, seed=self.seed, epoch=epoch, crop=self.crop, flip=self.flip, cutout=self.cutout
-        )
-        self._epoch += 1
+        epoch, plan = self._next_plan()
         return self._batches(plan, epoch)
 
     def _batches(self, plan: EpochPlan, epoch: int) -> Iterator[Batch]:

@@ -268,7 +268,69 @@ def normalization_affine(device: torch.device, channels_last: bool) -> tuple[tor
     return scale.expand(shape).contiguous().to(device), bias.expand(shape).contiguous().to(device)
 
 
-class TensorLoader:
+class PlannedLoader:
+    """What both loaders share: argument checks, the shard layout, the epoch counter and drawing
+    each epoch's plan. Subclasses call `_init_plan` first and build their batches from the plan."""
+
+    def _init_plan(
+        self,
+        *,
+        num_total: int,
+        batch_size: int,
+        train: bool,
+        dtype: torch.dtype,
+        channels_last: bool,
+        seed: int,
+        shard_id: int,
+        num_shards: int,
+        crop: bool,
+        flip: bool,
+        cutout: int,
+    ) -> None:
+        check_loader_args(
+            batch_size=batch_size, dtype=dtype, seed=seed, shard_id=shard_id, num_shards=num_shards, cutout=cutout
+        )
+        self.layout = ShardLayout(num_total, train, batch_size, shard_id, num_shards)
+        self.layout.check_trainable()
+        self.batch_size = batch_size
+        self.train = train
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.seed = seed
+        self.shard_id = shard_id
+        self.num_shards = num_shards
+        self.crop = crop
+        self.flip = flip
+        self.cutout = cutout
+        self._epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration will use."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise UsageError(f"epoch must be >= 0, got {epoch}")
+        self._epoch = epoch
+
+    def __len__(self) -> int:
+        return self.layout.num_batches
+
+    @property
+    def num_samples(self) -> int:
+        return self.layout.num_samples
+
+    def _next_plan(self) -> tuple[int, EpochPlan]:
+        """This epoch's plan; advances the epoch. Called in __iter__ itself, not lazily in a
+        generator, so `iter()` alone advances the epoch."""
+        epoch = self._epoch
+        plan = plan_epoch(self.layout, seed=self.seed, epoch=epoch, crop=self.crop, flip=self.flip, cutout=self.cutout)
+        self._epoch += 1
+        return epoch, plan
+
+
+class TensorLoader(PlannedLoader):
     """Iterate (images, labels) batches of a CifarSplit, computed on `device` from a resident copy.
 
     images: normalized [N, 3, 32, 32] in `dtype` (channels_last memory format when asked);
@@ -296,29 +358,21 @@ class TensorLoader:
         flip: bool = True,
         cutout: int = 0,
     ) -> None:
-        check_loader_args(
+        self._init_plan(
+            num_total=len(split),
             batch_size=batch_size,
+            train=train,
             dtype=dtype,
+            channels_last=channels_last,
             seed=seed,
             shard_id=shard_id,
             num_shards=num_shards,
+            crop=crop,
+            flip=flip,
             cutout=cutout,
         )
-        self.layout = ShardLayout(len(split), train, batch_size, shard_id, num_shards)
-        self.layout.check_trainable()
-        self.batch_size = batch_size
-        self.train = train
         self.device = resolve_device(device)
-        self.dtype = dtype
-        self.channels_last = channels_last
-        self.seed = seed
-        self.shard_id = shard_id
-        self.num_shards = num_shards
-        self.crop = crop
-        self.flip = flip
-        self.cutout = cutout
         self.classes = split.classes
-        self._epoch = 0
 
         # Each pixel padded to 4 bytes (RGB + 0) so one pixel is one int32: cropping and
         # flipping a whole batch is then one index_select over contiguous 4-byte elements.
@@ -339,29 +393,8 @@ class TensorLoader:
         self._row_offsets = (rows * self._padded_width).view(1, height, 1)
         self._columns = torch.arange(width, dtype=self._index_dtype, device=self.device)
 
-    @property
-    def epoch(self) -> int:
-        """The epoch the next iteration will use."""
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch < 0:
-            raise UsageError(f"epoch must be >= 0, got {epoch}")
-        self._epoch = epoch
-
-    def __len__(self) -> int:
-        return self.layout.num_batches
-
-    @property
-    def num_samples(self) -> int:
-        return self.layout.num_samples
-
     def __iter__(self) -> Iterator[Batch]:
-        # The plan is drawn here, not lazily in the generator, so `iter()` alone advances the epoch.
-        plan = plan_epoch(
-            self.layout, seed=self.seed, epoch=self._epoch, crop=self.crop, flip=self.flip, cutout=self.cutout
-        )
-        self._epoch += 1
+        _, plan = self._next_plan()
         if self.train:
             return self._train_batches(plan)
         return self._eval_batches()
