@@ -3,6 +3,10 @@
 Only flags the user actually gave become overrides (every option defaults to None), so the
 layering defaults < preset < --config file < flags holds. `--resume` layers the checkpoint's own
 config under the flags, so a resumed run continues with the settings it was started with.
+
+Under `torchrun --nproc_per_node=N --no-python resnet-cifar train ...` every process runs this
+command; the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK) puts them in one DDP job, and
+only rank 0 prints and writes files (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -89,6 +93,11 @@ class ProgressRenderer:
             f"training on {event.device} ({event.loader} loader, amp {amp}, channels_last {event.channels_last}, "
             f"compile {event.compiled}): {event.train_samples} train / {event.val_samples} val images, "
             f"{event.steps_per_epoch} steps per epoch, epochs {event.start_epoch + 1}..{event.total_epochs}"
+            + (
+                f"; {event.world_size} processes, global batch {event.global_batch_size}, lr {event.lr:.4g}"
+                if event.world_size > 1
+                else ""
+            )
         )
         if not self.console.is_terminal:
             return
@@ -147,6 +156,8 @@ def register(app: typer.Typer) -> None:
         image_size: Annotated[Optional[int], typer.Option(help="Upsample batches on the device to N pixels before the model.", show_default=False)] = None,
         freeze_backbone: Annotated[Optional[bool], typer.Option("--freeze-backbone", help="Train only the top layer.", show_default=False)] = None,
         backbone_lr_mult: Annotated[Optional[float], typer.Option(help="Scale the backbone's learning rate.", show_default=False)] = None,
+        sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn/--no-sync-bn", help="Under torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm).", show_default=False)] = None,
+        scale_lr: Annotated[Optional[bool], typer.Option("--scale-lr/--no-scale-lr", help="Under torchrun: multiply --lr by the number of processes (linear scaling rule; --batch-size is per process).", show_default=False)] = None,
         patience: Annotated[Optional[int], typer.Option(help="Early stopping: validation checks without improvement (off when not given).", show_default=False)] = None,
         monitor: Annotated[Optional[str], typer.Option(help="val_acc or val_loss.", show_default=False)] = None,
         min_delta: Annotated[Optional[float], typer.Option(help="A change of at most this is no improvement.", show_default=False)] = None,
@@ -170,9 +181,12 @@ def register(app: typer.Typer) -> None:
         json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object with the result on stdout.")] = False,
     ) -> None:
         """Train a ResNet (ResNet-50 by default) on CIFAR-10: validation every epoch, checkpoints, curves."""
+        flags = dict(locals())  # the parameters above, by name, before any other local exists
         from resnet_cifar.config import resolve_config, save_config
         from resnet_cifar.data.download import default_data_dir, resolve_data_dir
+        from resnet_cifar.distributed import process_group, read_env
         from resnet_cifar.engine.checkpoint import load_checkpoint
+        from resnet_cifar.engine.precision import select_device
         from resnet_cifar.engine.trainer import StopRequest, Trainer
         from resnet_cifar.errors import UsageError
 
@@ -180,31 +194,14 @@ def register(app: typer.Typer) -> None:
 
         output = Output(json_mode=json_output)
         with reported_errors(output):
+            job = read_env(os.environ)  # a single process unless torchrun started this one
+            if not job.is_main:
+                # One voice per job: rank 0 prints (errors included, which every rank meets alike).
+                output.console.quiet = True
+                output.errors.quiet = True
             if data_dir is not None and not data_dir.is_dir():
                 raise UsageError(f"{data_dir}: no such folder")
-            given = {
-                "data.data_dir": data_dir, "run.out_dir": out, "run.resume": resume, "optim.epochs": epochs,
-                "data.batch_size": batch_size, "data.eval_batch_size": eval_batch_size, "optim.lr": lr,
-                "optim.optimizer": optimizer, "optim.momentum": momentum, "optim.nesterov": nesterov,
-                "optim.weight_decay": weight_decay, "optim.decay_norm_and_bias": decay_norm_and_bias,
-                "optim.schedule": schedule, "optim.step_size": step_size, "optim.gamma": gamma,
-                "optim.milestones": _parse_milestones(milestones), "optim.warmup_epochs": warmup_epochs,
-                "optim.min_lr_ratio": min_lr_ratio, "optim.label_smoothing": label_smoothing,
-                "optim.grad_clip": grad_clip, "optim.ema": ema, "optim.ema_decay": ema_decay,
-                "model.dropout": dropout, "model.depth": depth, "model.stem": stem,
-                "model.zero_init_residual": zero_init_residual, "model.pretrained": pretrained,
-                "model.reinit_conv1": reinit_conv1, "model.image_size": image_size,
-                "model.freeze_backbone": freeze_backbone, "model.backbone_lr_mult": backbone_lr_mult,
-                "early_stopping.patience": patience, "early_stopping.monitor": monitor,
-                "early_stopping.min_delta": min_delta, "precision.amp": amp, "precision.amp_dtype": amp_dtype,
-                "precision.channels_last": channels_last, "precision.compile": compile, "data.loader": loader,
-                "precision.device": device, "run.seed": seed, "data.seed": seed,
-                "precision.deterministic": deterministic, "data.val_fraction": val_fraction,
-                "data.limit_train": limit_train, "data.limit_val": limit_val, "data.limit_test": limit_test,
-                "data.crop": crop, "data.flip": flip, "data.cutout": cutout,
-                "data.verify": False if no_verify else None, "run.preset": preset,
-            }
-            overrides = {key: value for key, value in given.items() if value is not None}
+            overrides = setting_overrides(flags)
             default_dir = default_data_dir(os.environ)
             if resume is not None:
                 # The checkpoint's settings, then the flags given now on top of them.
@@ -220,31 +217,71 @@ def register(app: typer.Typer) -> None:
             )
             if no_cache:
                 cfg = replace(cfg, data=replace(cfg.data, cache_dir=None))
-            # The default folder is downloaded into when empty; any other folder must exist.
-            named = None if cfg.data.data_dir == default_dir else cfg.data.data_dir
-            with download_progress(output) as on_progress:
-                resolved_dir = resolve_data_dir(named, os.environ, on_progress=on_progress)
-            if resolved_dir != cfg.data.data_dir:
-                cfg = replace(cfg, data=replace(cfg.data, data_dir=resolved_dir))
+            with process_group(job, select_device(cfg.precision.device)):
+                # The default folder is downloaded into when empty; any other folder must exist.
+                # Rank 0 downloads; the others then find the data there.
+                named = None if cfg.data.data_dir == default_dir else cfg.data.data_dir
+                with job.main_first(), download_progress(output) as on_progress:
+                    resolved_dir = resolve_data_dir(named, os.environ, on_progress=on_progress)
+                if resolved_dir != cfg.data.data_dir:
+                    cfg = replace(cfg, data=replace(cfg.data, data_dir=resolved_dir))
 
-            stop = StopRequest()
-            renderer = ProgressRenderer(output)
-            with stop_on_signals(stop):
-                trainer = Trainer(cfg, on_event=renderer, stop=stop)
-                # Saved without --resume, so `train --config out/config.toml` starts the same run afresh.
-                save_config(replace(cfg, run=replace(cfg.run, resume=None)), cfg.run.out_dir / "config.toml")
-                try:
-                    result = trainer.fit()
-                finally:
-                    renderer.close()
-            summary = result.to_dict()
-            (cfg.run.out_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if json_output:
-            output.json(summary)
-        else:
-            _print_summary(output, result)
+                stop = StopRequest()
+                renderer = ProgressRenderer(output) if job.is_main else None
+                with stop_on_signals(stop):
+                    trainer = Trainer(cfg, on_event=renderer, stop=stop, distributed=job)
+                    if job.is_main:
+                        # Saved without --resume, so `train --config out/config.toml` starts the same run afresh.
+                        save_config(replace(cfg, run=replace(cfg.run, resume=None)), cfg.run.out_dir / "config.toml")
+                    try:
+                        result = trainer.fit()
+                    finally:
+                        if renderer is not None:
+                            renderer.close()
+                summary = result.to_dict()
+                if job.is_main:  # the other ranks print nothing
+                    (cfg.run.out_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
+                    if json_output:
+                        output.json(summary)
+                    else:
+                        _print_summary(output, result)
+                # No rank exits before rank 0 is done: torchrun stops the whole job (SIGTERM) as
+                # soon as one worker exits with an error code, 143 after a stop request included.
+                job.barrier()
         if result.interrupted is not None:
             raise typer.Exit(SIGNAL_EXIT_CODES.get(result.interrupted, 1))
+
+
+def setting_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The dotted settings of the setting flags given, by parameter name (a None or absent flag is
+    not given). Shared with `resnet-cifar sweep`, which takes the same flags as fixed settings."""
+    get = flags.get
+    given = {
+        "data.data_dir": get("data_dir"), "run.out_dir": get("out"), "run.resume": get("resume"),
+        "optim.epochs": get("epochs"), "data.batch_size": get("batch_size"),
+        "data.eval_batch_size": get("eval_batch_size"), "optim.lr": get("lr"), "optim.optimizer": get("optimizer"),
+        "optim.momentum": get("momentum"), "optim.nesterov": get("nesterov"),
+        "optim.weight_decay": get("weight_decay"), "optim.decay_norm_and_bias": get("decay_norm_and_bias"),
+        "optim.schedule": get("schedule"), "optim.step_size": get("step_size"), "optim.gamma": get("gamma"),
+        "optim.milestones": _parse_milestones(get("milestones")), "optim.warmup_epochs": get("warmup_epochs"),
+        "optim.min_lr_ratio": get("min_lr_ratio"), "optim.label_smoothing": get("label_smoothing"),
+        "optim.grad_clip": get("grad_clip"), "optim.ema": get("ema"), "optim.ema_decay": get("ema_decay"),
+        "model.dropout": get("dropout"), "model.depth": get("depth"), "model.stem": get("stem"),
+        "model.zero_init_residual": get("zero_init_residual"), "model.pretrained": get("pretrained"),
+        "model.reinit_conv1": get("reinit_conv1"), "model.image_size": get("image_size"),
+        "model.freeze_backbone": get("freeze_backbone"), "model.backbone_lr_mult": get("backbone_lr_mult"),
+        "model.sync_bn": get("sync_bn"), "optim.scale_lr": get("scale_lr"),
+        "early_stopping.patience": get("patience"), "early_stopping.monitor": get("monitor"),
+        "early_stopping.min_delta": get("min_delta"), "precision.amp": get("amp"),
+        "precision.amp_dtype": get("amp_dtype"), "precision.channels_last": get("channels_last"),
+        "precision.compile": get("compile"), "data.loader": get("loader"), "precision.device": get("device"),
+        "run.seed": get("seed"), "data.seed": get("seed"), "precision.deterministic": get("deterministic"),
+        "data.val_fraction": get("val_fraction"), "data.limit_train": get("limit_train"),
+        "data.limit_val": get("limit_val"), "data.limit_test": get("limit_test"), "data.crop": get("crop"),
+        "data.flip": get("flip"), "data.cutout": get("cutout"),
+        "data.verify": False if get("no_verify") else None, "run.preset": get("preset"),
+    }  # fmt: skip
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def _parse_milestones(text: str | None) -> tuple[int, ...] | None:
@@ -260,7 +297,8 @@ def _parse_milestones(text: str | None) -> tuple[int, ...] | None:
 
 def _print_summary(output: Output, result: Any) -> None:
     if result.interrupted is not None:
-        output.line(f"interrupted by {result.interrupted}; resume with --resume {result.checkpoint}")
+        under = f" under torchrun --nproc_per_node {result.world_size}" if result.world_size > 1 else ""
+        output.line(f"interrupted by {result.interrupted}; resume with --resume {result.checkpoint}{under}")
         return
     if result.stopped_early:
         output.line(f"stopped early: {result.stop_reason}")

@@ -188,7 +188,9 @@ class ModelConfig(_Section):
     weights file path. ImageNet weights have a 7x7 conv1, so with ``stem="cifar"`` they need
     ``reinit_conv1`` (a fresh 3x3 conv1). ``image_size`` upsamples batches before the model (fine-tuning
     at ImageNet-like sizes). ``freeze_backbone`` trains only the top; on a random backbone that is
-    legal but rarely useful. ``backbone_lr_mult`` scales the backbone's learning rate.
+    legal but rarely useful. ``backbone_lr_mult`` scales the backbone's learning rate. ``sync_bn``
+    turns batch norms into SyncBatchNorm under multi-process (DDP) training on GPUs, so their batch
+    statistics cover the global batch; in a single process it changes nothing.
     """
 
     section: ClassVar[str] = "model"
@@ -202,6 +204,7 @@ class ModelConfig(_Section):
     image_size: int | None = None
     freeze_backbone: bool = False
     backbone_lr_mult: float = 1.0
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         self._normalize()
@@ -217,6 +220,9 @@ class ModelConfig(_Section):
             self._fail("image_size", f"--image-size must be at least {IMAGE_SIDE}, got {self.image_size}")
         if self.backbone_lr_mult <= 0.0:
             self._fail("backbone_lr_mult", f"--backbone-lr-mult must be positive, got {_show(self.backbone_lr_mult)}")
+        if self.sync_bn and self.freeze_backbone:
+            # A frozen backbone's batch norms run on their running statistics: nothing to synchronize.
+            self._fail("sync_bn", "--sync-bn has no effect with --freeze-backbone (its batch norms are frozen)")
         if self.pretrained in PRETRAINED_NAMES:
             if self.depth != 50:
                 self._fail(
@@ -245,6 +251,9 @@ class OptimConfig(_Section):
     ``cosine`` and the end of ``onecycle``, as a fraction of the peak rate (0: down to 0 for cosine,
     OneCycleLR's own lr / 25e4 for onecycle).
     ``decay_norm_and_bias`` False keeps weight decay off batch-norm and bias parameters.
+    ``scale_lr`` applies the linear scaling rule (Goyal et al. 2017) under multi-process training:
+    the rate used is ``lr`` times the number of processes (``batch_size`` is per process, so the
+    global batch grows with them); without it ``lr`` is used as given. docs/distributed.md.
     """
 
     section: ClassVar[str] = "optim"
@@ -266,6 +275,7 @@ class OptimConfig(_Section):
     grad_clip: float | None = None
     ema: bool = False
     ema_decay: float = 0.999
+    scale_lr: bool = False
 
     def __post_init__(self) -> None:
         self._normalize()

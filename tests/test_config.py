@@ -156,6 +156,9 @@ def test_every_section_is_valid_with_its_defaults(data_dir: Path) -> None:
         (DataConfig, {"batch_size": 512.5}, "--batch-size must be an integer, got 512.5"),
         (DataConfig, {"batch_size": "512"}, "--batch-size must be an integer, got '512'"),
         (DataConfig, {"flip": "yes"}, "--flip must be true or false, got 'yes'"),
+        (ModelConfig, {"sync_bn": 1}, "--sync-bn must be true or false, got 1"),
+        (ModelConfig, {"sync_bn": True, "freeze_backbone": True}, "--sync-bn has no effect with --freeze-backbone"),
+        (OptimConfig, {"scale_lr": "yes"}, "--scale-lr must be true or false, got 'yes'"),
         (OptimConfig, {"schedule": "multistep", "milestones": "10,20"}, "--milestones must be a list, got '10,20'"),
         (OptimConfig, {"schedule": "multistep", "milestones": [10, "x"]}, "--milestones must be an integer, got 'x'"),
         (OptimConfig, {"optimizer": 1}, "--optimizer must be a string, got 1"),
@@ -229,6 +232,16 @@ def test_auto_amp_and_channels_last_follow_the_device(
 ) -> None:
     assert precision.use_amp(device, bf16_supported=bf16) is amp
     assert precision.use_channels_last(device) is channels_last
+
+
+def test_distributed_settings_default_off_and_round_trip_through_a_file(data_dir: Path, tmp_path: Path) -> None:
+    cfg = resolve(data_dir)
+    assert cfg.model.sync_bn is False and cfg.optim.scale_lr is False
+    config = write(tmp_path / "ddp.toml", "[model]\nsync_bn = true\n[optim]\nscale_lr = true\n")
+    from_file = resolve(data_dir, file=config)
+    assert from_file.model.sync_bn is True and from_file.optim.scale_lr is True
+    saved = save_config(from_file, tmp_path / "saved.toml")
+    assert resolve_config(file=saved) == from_file
 
 
 def test_every_setting_has_a_distinct_flag() -> None:

@@ -17,6 +17,17 @@ A stop request (the CLI's SIGTERM/SIGINT handler sets it) is honoured after the 
 a resumable last.pt is written and the result says which signal stopped the run. A non-finite
 loss raises NonFiniteLossError before any update, and no checkpoint is written after it, so the
 last good last.pt/best.pt stay as they were.
+
+Multi-process (DDP) training: give the Trainer the job's DistEnv, inside a started process group
+(resnet_cifar.distributed.process_group). Each rank trains on its own disjoint slice of every
+epoch's permutation (``--batch-size`` is per process) with the model wrapped in
+DistributedDataParallel after compilation, and evaluates its own shard of the validation and test
+sets; the confusion matrices, loss sums and train sums are summed over the ranks, so every rank
+sees the global metrics and takes the same early-stopping decision. The stop request and the
+non-finite-loss check are agreed on by all ranks (one tiny all-reduce each per step), so no rank is
+left waiting in a collective. Only rank 0 writes files; checkpoints hold the unwrapped module's
+state, rank 0's RNG state and every rank's (for an exact resume), and resume with the same number
+of processes.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from torch import nn
 
 from resnet_cifar.config import TrainConfig
 from resnet_cifar.data import Loaders, build_loaders
+from resnet_cifar.distributed import SINGLE_PROCESS, DistEnv, sync_batchnorm
 from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from resnet_cifar.engine.early_stopping import EarlyStopping
 from resnet_cifar.engine.optim import build_optimizer, build_scheduler
@@ -48,7 +60,7 @@ from resnet_cifar.engine.precision import (
     select_device,
     unwrap_model,
 )
-from resnet_cifar.engine.step import TrainStep, build_ema, build_loss
+from resnet_cifar.engine.step import LossFn, TrainStep, build_ema, build_loss
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation import EvalResult, evaluate
 from resnet_cifar.evaluation.plots import atomic_write, plot_training_curves
@@ -74,6 +86,7 @@ METRIC_FIELDS = (
     "lr",
     "images_per_sec",
     "epoch_seconds",
+    "val_count",
 )
 _BUILDERS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101, 152: resnet152}
 
@@ -89,8 +102,9 @@ class EpochRecord:
     val_loss: float
     val_acc: float
     lr: float
-    images_per_sec: float
+    images_per_sec: float  # training images per second, all processes together
     epoch_seconds: float
+    val_count: int = 0  # validation images the val metrics cover (all processes together)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +123,7 @@ class FitResult:
     history: tuple[EpochRecord, ...]
     test: dict[str, Any] | None  # the final model's test report (never used for selection)
     checkpoint: Path
+    world_size: int = 1  # processes that trained the run together
 
     @property
     def test_acc(self) -> float | None:
@@ -127,6 +142,7 @@ class FitResult:
             "test_acc": self.test_acc,
             "history": [record.to_dict() for record in self.history],
             "checkpoint": str(self.checkpoint),
+            "world_size": self.world_size,
         }
 
 
@@ -142,6 +158,9 @@ class RunStarted:
     amp_dtype: str | None
     channels_last: bool
     compiled: bool
+    world_size: int = 1
+    global_batch_size: int = 0  # per-process batch size x world size
+    lr: float = 0.0  # the configured peak rate, times world_size under --scale-lr
 
 
 @dataclass(frozen=True)
@@ -149,9 +168,9 @@ class StepFinished:
     epoch: int  # 1-based
     step: int  # 1-based within the epoch
     steps: int
-    loss: float
+    loss: float  # the step's mean loss over the global batch
     lr: float
-    images_per_sec: float
+    images_per_sec: float  # all processes together
 
 
 @dataclass(frozen=True)
@@ -195,6 +214,34 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, str | No
     return model, note
 
 
+def effective_lr(cfg: TrainConfig, world_size: int) -> float:
+    """The peak rate a run uses: ``optim.lr``, times ``world_size`` with ``optim.scale_lr``.
+
+    ``batch_size`` is per process, so N processes train on a global batch N times larger. The
+    linear scaling rule (Goyal et al. 2017, "Accurate, Large Minibatch SGD") scales the rate with
+    it; it is opt-in, so a config's ``lr`` means the same with or without torchrun unless asked.
+    """
+    return cfg.optim.lr * world_size if cfg.optim.scale_lr else cfg.optim.lr
+
+
+class _GlobalMeanLoss:
+    """The loss whose *value* is the mean over all ranks and whose *gradient* is the local loss's.
+
+    Every rank then sees the same number, so the step's non-finite check raises on all ranks
+    together (never one rank leaving while the others wait in the gradient all-reduce), and the
+    logged loss is the global batch's. DDP averages the gradients itself.
+    """
+
+    def __init__(self, loss_fn: LossFn, dist: DistEnv) -> None:
+        self.loss_fn = loss_fn
+        self.dist = dist
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = self.loss_fn(logits, labels)
+        mean = self.dist.all_reduce_sum_(loss.detach().float().clone()) / self.dist.world_size
+        return loss + (mean - loss.detach())
+
+
 def _scheduler_for(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     optim = cfg.optim
     onecycle = optim.schedule == "onecycle"
@@ -226,10 +273,13 @@ class Trainer:
         on_event: EventHandler | None = None,
         stop: StopRequest | None = None,
         loaders: Loaders | None = None,
+        distributed: DistEnv = SINGLE_PROCESS,
     ) -> None:
         self.cfg = cfg
         self.on_event = on_event or (lambda event: None)
         self.stop = stop or StopRequest()
+        self.dist = distributed
+        self.is_main = distributed.is_main
         self.out_dir = cfg.run.out_dir
         resume = cfg.run.resume
         if resume is None and (self.out_dir / "last.pt").exists():
@@ -237,9 +287,20 @@ class Trainer:
                 f"{self.out_dir} already holds a run (last.pt); use --resume {self.out_dir / 'last.pt'} or another --out"
             )
         checkpoint = load_checkpoint(resume, require=("model", "optimizer", "epoch", "config")) if resume else None
+        if checkpoint is not None:
+            saved_world = int(checkpoint.get("world_size", 1))
+            if saved_world != distributed.world_size:
+                # Steps per epoch, the schedule's length and the data shards all depend on it.
+                how = f"torchrun --nproc_per_node {saved_world}" if saved_world > 1 else "a single process"
+                raise UsageError(
+                    f"{resume} was trained by {saved_world} process(es), not {distributed.world_size}; "
+                    f"resume it with {how}"
+                )
 
-        self.device = select_device(cfg.precision.device)
-        configure_determinism(cfg.precision.deterministic, cfg.run.seed)
+        self.device = distributed.place(select_device(cfg.precision.device))
+        # Rank 0 draws what a single process would; the others get their own dropout masks.
+        # (The initial weights are rank 0's everywhere: DDP broadcasts them.)
+        configure_determinism(cfg.precision.deterministic, cfg.run.seed + distributed.rank)
         bf16_ok = self.device.type != "cuda" or torch.cuda.is_bf16_supported()
         self.precision: Precision = resolve_precision(
             self.device,
@@ -250,20 +311,41 @@ class Trainer:
         # Batches arrive in the autocast dtype: half the bytes to move, and the first conv would
         # cast them anyway.
         batch_dtype = self.precision.amp_dtype or torch.float32
-        self.loaders = loaders or build_loaders(
-            cfg.data, self.device, dtype=batch_dtype, channels_last=self.precision.channels_last
-        )
+        if loaders is None:
+            # Rank 0 first: it fills the decoded-image cache that the other ranks then read.
+            with distributed.main_first():
+                loaders = build_loaders(
+                    cfg.data,
+                    self.device,
+                    dtype=batch_dtype,
+                    channels_last=self.precision.channels_last,
+                    shard_id=distributed.rank,
+                    num_shards=distributed.world_size,
+                )
+        self.loaders = loaders
         self.classes = self.loaders.classes
         model, self.pretrained_note = build_model(cfg, len(self.classes))
-        # `self.model` may be a torch.compile wrapper; `self.module` is the plain module under it,
-        # used for state dicts, EMA and evaluation (so evaluation never recompiles the train graph).
+        if cfg.model.sync_bn:
+            model = sync_batchnorm(model, distributed, self.device)
+        # `self.model` may be a torch.compile wrapper, and under DDP the DistributedDataParallel
+        # wrapper around it (compiled first, as PyTorch recommends); `self.module` is the plain
+        # module under both, used for state dicts, EMA and evaluation (so evaluation never
+        # recompiles the train graph and runs no collective per batch).
         self.model = prepare_model(model, self.precision, compile=cfg.precision.compile)
+        if distributed.is_distributed:
+            # Broadcasts rank 0's weights and buffers, so every rank starts from the same model.
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True,
+            )
         self.module = unwrap_model(self.model)
         optim = cfg.optim
+        self.lr = effective_lr(cfg, distributed.world_size)
         self.optimizer = build_optimizer(
             self.module,
             name=optim.optimizer,
-            lr=optim.lr,
+            lr=self.lr,
             momentum=optim.momentum,
             nesterov=optim.nesterov,
             weight_decay=optim.weight_decay,
@@ -278,7 +360,7 @@ class Trainer:
         self.step = TrainStep(
             self.model,
             self.optimizer,
-            self.loss_fn,
+            _GlobalMeanLoss(self.loss_fn, distributed) if distributed.is_distributed else self.loss_fn,
             precision=self.precision,
             scaler=self.scaler,
             scheduler=self.scheduler,
@@ -303,9 +385,17 @@ class Trainer:
 
     # -- checkpoints
 
-    def _payload(self, *, epoch: int, batches_done: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _payload(
+        self,
+        *,
+        epoch: int,
+        batches_done: int,
+        partial: dict[str, Any] | None = None,
+        rng_by_rank: list[Any] | None = None,
+    ) -> dict[str, Any]:
         """Everything a resume needs; `epoch` is the 0-based epoch to continue with, and `partial`
-        the running train loss/accuracy sums of an epoch interrupted after `batches_done` steps."""
+        the running train loss/accuracy sums (all ranks together) of an epoch interrupted after
+        `batches_done` steps (per rank)."""
         return {
             "format": CHECKPOINT_FORMAT,
             "model": self.module.state_dict(),
@@ -315,6 +405,9 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "early_stopping": self.best_tracker.state_dict(),
             "rng": capture_rng_state(),
+            # Every rank's RNG state in rank order (dropout differs per rank); None in one process.
+            "rng_by_rank": rng_by_rank,
+            "world_size": self.dist.world_size,
             "epoch": epoch,
             "batches_done_in_epoch": batches_done,
             "partial_epoch": partial,
@@ -343,7 +436,8 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise DataError(f"{path} does not match this configuration: {first_line}") from None
-        restore_rng_state(checkpoint["rng"])
+        by_rank = checkpoint.get("rng_by_rank")
+        restore_rng_state(by_rank[self.dist.rank] if by_rank else checkpoint["rng"])
         self.step.global_step = int(checkpoint["global_step"])
         self.start_epoch = int(checkpoint["epoch"])
         self.batches_done = int(checkpoint["batches_done_in_epoch"])
@@ -354,13 +448,19 @@ class Trainer:
         self._rewrite_metric_files()
 
     def _save(self, name: str, *, epoch: int, batches_done: int, partial: dict[str, Any] | None = None) -> Path:
+        """Write a checkpoint from rank 0; every rank must call it (it gathers the RNG states)."""
         path = self.out_dir / name
-        save_checkpoint(path, self._payload(epoch=epoch, batches_done=batches_done, partial=partial))
+        rng_by_rank = self.dist.gather_objects(capture_rng_state()) if self.dist.is_distributed else None
+        if self.is_main:
+            payload = self._payload(epoch=epoch, batches_done=batches_done, partial=partial, rng_by_rank=rng_by_rank)
+            save_checkpoint(path, payload)
         return path
 
     # -- metric files
 
     def _rewrite_metric_files(self) -> None:
+        if not self.is_main:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(record.to_dict()) + "\n" for record in self.history)
         atomic_write(self.out_dir / "metrics.jsonl", lambda handle: handle.write(lines.encode()))
@@ -375,6 +475,8 @@ class Trainer:
 
     def _evaluate(self, loader) -> EvalResult:
         eval_model = self.ema.module if self.ema is not None else self.module
+        # Every rank evaluates rank 0's model (the one in the checkpoints) on its own shard.
+        self.dist.broadcast_buffers_(eval_model)
         return evaluate(
             eval_model,
             loader,
@@ -382,7 +484,15 @@ class Trainer:
             autocast=self.precision.autocast,
             loss_fn=self.loss_fn,
             transform=self._resize,
+            reduce=self.dist.is_distributed,
         )
+
+    def _agreed_stop(self) -> str | None:
+        """The job's stop request, the same on every rank (see DistEnv.agree_on_stop)."""
+        agreed = self.dist.agree_on_stop(self.stop.signal_name, self.device)
+        if agreed is not None and agreed != self.stop.signal_name:
+            self.stop.request(agreed)  # another rank got a signal: this one stops, and reports, with it
+        return agreed
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
         return resize_batch(images, self.cfg.model.image_size)
@@ -403,19 +513,26 @@ class Trainer:
 
     def fit(self) -> FitResult:
         cfg = self.cfg
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        train_samples, val_samples = self.dist.sum_numbers(
+            [self.loaders.train.num_samples, self.loaders.val.num_samples], self.device
+        )
         self.on_event(
             RunStarted(
                 total_epochs=cfg.optim.epochs,
                 start_epoch=self.start_epoch,
                 steps_per_epoch=self.steps_per_epoch,
-                train_samples=self.loaders.train.num_samples,
-                val_samples=self.loaders.val.num_samples,
+                train_samples=int(train_samples),
+                val_samples=int(val_samples),
                 device=str(self.device),
                 loader=self.loaders.kind,
                 amp_dtype=None if self.precision.amp_dtype is None else str(self.precision.amp_dtype).removeprefix("torch."),
                 channels_last=self.precision.channels_last,
                 compiled=cfg.precision.compile,
+                world_size=self.dist.world_size,
+                global_batch_size=cfg.data.batch_size * self.dist.world_size,
+                lr=self.lr,
             )
         )
         stopped_early, stop_reason = False, None
@@ -438,12 +555,17 @@ class Trainer:
             if should_stop and self.early_stopping is not None:
                 stopped_early, stop_reason = True, reason
                 break
-            if self.stop.signal_name is not None:  # a signal during validation: stop cleanly here
+            if self._agreed_stop() is not None:  # a signal during validation: stop cleanly here
                 return self._result(stopped_early=False, stop_reason=None, checkpoint=last_path, test=None)
-        if self.early_stopping is not None and (self.out_dir / "best.pt").exists():
-            self._load_best_weights()
+        if self.early_stopping is not None:
+            self.dist.barrier()  # rank 0 has finished writing best.pt before any rank looks for it
+            if (self.out_dir / "best.pt").exists():
+                self._load_best_weights()
         self._write_curves()
         test = self._evaluate(self.loaders.test).to_dict(list(self.classes))
+        # A signal that came after the last step does not stop a finished run, but the result
+        # reports it (as in one process), and every rank must report the same.
+        self._agreed_stop()
         return self._result(stopped_early=stopped_early, stop_reason=stop_reason, checkpoint=last_path, test=test)
 
     def _train_epoch(self, epoch: int) -> EpochRecord | None:
@@ -451,12 +573,14 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
-        if epoch == self.start_epoch and self.partial_epoch is not None:
+        if epoch == self.start_epoch and self.partial_epoch is not None and self.is_main:
             # Resuming inside this epoch: its metrics cover the steps before the interruption too.
+            # The saved sums are all ranks' together, so only rank 0 adds them before the reduction.
             loss_sum += self.partial_epoch["loss_sum"]
             correct += self.partial_epoch["correct"]
             seen = int(self.partial_epoch["seen"])
-        seen_before = seen  # throughput counts only the images trained on in this process
+        seen_before = seen  # throughput counts only the images trained on since this process started
+        world = self.dist.world_size
         started = time.perf_counter()
         for index, images, labels in self._train_batches(epoch):
             output = self.step(images, labels)
@@ -472,26 +596,37 @@ class Trainer:
                     steps=self.steps_per_epoch,
                     loss=float(output.loss),
                     lr=self.optimizer.param_groups[0]["lr"],
-                    images_per_sec=(seen - seen_before) / elapsed,
+                    # Every rank trains the same number of equal batches in the same time.
+                    images_per_sec=(seen - seen_before) * world / elapsed,
                 )
             )
-            if self.stop.signal_name is not None:
-                partial = {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen}
+            if self._agreed_stop() is not None:
+                total_loss, total_correct, total_seen = self._summed(loss_sum, correct, seen)
+                partial = {"loss_sum": total_loss, "correct": int(total_correct), "seen": int(total_seen)}
                 self._save("last.pt", epoch=epoch, batches_done=index + 1, partial=partial)
                 return None
         train_seconds = time.perf_counter() - started
+        total_loss, total_correct, total_seen = self._summed(loss_sum, correct, seen)
         val = self._evaluate(self.loaders.val)
         self.batches_done, self.partial_epoch = 0, None
         return EpochRecord(
             epoch=epoch + 1,
-            train_loss=float(loss_sum) / max(seen, 1),
-            train_acc=float(correct) / max(seen, 1),
+            train_loss=total_loss / max(total_seen, 1),
+            train_acc=total_correct / max(total_seen, 1),
             val_loss=float(val.loss) if val.loss is not None else math.nan,
             val_acc=val.accuracy,
             lr=self.optimizer.param_groups[0]["lr"],
-            images_per_sec=(seen - seen_before) / max(train_seconds, 1e-9),
+            images_per_sec=(seen - seen_before) * world / max(train_seconds, 1e-9),
             epoch_seconds=time.perf_counter() - started,
+            val_count=val.count,
         )
+
+    def _summed(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[float, float, float]:
+        """The epoch's train loss sum, hit count and sample count, summed over the ranks."""
+        total_loss, total_correct, total_seen = self.dist.sum_numbers(
+            [float(loss_sum), float(correct), float(seen)], self.device
+        )
+        return total_loss, total_correct, total_seen
 
     def _load_best_weights(self) -> None:
         best = load_checkpoint(self.out_dir / "best.pt")
@@ -500,7 +635,7 @@ class Trainer:
             self.ema.load_state_dict(best["ema"])
 
     def _write_curves(self) -> None:
-        if self.history:
+        if self.history and self.is_main:
             plot_training_curves([record.to_dict() for record in self.history], self.out_dir / "curves.png")
 
     def _result(self, *, stopped_early: bool, stop_reason: str | None, checkpoint: Path, test) -> FitResult:
@@ -518,12 +653,20 @@ class Trainer:
             history=tuple(self.history),
             test=test,
             checkpoint=checkpoint,
+            world_size=self.dist.world_size,
         )
 
 
-def train(cfg: TrainConfig, *, on_event: EventHandler | None = None, stop: StopRequest | None = None) -> FitResult:
-    """Build a run from `cfg` and train it; the library's one-call entry point."""
-    return Trainer(cfg, on_event=on_event, stop=stop).fit()
+def train(
+    cfg: TrainConfig,
+    *,
+    on_event: EventHandler | None = None,
+    stop: StopRequest | None = None,
+    distributed: DistEnv = SINGLE_PROCESS,
+) -> FitResult:
+    """Build a run from `cfg` and train it; the library's one-call entry point. Under torchrun,
+    pass the job's DistEnv and call it inside resnet_cifar.distributed.process_group."""
+    return Trainer(cfg, on_event=on_event, stop=stop, distributed=distributed).fit()
 
 
 __all__ = [
@@ -536,5 +679,6 @@ __all__ = [
     "StopRequest",
     "Trainer",
     "build_model",
+    "effective_lr",
     "train",
 ]

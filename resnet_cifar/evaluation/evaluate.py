@@ -81,6 +81,7 @@ def evaluate(
     tta: bool = False,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     transform: Callable[[Tensor], Tensor] | None = None,
+    reduce: bool = False,
 ) -> EvalResult:
     """Run ``model`` over every batch of ``loader`` in eval mode and inference mode.
 
@@ -91,6 +92,12 @@ def evaluate(
     per sample over the whole loader. The train/eval flag of every submodule is restored
     afterwards, so a frozen backbone's batch norms stay as the trainer set them.
 
+    ``reduce`` is for multi-process evaluation, where each process passes its own shard of the
+    data: the confusion matrix and the loss sums are summed over the default process group before
+    anything is computed from them, so every process returns the metrics of the whole data set
+    (exact counts, never an average of per-process accuracies). Every process of the group must
+    call it; without an initialized group it changes nothing.
+
     Raises DataError for a malformed batch, a label outside ``[0, num_classes)`` or an empty
     loader, and UsageError when the model's output does not have ``num_classes`` columns.
     """
@@ -99,6 +106,9 @@ def evaluate(
     try:
         with torch.inference_mode():
             meter = _run(model, loader, num_classes, autocast, tta, loss_fn, transform)
+            if reduce:
+                # In inference mode still: the meter's tensors were made there, and stay there.
+                meter.all_reduce_()
     finally:
         for module, was_training in previous_modes:
             module.training = was_training
@@ -134,7 +144,11 @@ def _run(
             )
         mean_loss = loss_fn(logits, labels) if loss_fn is not None else None
         meter.update(logits.argmax(dim=1), labels, mean_loss)
-    return meter if meter is not None else ConfusionMeter(num_classes)
+    if meter is None:
+        # An empty shard still takes part in a reduction, on the model's device (NCCL needs CUDA).
+        parameter = next(model.parameters(), None)
+        meter = ConfusionMeter(num_classes, device=parameter.device if parameter is not None else None)
+    return meter
 
 
 def _unpack(batch: object, batch_index: int) -> tuple[Tensor, Tensor]:
