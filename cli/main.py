@@ -19,6 +19,7 @@ import typer.exceptions
 
 from .render import Output
 from .inference import register as register_inference
+from .sweep import register as register_sweep
 from .train import register as register_train
 from resnet_cifar import __version__
 from resnet_cifar.errors import ResnetCifarError
@@ -189,6 +190,7 @@ def _dali_status() -> str | None:
 
 register_train(app)
 register_inference(app)
+register_sweep(app)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -1,0 +1,204 @@
+"""`resnet-cifar sweep`: flags -> fixed settings + a search space -> the library's sweep -> render.
+
+The sweep takes every setting flag of `train` (declared once, in cli/train.py) as a fixed setting:
+a flag the user gives fixes that setting for every trial, and takes it out of the search space.
+The fixed settings are layered as train layers them (defaults < preset < --config < flags) and must
+make a valid config by themselves; each trial then lays its sampled parameters over them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .render import Output
+from .train import SIGNAL_EXIT_CODES, ProgressRenderer, setting_overrides, stop_on_signals
+
+DEFAULT_OUT = Path("runs/sweep")
+# Parameters of `train` that are not settings a sweep fixes: the sweep has its own --out (the sweep
+# folder) and --json, and a sweep never resumes one run.
+TRAIN_ONLY = ("out", "resume", "json_output")
+
+
+def _sweep_options(
+    trials: Annotated[int, typer.Option("--trials", help="Trials in the study in all: a study that has some already is topped up to this many.")] = 20,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Start no trial after this many seconds.", show_default=False)] = None,
+    space: Annotated[Optional[Path], typer.Option("--space", help="A TOML or YAML search space (default: lr, batch size, weight decay, optimizer, schedule, crop, flip, cutout, label smoothing, dropout; see resnet_cifar/tuning/space.py).", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Sweep folder: study.db, trials/<number>/, trials.csv and the best config. [default: runs/sweep]", show_default=False)] = None,
+    study_name: Annotated[str, typer.Option("--study-name", help="The study's name in its storage.")] = "resnet-cifar",
+    storage: Annotated[Optional[str], typer.Option("--storage", help="An Optuna RDB URL shared by several machines (default: sqlite:///<out>/study.db).", show_default=False)] = None,
+    best_format: Annotated[str, typer.Option("--best-format", help="toml or yaml: the best trial's config file, best.toml or best.yaml.")] = "toml",
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (every trial of the study, and the best) on stdout.")] = False,
+) -> None:
+    """The sweep's own options; `register` adds train's setting flags after them."""
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """Table headers: the setting's name without its section, unless two sections share it."""
+    names = [key.split(".", 1)[-1] for key in keys]
+    return {key: name if names.count(name) == 1 else key for key, name in zip(keys, names)}
+
+
+class SweepRenderer:
+    """One line per trial start and end; the trainer's own progress (bars or epoch lines) in between."""
+
+    def __init__(self, out: Output) -> None:
+        self.out = out
+        self.progress: ProgressRenderer | None = None
+
+    def __call__(self, event: Any) -> None:
+        from resnet_cifar.tuning import TrialEvent, TrialFinished, TrialStarted
+
+        if isinstance(event, TrialStarted):
+            params = "  ".join(f"{name}={_format(event.params[key])}" for key, name in _short_names(list(event.params)).items())
+            self.out.line(f"trial {event.number}: {params}")
+            self.progress = ProgressRenderer(self.out)
+        elif isinstance(event, TrialEvent) and self.progress is not None:
+            self.progress(event.event)
+        elif isinstance(event, TrialFinished):
+            self.close()
+            trial = event.trial
+            took = "" if trial.duration_seconds is None else f" in {trial.duration_seconds:.1f}s"
+            if trial.state == "COMPLETE":
+                self.out.line(f"trial {trial.number} complete: best val_acc {trial.value:.4f}{took}")
+            elif trial.state == "PRUNED":
+                self.out.line(f"trial {trial.number} pruned{took}")
+            else:
+                self.out.line(f"trial {trial.number} failed: {trial.error}")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+
+
+def render_trials(out: Output, result: Any) -> None:
+    """The table of every trial in the study, the failures' reasons, and where the best config is."""
+    keys = sorted({key for trial in result.trials for key in trial.params})
+    names = _short_names(keys)
+    rows = []
+    for trial in result.trials:
+        value = "" if trial.value is None else f"{trial.value:.4f}"
+        took = "" if trial.duration_seconds is None else f"{trial.duration_seconds:.1f}s"
+        params = [_format(trial.params[key]) if key in trial.params else "" for key in keys]
+        rows.append((trial.number, trial.state, value, took, *params))
+    title = f"study {result.study_name}: {len(result.trials)} trials ({result.ran} run now)"
+    out.table(title, ("trial", "state", "val_acc", "time", *(names[key] for key in keys)), rows)
+    for trial in result.trials:
+        if trial.state == "FAIL" and trial.error:
+            out.line(f"trial {trial.number} failed: {trial.error}")
+    if result.best is not None:
+        out.line(
+            f"best: trial {result.best.number}, val_acc {result.best.value:.4f}; "
+            f"train it with: resnet-cifar train --config {result.best_config}"
+        )
+    out.line(f"trials table in {result.trials_csv}")
+
+
+def _registered_train(app: typer.Typer) -> Any:
+    for command in app.registered_commands:
+        if command.callback is not None and command.callback.__name__ == "train":
+            return command.callback
+    raise RuntimeError("register the train command before the sweep command: sweep reuses its flags")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `sweep`, with its own options followed by every setting flag of `train`."""
+    train_parameters = inspect.signature(_registered_train(app), eval_str=True).parameters
+    setting_parameters = [parameter for name, parameter in train_parameters.items() if name not in TRAIN_ONLY]
+    setting_names = tuple(parameter.name for parameter in setting_parameters)
+    own_parameters = list(inspect.signature(_sweep_options, eval_str=True).parameters.values())
+    clash = {parameter.name for parameter in own_parameters} & set(setting_names)
+    assert not clash, f"sweep options shadow train flags: {clash}"
+
+    def sweep(**values: Any) -> None:
+        """Search hyperparameters with Optuna (TPE, median pruning): trials of the training engine, each
+        in its own folder, a resumable study in --out, a table of trials and the best config."""
+        _sweep(values, setting_names)
+
+    # Typer reads a command's options from its signature: the sweep's, then train's setting flags.
+    sweep.__signature__ = inspect.Signature([*own_parameters, *setting_parameters])  # type: ignore[attr-defined]
+    app.command("sweep")(sweep)
+
+
+def _sweep(values: dict[str, Any], setting_names: tuple[str, ...]) -> None:
+    from resnet_cifar.config import resolve_config
+    from resnet_cifar.data.download import default_data_dir, resolve_data_dir
+    from resnet_cifar.engine.trainer import StopRequest
+    from resnet_cifar.errors import UsageError
+    from resnet_cifar.tuning import default_space, load_space, run_sweep
+
+    from .main import cache_dir_from_env, download_progress, reported_errors
+
+    json_output = values["json_output"]
+    output = Output(json_mode=json_output)
+    with reported_errors(output):
+        data_dir = values["data_dir"]
+        if data_dir is not None and not data_dir.is_dir():
+            raise UsageError(f"{data_dir}: no such folder")
+        space = load_space(values["space"]) if values["space"] is not None else default_space()
+        overrides = setting_overrides({name: values[name] for name in setting_names})
+        default_dir = default_data_dir(os.environ)
+        base = resolve_config(
+            preset=values["preset"],
+            file=values["config"],
+            overrides=overrides,
+            defaults={"data.data_dir": default_dir, "data.cache_dir": cache_dir_from_env(os.environ)},
+        )
+        if values["no_cache"]:
+            base = replace(base, data=replace(base.data, cache_dir=None))
+        # The default folder is downloaded into when empty; any other folder must exist.
+        named = None if base.data.data_dir == default_dir else base.data.data_dir
+        with download_progress(output) as on_progress:
+            resolved_dir = resolve_data_dir(named, os.environ, on_progress=on_progress)
+        if resolved_dir != base.data.data_dir:
+            base = replace(base, data=replace(base.data, data_dir=resolved_dir))
+
+        fixed = [key for key in space.keys if key in overrides]
+        space = space.without(fixed)
+        if not space.parameters:
+            raise UsageError("every setting of the search space is fixed by a flag: nothing left to search")
+        if fixed:
+            output.line(f"fixed by flags, not searched: {', '.join(fixed)}")
+
+        stop = StopRequest()
+        renderer = SweepRenderer(output)
+        with stop_on_signals(stop):
+            try:
+                result = run_sweep(
+                    base,
+                    space,
+                    out_dir=values["out"] or DEFAULT_OUT,
+                    trials=values["trials"],
+                    timeout=values["timeout"],
+                    study_name=values["study_name"],
+                    storage=values["storage"],
+                    best_format=values["best_format"],
+                    on_event=renderer,
+                    stop=stop,
+                )
+            finally:
+                renderer.close()
+    if json_output:
+        output.json(result.to_dict())
+    else:
+        render_trials(output, result)
+    if result.interrupted is not None:
+        output.line(f"interrupted by {result.interrupted}; run the same command again to go on")
+        raise typer.Exit(SIGNAL_EXIT_CODES.get(result.interrupted, 1))
+    if result.best is None:
+        failed = [trial for trial in result.trials if trial.state == "FAIL"]
+        first = f" (trial {failed[0].number}: {failed[0].error})" if failed and failed[0].error else ""
+        output.error(f"no trial of study {result.study_name} completed: {len(failed)} of {len(result.trials)} failed{first}")
+        raise typer.Exit(1)

@@ -1,0 +1,120 @@
+"""`resnet-cifar sweep` through a real subprocess: outputs, a top-up run, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import typer.main
+
+from resnet_cifar.config import resolve_config
+from resnet_cifar.tuning import best_config
+
+ANSI = re.compile(r"\x1b\[")
+# 32 training images in batches of 16: two steps a trial.
+TINY = [
+    "--preset", "smoke", "--depth", "18", "--stem", "imagenet", "--device", "cpu", "--schedule", "constant",
+    "--limit-train", "32", "--limit-val", "32", "--limit-test", "32", "--epochs", "1",
+]  # fmt: skip
+LR_SPACE = '["optim.lr"]\ntype = "float"\nlow = 0.01\nhigh = 0.1\nlog = true\n'
+
+
+def sweep(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "resnet_cifar.cli", "sweep", *args],
+        capture_output=True, text=True, env={**os.environ, "RESNET_CIFAR_CACHE": str(cache)}, timeout=600,
+    )  # fmt: skip
+
+
+def test_sweep_writes_study_table_and_best_config_then_tops_up(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+) -> None:
+    space = tmp_path / "space.toml"
+    space.write_text(LR_SPACE)
+    out = tmp_path / "sweep"
+    common = [*TINY, "--batch-size", "16", "--data-dir", str(real_data_root), "--space", str(space), "--out", str(out)]
+
+    first = sweep(*common, "--trials", "1", cache=decoded_cache_dir)
+    assert first.returncode == 0, first.stderr
+    assert not ANSI.search(first.stdout + first.stderr)
+    lines = first.stdout.splitlines()
+    header = next(index for index, line in enumerate(lines) if line.split()[:4] == ["trial", "state", "val_acc", "time"])
+    assert lines[header].split()[4:] == ["lr"]  # one column per searched setting
+    assert lines[header + 1].split()[:2] == ["0", "COMPLETE"]
+    assert f"resnet-cifar train --config {out / 'best.toml'}" in first.stdout
+    assert (out / "study.db").is_file() and (out / "trials" / "0" / "last.pt").is_file()
+
+    second = sweep(*common, "--trials", "2", "--json", cache=decoded_cache_dir)
+    assert second.returncode == 0, second.stderr
+    report = json.loads(second.stdout)  # one JSON object; the trials' progress went to stderr
+    assert report["ran"] == 1  # topped up from 1 trial to 2
+    assert [trial["number"] for trial in report["trials"]] == [0, 1]
+    assert all(trial["state"] == "COMPLETE" for trial in report["trials"])
+    assert all(set(trial) >= {"params", "value", "duration_seconds"} for trial in report["trials"])
+    assert all(0.01 <= trial["params"]["optim.lr"] <= 0.1 for trial in report["trials"])
+    assert "trial 1:" in second.stderr and "trial 0:" not in second.stderr  # trial 0 was not rerun
+    best = report["best"]
+    assert best["value"] == max(trial["value"] for trial in report["trials"])
+    assert best["config_file"] == str(out / "best.toml")
+
+    with open(out / "trials.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["number"] for row in rows] == ["0", "1"] and {row["state"] for row in rows} == {"COMPLETE"}
+    # `train --config best.toml` resolves to the best trial's config, as a fresh run in runs/best.
+    trial_cfg = resolve_config(file=out / "trials" / str(best["number"]) / "config.toml")
+    assert trial_cfg.optim.lr == best["params"]["optim.lr"] and trial_cfg.data.batch_size == 16
+    assert resolve_config(file=out / "best.toml") == best_config(trial_cfg.to_dict())
+
+
+def test_two_processes_share_a_study_and_all_failing_trials_exit_1(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "base.toml"
+    config.write_text("[data]\nbatch_size = 16\n")  # a --config setting, unlike a flag, is searched over
+    space = tmp_path / "space.yaml"
+    space.write_text("data.batch_size: {type: categorical, choices: [64]}\n")  # above --limit-train 32: every trial fails
+    out = tmp_path / "sweep"
+    args = [
+        sys.executable, "-m", "resnet_cifar.cli", "sweep", *TINY, "--config", str(config),
+        "--data-dir", str(real_data_root), "--space", str(space), "--out", str(out), "--trials", "4",
+    ]  # fmt: skip
+    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
+    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [worker.communicate(timeout=600) for worker in workers]
+
+    with open(out / "trials.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # Each worker starts a trial only while the study holds fewer than 4, so at most one extra.
+    assert 4 <= len(rows) <= 5 and [row["number"] for row in rows] == [str(n) for n in range(len(rows))]
+    assert {row["state"] for row in rows} == {"FAIL"}
+    for worker, (stdout, stderr) in zip(workers, results):
+        assert worker.returncode == 1, stderr
+        errors = [line for line in stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and errors[0].startswith("error: no trial of study resnet-cifar completed"), stderr
+        assert "--limit-train 32 is smaller than --batch-size 64" in errors[0]
+    assert not (out / "best.toml").exists()
+
+
+def test_bad_space_file_exits_2_naming_file_and_key(real_data_root: Path, tmp_path: Path) -> None:
+    space = tmp_path / "space.toml"
+    space.write_text('["model.dropout"]\ntype = "float"\nlow = 0.5\nhigh = 0.1\n')
+    result = sweep("--data-dir", str(real_data_root), "--space", str(space), "--out", str(tmp_path / "s"), cache=tmp_path)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert errors == [f"error: {space}: model.dropout: low must be below high, got low 0.5 and high 0.1"]
+    assert not (tmp_path / "s").exists()  # nothing written
+
+
+def test_sweep_takes_every_setting_flag_of_train() -> None:
+    from resnet_cifar.cli.main import app
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    train_flags = {option for param in commands["train"].params for option in [*param.opts, *param.secondary_opts]}
+    sweep_flags = {option for param in commands["sweep"].params for option in [*param.opts, *param.secondary_opts]}
+    assert train_flags - sweep_flags == {"--resume"}  # --out and --json exist in both, with the sweep's meaning
+    assert {"--trials", "--epochs", "--timeout", "--space", "--lr", "--seed", "--amp", "--no-amp"} <= sweep_flags
