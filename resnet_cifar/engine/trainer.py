@@ -64,17 +64,7 @@ from resnet_cifar.engine.step import LossFn, TrainStep, build_ema, build_loss
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation import EvalResult, evaluate
 from resnet_cifar.evaluation.plots import atomic_write, plot_training_curves
-from resnet_cifar.models import (
-    freeze_backbone,
-    load_pretrained,
-    resize_batch,
-    resnet18,
-    resnet34,
-    resnet50,
-    resnet101,
-    resnet152,
-    set_train_mode,
-)
+from resnet_cifar.models import RESNET_BUILDERS, freeze_backbone, load_pretrained, resize_batch, set_train_mode
 
 CHECKPOINT_FORMAT = 1
 METRIC_FIELDS = (
@@ -88,7 +78,6 @@ METRIC_FIELDS = (
     "epoch_seconds",
     "val_count",
 )
-_BUILDERS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101, 152: resnet152}
 
 
 # ----------------------------------------------------------------------------- values and events
@@ -199,7 +188,7 @@ class StopRequest:
 def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, str | None]:
     """The configured ResNet with its pretrained weights and frozen parts; returns (model, load note)."""
     model_cfg = cfg.model
-    model = _BUILDERS[model_cfg.depth](
+    model = RESNET_BUILDERS[model_cfg.depth](
         num_classes=num_classes,
         stem=model_cfg.stem,
         dropout=model_cfg.dropout,

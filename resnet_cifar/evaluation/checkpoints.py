@@ -56,7 +56,7 @@ from resnet_cifar.engine.precision import Precision, resolve_precision, select_d
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation.evaluate import EvalResult, evaluate, predict_logits
 from resnet_cifar.evaluation.plots import plot_confusion_matrix, write_confusion_csv, write_metrics_json
-from resnet_cifar.models import resize_batch, resnet18, resnet34, resnet50, resnet101, resnet152
+from resnet_cifar.models import RESNET_BUILDERS, resize_batch
 
 __all__ = [
     "EVAL_SPLITS",
@@ -78,7 +78,6 @@ __all__ = [
 CHECKPOINT_FORMAT = 1
 EVAL_SPLITS = ("test", "val")
 EMA_PREFIX = "module."
-_BUILDERS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101, 152: resnet152}
 # A good antialiasing filter for the (usually large) downscale to 32 x 32; see the module notes.
 RESAMPLE_FILTER_NAME = "LANCZOS"
 METRICS_FILE = "metrics.json"
@@ -214,7 +213,7 @@ def load_trained_model(path: Path, *, device: str = "auto") -> TrainedModel:
 
     model_cfg = config.model
     # Only the architecture: no pretrained source is read, every weight comes from the file.
-    model = _BUILDERS[model_cfg.depth](num_classes=len(classes), stem=model_cfg.stem, dropout=model_cfg.dropout)
+    model = RESNET_BUILDERS[model_cfg.depth](num_classes=len(classes), stem=model_cfg.stem, dropout=model_cfg.dropout)
     mismatch = _weights_mismatch(model.state_dict(), weights)
     if mismatch:
         raise DataError(

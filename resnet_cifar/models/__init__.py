@@ -3,6 +3,7 @@
 from resnet_cifar.models.finetune import finetune_param_groups, freeze_backbone, resize_batch, set_train_mode
 from resnet_cifar.models.pretrained import PRETRAINED_FILES, LoadReport, load_pretrained
 from resnet_cifar.models.resnet import (
+    RESNET_BUILDERS,
     BasicBlock,
     Bottleneck,
     ResNet,
@@ -15,6 +16,7 @@ from resnet_cifar.models.resnet import (
 
 __all__ = [
     "PRETRAINED_FILES",
+    "RESNET_BUILDERS",
     "BasicBlock",
     "Bottleneck",
     "LoadReport",

@@ -255,3 +255,7 @@ def resnet152(
 ) -> ResNet:
     """ResNet-152 (Bottleneck, 3-8-36-3)."""
     return _resnet(152, num_classes=num_classes, stem=stem, dropout=dropout, zero_init_residual=zero_init_residual)
+
+
+# The builders by depth, for code that picks the depth from a config (trainer, evaluation).
+RESNET_BUILDERS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101, 152: resnet152}
