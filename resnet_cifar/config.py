@@ -482,40 +482,32 @@ class TrainConfig:
 # Recipes, as partial nested dicts laid over the dataclass defaults. docs/recipes.md gives the
 # reasons and sources for each value. A preset never sets a field that may be None: TOML has no
 # null, so a saved config leaves None fields out, and reloading it must not pick up a preset value.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # >= 94% test accuracy from scratch (cifar-stem ResNet-50) in 30 epochs: one-cycle SGD.
-    "default": {
-        "data": {"batch_size": 512, "crop": True, "flip": True, "cutout": 0},
-        "model": {"depth": 50, "stem": "cifar", "dropout": 0.0, "zero_init_residual": True},
-        "optim": {
-            "optimizer": "sgd",
-            "lr": 0.4,
-            "momentum": 0.9,
-            "nesterov": True,
-            "weight_decay": 5e-4,
-            "decay_norm_and_bias": False,
-            "schedule": "onecycle",
-            "epochs": 30,
-            "warmup_epochs": 9.0,
-            "label_smoothing": 0.1,
-        },
+
+# >= 94% test accuracy from scratch (cifar-stem ResNet-50) in 30 epochs: one-cycle SGD.
+_DEFAULT_RECIPE: dict[str, dict[str, Any]] = {
+    "data": {"batch_size": 512, "crop": True, "flip": True, "cutout": 0},
+    "model": {"depth": 50, "stem": "cifar", "dropout": 0.0, "zero_init_residual": True},
+    "optim": {
+        "optimizer": "sgd",
+        "lr": 0.4,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "decay_norm_and_bias": False,
+        "schedule": "onecycle",
+        "epochs": 30,
+        "warmup_epochs": 9.0,
+        "label_smoothing": 0.1,
     },
-    # >= 96%: 200 epochs of cosine-annealed SGD with cutout.
+}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": _DEFAULT_RECIPE,
+    # >= 96%: the default recipe's model and SGD, for 200 epochs of cosine annealing with cutout.
     "long": {
-        "data": {"batch_size": 512, "crop": True, "flip": True, "cutout": 16},
-        "model": {"depth": 50, "stem": "cifar", "dropout": 0.0, "zero_init_residual": True},
-        "optim": {
-            "optimizer": "sgd",
-            "lr": 0.4,
-            "momentum": 0.9,
-            "nesterov": True,
-            "weight_decay": 5e-4,
-            "decay_norm_and_bias": False,
-            "schedule": "cosine",
-            "epochs": 200,
-            "warmup_epochs": 5.0,
-            "label_smoothing": 0.1,
-        },
+        "data": {**_DEFAULT_RECIPE["data"], "cutout": 16},
+        "model": dict(_DEFAULT_RECIPE["model"]),
+        "optim": {**_DEFAULT_RECIPE["optim"], "schedule": "cosine", "epochs": 200, "warmup_epochs": 5.0},
     },
     # A quick CPU check that the pipeline trains, not a recipe: pair it with --limit-train/--limit-val.
     "smoke": {
