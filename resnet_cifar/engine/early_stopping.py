@@ -1,9 +1,14 @@
 """Early stopping with PyTorch Lightning's semantics (``EarlyStopping`` callback, check_finite on).
 
 - ``mode`` follows the metric: ``max`` for ``val_acc``, ``min`` for ``val_loss``.
-- An improvement is a value better than the best by MORE than ``min_delta``
-  (max: ``value - min_delta > best``; min: ``value + min_delta < best``). A change of exactly
-  ``min_delta`` (in floating point) or less is no improvement.
+- An improvement is a change on the best of MORE than ``min_delta`` (max: ``value - best``,
+  min: ``best - value``). A change of at most ``min_delta`` is no improvement.
+- The edge is decided as the user means it, not by rounding: metrics and ``min_delta`` are
+  decimals (0.91, 0.01) that floats only approximate, so a change within ``EDGE_REL_TOL`` (1e-9)
+  relative of ``min_delta`` counts as equal to it, hence no improvement (0.91 -> 0.92 with
+  ``min_delta=0.01`` never improves). A few float64 ulps of the values are added to that
+  tolerance so that a ``min_delta`` of 0 or a tiny one is decided exactly too. Off that edge the
+  decision is Lightning's.
 - Each check without improvement adds one to ``wait_count``; an improvement resets it. The run
   stops when ``wait_count >= patience``, so ``patience=0`` stops at the first non-improvement.
 - A NaN or infinite value stops at once (Lightning's ``check_finite``), leaving the best alone.
@@ -12,11 +17,19 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from resnet_cifar.errors import UsageError
 
 METRIC_MODES: dict[str, str] = {"val_acc": "max", "val_loss": "min"}
+
+# A change within this (relative) of min_delta is taken as exactly min_delta. Far above float64
+# rounding (~1e-16), far below any min_delta difference a user could mean.
+EDGE_REL_TOL = 1e-9
+# Rounding of two decimal values and their difference stays below ~2 ulps of the larger value;
+# this margin covers it where EDGE_REL_TOL * min_delta cannot (min_delta 0 or tiny).
+_VALUE_ULPS = 4 * sys.float_info.epsilon
 
 
 class EarlyStopping:
@@ -48,9 +61,11 @@ class EarlyStopping:
         self.best_epoch: int | None = None  # the epoch passed with that check, if any
 
     def _improves(self, value: float) -> bool:
-        if self.mode == "max":
-            return value - self.min_delta > self.best
-        return value + self.min_delta < self.best
+        if math.isinf(self.best):  # no finite best yet: any finite value improves, as in Lightning
+            return True
+        change = value - self.best if self.mode == "max" else self.best - value
+        tolerance = EDGE_REL_TOL * self.min_delta + _VALUE_ULPS * max(abs(value), abs(self.best))
+        return change > self.min_delta + tolerance
 
     def step(self, value: float, *, epoch: int | None = None) -> tuple[bool, str | None]:
         """Record one check of the monitored metric; return ``(should_stop, reason)``.
