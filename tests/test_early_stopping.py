@@ -1,15 +1,20 @@
 """Early stopping on scripted metric sequences, with Lightning's semantics.
 
-Values are binary fractions (0.5, 0.25, ...) so that "exactly min_delta" is exact in floating point.
+The scripted cases use binary fractions (0.5, 0.25, ...) so that "exactly min_delta" is exact in
+floating point. The random sequences use decimals, decided by an exact (Fraction) reference and,
+off the min_delta edge, by Lightning's own ``EarlyStopping``.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import random
+from fractions import Fraction
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 
 from resnet_cifar.engine.early_stopping import EarlyStopping
 from resnet_cifar.errors import UsageError
@@ -141,3 +146,189 @@ def test_state_of_another_monitor_is_refused() -> None:
     state = EarlyStopping("val_acc", patience=1).state_dict()
     with pytest.raises(UsageError, match="monitors 'val_acc'"):
         EarlyStopping("val_loss", patience=1).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    ("monitor", "values", "min_delta"),
+    [
+        # Changes of exactly min_delta as decimals, on both sides of float64 rounding:
+        ("val_acc", [0.7, 0.8], 0.1),  # 0.8 - 0.1 > 0.7 in float64
+        ("val_acc", [0.07, 0.09], 0.02),  # 0.09 - 0.02 < 0.07 in float64
+        ("val_acc", [0.91, 0.92], 0.01),
+        ("val_loss", [0.8, 0.7], 0.1),
+        ("val_loss", [0.09, 0.07], 0.02),
+        ("val_loss", [2.3, 2.29], 0.01),
+        ("val_acc", [0.3, 0.1 + 0.2], 0.0),  # the same decimal, computed: no change
+        ("val_acc", [0.3, 0.300000000001], 1e-12),  # a tiny min_delta is decided exactly too
+    ],
+)
+def test_a_decimal_change_of_exactly_min_delta_is_no_improvement(
+    monitor: str, values: list[float], min_delta: float
+) -> None:
+    stopper = EarlyStopping(monitor, patience=0, min_delta=min_delta)
+    assert stopper.step(values[0]) == (False, None)
+    should_stop, _ = stopper.step(values[1])
+    assert should_stop and not stopper.is_best and stopper.best == values[0]
+
+
+@pytest.mark.parametrize(
+    ("monitor", "values", "min_delta"),
+    [
+        ("val_acc", [0.7, 0.8000001], 0.1),
+        ("val_acc", [0.91, 0.92], 0.009999),
+        ("val_loss", [0.8, 0.6999999], 0.1),
+        ("val_acc", [0.3, 0.300000000002], 1e-12),
+    ],
+)
+def test_a_change_just_over_min_delta_improves(monitor: str, values: list[float], min_delta: float) -> None:
+    stopper = EarlyStopping(monitor, patience=0, min_delta=min_delta)
+    stopper.step(values[0])
+    assert stopper.step(values[1]) == (False, None)
+    assert stopper.is_best and stopper.best == values[1]
+
+
+# --- Random decimal sequences -------------------------------------------------------------------
+
+Sequence = tuple[str, int, float, list[float]]  # (mode, patience, min_delta, values)
+
+
+def _random_sequences(count: int, seed: int = 19) -> list[Sequence]:
+    """Random walks on a decimal grid (0.1 or 0.01), so that changes of exactly min_delta are common.
+
+    Values are ``units / per_unit``: the float nearest that decimal, whose repr is the decimal.
+    """
+    rng = random.Random(seed)
+    sequences = []
+    for _ in range(count):
+        mode = rng.choice(["max", "min"])
+        patience = rng.randint(0, 4)
+        per_unit = rng.choice([10, 100])
+        # min_delta in [0, 0.1]: half the time a multiple of the grid (edges are common), else a
+        # multiple of 0.01 or 0.001 (edges on the 0.01 grid, or none).
+        delta_units = rng.randint(0, per_unit // 10)
+        on_grid = delta_units / per_unit
+        min_delta = rng.choice([on_grid, on_grid, rng.randint(0, 10) / 100, rng.randint(0, 100) / 1000])
+        # Walk steps in grid units; steps of exactly min_delta (when on the grid) make edges often.
+        steps = [-3, -2, -1, 0, 1, 2, 3]
+        if min_delta == on_grid:
+            steps += [delta_units, -delta_units] * 2
+        units = rng.randint(0, 2 * per_unit)
+        values: list[float] = []
+        for _ in range(rng.randint(1, 12)):
+            roll = rng.random()
+            if roll < 0.02:
+                values.append(math.nan)
+            elif roll < 0.03:
+                values.append(rng.choice([math.inf, -math.inf]))
+            else:
+                units = max(0, units + rng.choice(steps))
+                values.append(units / per_unit)
+        sequences.append((mode, patience, min_delta, values))
+    return sequences
+
+
+SEQUENCES = _random_sequences(3000)
+
+
+def _decimal(value: float) -> Fraction:
+    """The decimal a user means by a float (its shortest repr): 0.1 is 1/10, not 0.1000000000000000055."""
+    return Fraction(str(value))
+
+
+Trace = list[tuple[bool, bool, int]]  # (stop, improved, wait_count) after each check, up to the first stop
+
+
+def _reference_trace(mode: str, patience: int, min_delta: float, values: list[float]) -> Trace:
+    """The trace in exact decimal arithmetic: improved means better than the best by more than min_delta."""
+    delta = _decimal(min_delta)
+    best: Fraction | None = None
+    wait = 0
+    trace = []
+    for value in values:
+        if not math.isfinite(value):
+            trace.append((True, False, wait))
+            break
+        current = _decimal(value)
+        change = None if best is None else (current - best if mode == "max" else best - current)
+        if change is None or change > delta:
+            best, wait = current, 0
+            trace.append((False, True, wait))
+            continue
+        wait += 1
+        trace.append((wait >= patience, False, wait))
+        if wait >= patience:
+            break
+    return trace
+
+
+def _trace(mode: str, patience: int, min_delta: float, values: list[float]) -> Trace:
+    stopper = EarlyStopping("val_acc" if mode == "max" else "val_loss", patience=patience, min_delta=min_delta)
+    trace = []
+    for value in values:
+        should_stop, reason = stopper.step(value)
+        assert (reason is not None) == should_stop
+        trace.append((should_stop, stopper.is_best, stopper.wait_count))
+        if should_stop:
+            break
+    return trace
+
+
+def _lightning_trace(
+    mode: str, patience: int, min_delta: float, values: list[float], dtype: torch.dtype = torch.float32
+) -> Trace:
+    """Lightning's callback on the same values, as float32 tensors by default (as logged metrics are)."""
+    stopper = LightningEarlyStopping(
+        monitor="m", mode=mode, patience=patience, min_delta=min_delta, check_finite=True,
+        stopping_threshold=None, divergence_threshold=None,
+    )
+    trace = []
+    for value in values:
+        should_stop, reason = stopper._evaluate_stopping_criteria(torch.tensor(value, dtype=dtype))
+        # Lightning gives a reason without stopping only for an improvement.
+        improved = not should_stop and reason is not None
+        trace.append((should_stop, improved, stopper.wait_count))
+        if should_stop:
+            break
+    return trace
+
+
+def _near_the_edge(min_delta: float, values: list[float], rel_tol: float = 1e-6) -> bool:
+    """Whether any two finite values differ by min_delta within rel_tol, where float32 rounding may decide."""
+    delta = _decimal(min_delta)
+    finite = [_decimal(value) for value in values if math.isfinite(value)]
+    return any(
+        abs(abs(later - earlier) - delta) <= rel_tol * max(delta, abs(later), abs(earlier))
+        for index, earlier in enumerate(finite)
+        for later in finite[index + 1 :]
+    )
+
+
+def test_random_sequences_cover_every_case() -> None:
+    """The sequences reach the cases the comparisons below are for, so those could fail."""
+    traces = [_reference_trace(*sequence) for sequence in SEQUENCES]
+    assert {mode for mode, *_ in SEQUENCES} == {"max", "min"}
+    assert {patience for _, patience, _, _ in SEQUENCES} == {0, 1, 2, 3, 4}
+    assert sum(any(math.isnan(v) for v in values) for *_, values in SEQUENCES) > 100
+    assert sum(any(math.isinf(v) for v in values) for *_, values in SEQUENCES) > 50
+    assert sum(trace[-1][0] for trace in traces) > 1500  # most stop, some run to the end
+    assert sum(not trace[-1][0] for trace in traces) > 100
+    # Many sequences hold a change of exactly min_delta as decimals, and there plain float
+    # comparisons (Lightning's, in float32 or float64) decide some of them wrongly.
+    assert sum(_near_the_edge(min_delta, values) for _, _, min_delta, values in SEQUENCES) > 1000
+    for dtype in (torch.float32, torch.float64):
+        wrong = sum(_lightning_trace(*seq, dtype=dtype) != trace for seq, trace in zip(SEQUENCES, traces))
+        assert wrong >= 15, dtype
+
+
+def test_random_sequences_agree_with_exact_decimal_arithmetic() -> None:
+    mismatches = [seq for seq in SEQUENCES if _trace(*seq) != _reference_trace(*seq)]
+    assert mismatches == []
+
+
+def test_random_sequences_off_the_edge_agree_with_lightning() -> None:
+    off_edge = [seq for seq in SEQUENCES if not _near_the_edge(seq[2], seq[3])]
+    assert len(off_edge) > 1000
+    mismatches = [seq for seq in off_edge if _trace(*seq) != _lightning_trace(*seq)]
+    assert mismatches == []
+    # Off the edge float32 does not matter: Lightning agrees with the exact reference there too.
+    assert all(_lightning_trace(*seq) == _reference_trace(*seq) for seq in off_edge)
