@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from .common import cache_dir_from_env, reported_errors
 from .render import Output
 
 CheckpointArgument = Annotated[
@@ -43,101 +44,93 @@ def render_eval(out: Output, report: dict[str, Any], out_dir: Path) -> None:
     out.line(f"accuracy {_number(report['accuracy'])}  loss {loss}  report in {out_dir}")
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `eval` and `predict` commands to the app."""
+def eval_command(
+    checkpoint: CheckpointArgument,
+    data_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data-dir", help="CIFAR-10 folder. Default: the folder the checkpoint was trained on.", show_default=False
+        ),
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="test, or val (the trainer's own validation split).")
+    ] = "test",
+    limit: Annotated[
+        Optional[int],
+        typer.Option(
+            "--limit",
+            help="Score a stratified, seeded subset of N images "
+            "(for val it replaces the training run's --limit-val).",
+            show_default=False,
+        ),
+    ] = None,
+    device: DeviceOption = "auto",
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-size", help="Images per batch. Default: the checkpoint's eval batch size.", show_default=False
+        ),
+    ] = None,
+    tta: TtaOption = False,
+    out_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out", help="Report folder. Default: eval-<split> beside the checkpoint.", show_default=False
+        ),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Score a checkpoint on the test or val split; write metrics.json, confusion_matrix.csv and .png."""
+    from resnet_cifar.evaluation.checkpoints import evaluate_checkpoint
 
-    @app.command("eval")
-    def eval_command(
-        checkpoint: CheckpointArgument,
-        data_dir: Annotated[
-            Optional[Path],
-            typer.Option(
-                "--data-dir", help="CIFAR-10 folder. Default: the folder the checkpoint was trained on.", show_default=False
-            ),
-        ] = None,
-        split: Annotated[
-            str, typer.Option("--split", help="test, or val (the trainer's own validation split).")
-        ] = "test",
-        limit: Annotated[
-            Optional[int],
-            typer.Option(
-                "--limit",
-                help="Score a stratified, seeded subset of N images "
-                "(for val it replaces the training run's --limit-val).",
-                show_default=False,
-            ),
-        ] = None,
-        device: DeviceOption = "auto",
-        batch_size: Annotated[
-            Optional[int],
-            typer.Option(
-                "--batch-size", help="Images per batch. Default: the checkpoint's eval batch size.", show_default=False
-            ),
-        ] = None,
-        tta: TtaOption = False,
-        out_dir: Annotated[
-            Optional[Path],
-            typer.Option(
-                "--out", help="Report folder. Default: eval-<split> beside the checkpoint.", show_default=False
-            ),
-        ] = None,
-        json_output: JsonOption = False,
-    ) -> None:
-        """Score a checkpoint on the test or val split; write metrics.json, confusion_matrix.csv and .png."""
-        from resnet_cifar.evaluation.checkpoints import evaluate_checkpoint
+    out = Output(json_mode=json_output)
+    with reported_errors(out):
+        outcome = evaluate_checkpoint(
+            checkpoint,
+            split=split,
+            data_dir=data_dir,
+            limit=limit,
+            device=device,
+            batch_size=batch_size,
+            tta=tta,
+            out_dir=out_dir,
+            cache_dir=cache_dir_from_env(os.environ),
+        )
+    if json_output:
+        out.json({**outcome.report, "out_dir": str(outcome.out_dir)})
+        return
+    render_eval(out, outcome.report, outcome.out_dir)
 
-        from .main import cache_dir_from_env, reported_errors
 
-        out = Output(json_mode=json_output)
-        with reported_errors(out):
-            outcome = evaluate_checkpoint(
-                checkpoint,
-                split=split,
-                data_dir=data_dir,
-                limit=limit,
-                device=device,
-                batch_size=batch_size,
-                tta=tta,
-                out_dir=out_dir,
-                cache_dir=cache_dir_from_env(os.environ),
-            )
-        if json_output:
-            out.json({**outcome.report, "out_dir": str(outcome.out_dir)})
-            return
-        render_eval(out, outcome.report, outcome.out_dir)
+def predict_command(
+    checkpoint: CheckpointArgument,
+    images: Annotated[
+        list[Path],
+        typer.Argument(help="Image files of any size and mode (resized to 32 x 32 RGB).", show_default=False),
+    ],
+    top_k: Annotated[int, typer.Option("--top-k", help="How many classes to show per image.")] = 3,
+    device: DeviceOption = "auto",
+    tta: TtaOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Print the most probable classes of each image."""
+    from resnet_cifar.evaluation.checkpoints import load_trained_model, predict_files
+    from resnet_cifar.errors import UsageError
 
-    @app.command("predict")
-    def predict_command(
-        checkpoint: CheckpointArgument,
-        images: Annotated[
-            list[Path],
-            typer.Argument(help="Image files of any size and mode (resized to 32 x 32 RGB).", show_default=False),
-        ],
-        top_k: Annotated[int, typer.Option("--top-k", help="How many classes to show per image.")] = 3,
-        device: DeviceOption = "auto",
-        tta: TtaOption = False,
-        json_output: JsonOption = False,
-    ) -> None:
-        """Print the most probable classes of each image."""
-        from resnet_cifar.evaluation.checkpoints import load_trained_model, predict_files
-        from resnet_cifar.errors import UsageError
-
-        from .main import reported_errors
-
-        out = Output(json_mode=json_output)
-        with reported_errors(out):
-            # The cheap checks first: a missing image is reported before the model is loaded.
-            for image in images:
-                if not image.exists():
-                    raise UsageError(f"{image}: no such image file")
-            if top_k < 1:
-                raise UsageError(f"--top-k must be at least 1, got {top_k}")
-            trained = load_trained_model(checkpoint, device=device)
-            predictions = predict_files(trained, images, top_k=top_k, tta=tta)
-        if json_output:
-            entries = [prediction.to_dict() for prediction in predictions]
-            out.json({"checkpoint": str(checkpoint), "predictions": entries})
-            return
-        for prediction in predictions:
-            ranked = ", ".join(f"{name} {probability:.1%}" for name, probability in prediction.top)
-            out.line(f"{prediction.image}: {ranked}")
+    out = Output(json_mode=json_output)
+    with reported_errors(out):
+        # The cheap checks first: a missing image is reported before the model is loaded.
+        for image in images:
+            if not image.exists():
+                raise UsageError(f"{image}: no such image file")
+        if top_k < 1:
+            raise UsageError(f"--top-k must be at least 1, got {top_k}")
+        trained = load_trained_model(checkpoint, device=device)
+        predictions = predict_files(trained, images, top_k=top_k, tta=tta)
+    if json_output:
+        entries = [prediction.to_dict() for prediction in predictions]
+        out.json({"checkpoint": str(checkpoint), "predictions": entries})
+        return
+    for prediction in predictions:
+        ranked = ", ".join(f"{name} {probability:.1%}" for name, probability in prediction.top)
+        out.line(f"{prediction.image}: {ranked}")

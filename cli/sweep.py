@@ -1,6 +1,6 @@
 """`resnet-cifar sweep`: flags -> fixed settings + a search space -> the library's sweep -> render.
 
-The sweep takes every setting flag of `train` (declared once, in cli/train.py) as a fixed setting:
+The sweep takes every setting flag of `train` (derived once, in cli/options.py) as a fixed setting:
 a flag the user gives fixes that setting for every trial, and takes it out of the search space.
 The fixed settings are layered as train layers them (defaults < preset < --config < flags) and must
 make a valid config by themselves; each trial then lays its sampled parameters over them.
@@ -8,21 +8,32 @@ make a valid config by themselves; each trial then lays its sampled parameters o
 
 from __future__ import annotations
 
-import inspect
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
+from .common import SIGNAL_EXIT_CODES, quiet_known_harmless_logs, reported_errors, stop_on_signals
+from .options import (
+    ConfigOption,
+    NoCacheOption,
+    ScaleLrOption,
+    parameters_of,
+    resolve_data,
+    resolve_run_config,
+    run_defaults,
+    setting_overrides,
+    setting_parameters,
+    with_signature,
+)
+from .progress import ProgressRenderer
 from .render import Output
-from .train import SIGNAL_EXIT_CODES, ProgressRenderer, setting_overrides, stop_on_signals
 
 DEFAULT_OUT = Path("runs/sweep")
-# Parameters of `train` that are not settings a sweep fixes: the sweep has its own --out (the sweep
-# folder) and --json, and a sweep never resumes one run.
-TRAIN_ONLY = ("out", "resume", "json_output")
+# Settings of `train` that a sweep does not take: it has its own --out (the sweep folder), and a
+# sweep never resumes one run.
+TRAIN_ONLY = ("run.out_dir", "run.resume")
 
 
 def _sweep_options(
@@ -34,8 +45,11 @@ def _sweep_options(
     storage: Annotated[Optional[str], typer.Option("--storage", help="An Optuna RDB URL shared by several machines (default: sqlite:///<out>/study.db).", show_default=False)] = None,
     best_format: Annotated[str, typer.Option("--best-format", help="toml or yaml: the best trial's config file, best.toml or best.yaml.")] = "toml",
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (every trial of the study, and the best) on stdout.")] = False,
+    config: ConfigOption = None,
+    scale_lr: ScaleLrOption = False,
+    no_cache: NoCacheOption = False,
 ) -> None:
-    """The sweep's own options; `register` adds train's setting flags after them."""
+    """The sweep's own options; train's setting flags follow them."""
 
 
 def _format(value: Any) -> str:
@@ -106,64 +120,21 @@ def render_trials(out: Output, result: Any) -> None:
     out.line(f"trials table in {result.trials_csv}")
 
 
-def _registered_train(app: typer.Typer) -> Any:
-    for command in app.registered_commands:
-        if command.callback is not None and command.callback.__name__ == "train":
-            return command.callback
-    raise RuntimeError("register the train command before the sweep command: sweep reuses its flags")
-
-
-def register(app: typer.Typer) -> None:
-    """Add `sweep`, with its own options followed by every setting flag of `train`."""
-    train_parameters = inspect.signature(_registered_train(app), eval_str=True).parameters
-    setting_parameters = [parameter for name, parameter in train_parameters.items() if name not in TRAIN_ONLY]
-    setting_names = tuple(parameter.name for parameter in setting_parameters)
-    own_parameters = list(inspect.signature(_sweep_options, eval_str=True).parameters.values())
-    clash = {parameter.name for parameter in own_parameters} & set(setting_names)
-    assert not clash, f"sweep options shadow train flags: {clash}"
-
-    def sweep(**values: Any) -> None:
-        """Search hyperparameters with Optuna (TPE, median pruning): trials of the training engine, each
-        in its own folder, a resumable study in --out, a table of trials and the best config."""
-        _sweep(values, setting_names)
-
-    # Typer reads a command's options from its signature: the sweep's, then train's setting flags.
-    sweep.__signature__ = inspect.Signature([*own_parameters, *setting_parameters])  # type: ignore[attr-defined]
-    app.command("sweep")(sweep)
-
-
-def _sweep(values: dict[str, Any], setting_names: tuple[str, ...]) -> None:
-    from resnet_cifar.config import resolve_config
-    from resnet_cifar.data.download import default_data_dir, resolve_data_dir
+def sweep(**values: Any) -> None:
+    """Search hyperparameters with Optuna (TPE, median pruning): trials of the training engine, each
+    in its own folder, a resumable study in --out, a table of trials and the best config."""
     from resnet_cifar.engine.trainer import StopRequest
     from resnet_cifar.errors import UsageError
     from resnet_cifar.tuning import default_space, load_space, run_sweep
 
-    from .main import cache_dir_from_env, download_progress, reported_errors
-
+    quiet_known_harmless_logs()
     json_output = values["json_output"]
     output = Output(json_mode=json_output)
     with reported_errors(output):
-        data_dir = values["data_dir"]
-        if data_dir is not None and not data_dir.is_dir():
-            raise UsageError(f"{data_dir}: no such folder")
         space = load_space(values["space"]) if values["space"] is not None else default_space()
-        overrides = setting_overrides({name: values[name] for name in setting_names})
-        default_dir = default_data_dir(os.environ)
-        base = resolve_config(
-            preset=values["preset"],
-            file=values["config"],
-            overrides=overrides,
-            defaults={"data.data_dir": default_dir, "data.cache_dir": cache_dir_from_env(os.environ)},
-        )
-        if values["no_cache"]:
-            base = replace(base, data=replace(base.data, cache_dir=None))
-        # The default folder is downloaded into when empty; any other folder must exist.
-        named = None if base.data.data_dir == default_dir else base.data.data_dir
-        with download_progress(output) as on_progress:
-            resolved_dir = resolve_data_dir(named, os.environ, on_progress=on_progress)
-        if resolved_dir != base.data.data_dir:
-            base = replace(base, data=replace(base.data, data_dir=resolved_dir))
+        overrides = setting_overrides(values, exclude=TRAIN_ONLY)
+        base = resolve_run_config(values, defaults=run_defaults(os.environ), exclude=TRAIN_ONLY)
+        base = resolve_data(base, output)
 
         fixed = [key for key in space.keys if key in overrides]
         space = space.without(fixed)
@@ -202,3 +173,7 @@ def _sweep(values: dict[str, Any], setting_names: tuple[str, ...]) -> None:
         first = f" (trial {failed[0].number}: {failed[0].error})" if failed and failed[0].error else ""
         output.error(f"no trial of study {result.study_name} completed: {len(failed)} of {len(result.trials)} failed{first}")
         raise typer.Exit(1)
+
+
+# Typer reads a command's options from its signature: the sweep's own, then train's setting flags.
+with_signature(sweep, [*parameters_of(_sweep_options), *setting_parameters(exclude=TRAIN_ONLY)])

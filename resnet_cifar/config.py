@@ -29,7 +29,7 @@ import tempfile
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, Union
 
@@ -52,16 +52,25 @@ SEED_LIMIT = 2**32
 IMAGE_SIDE = 32
 
 # CLI flags whose name is not the field name with dashes (see flag_for).
-_FLAG_EXCEPTIONS = {
+FLAG_EXCEPTIONS = {
     "run.out_dir": "--out",
-    # The split/shuffle/augmentation seed; the CLI may set it together with run.seed from --seed.
-    "data.seed": "--data-seed",
+    # The split/shuffle/augmentation seed: the CLI's --seed sets it together with run.seed.
+    "data.seed": "--seed",
 }
+
+
+def setting(default: Any = MISSING, help: str = "", *, shown: str | None = None) -> Any:
+    """A config field with its one-line ``--help`` text. ``shown`` is what ``--help`` says in place
+    of the default value where the bare value would not explain it (a device-dependent None)."""
+    metadata = {"help": help, "shown": shown}
+    if default is MISSING:
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def flag_for(key: str) -> str:
     """The CLI flag of a dotted setting name: ``"optim.lr"`` -> ``"--lr"``."""
-    return _FLAG_EXCEPTIONS.get(key, "--" + key.split(".", 1)[-1].replace("_", "-"))
+    return FLAG_EXCEPTIONS.get(key, "--" + key.split(".", 1)[-1].replace("_", "-"))
 
 
 class ConfigValueError(UsageError):
@@ -78,6 +87,11 @@ def _show(value: Any) -> str:
     if isinstance(value, float) and value.is_integer() and math.isfinite(value):
         return str(int(value))
     return repr(value) if isinstance(value, str) else str(value)
+
+
+def _tidy(value: float) -> float:
+    """``value`` to 12 significant digits: products like 0.3 x 3 become the decimal a person means."""
+    return float(f"{value:.12g}")
 
 
 def _choices(options: tuple[Any, ...]) -> str:
@@ -136,22 +150,24 @@ class DataConfig(_Section):
 
     section: ClassVar[str] = "data"
 
-    data_dir: Path
-    batch_size: int = 512
-    eval_batch_size: int = 1024
-    val_fraction: float = 0.1
-    loader: str = "auto"
-    seed: int = 0
-    limit_train: int | None = None
-    limit_val: int | None = None
+    data_dir: Path = setting(help="CIFAR-10 folder: the python or binary release, or train/ and test/ image folders.")
+    batch_size: int = setting(512, "Training batch size (per process under torchrun).")
+    eval_batch_size: int = setting(1024, "Batch size of validation and test passes.")
+    val_fraction: float = setting(0.1, "Share of the training split held out for validation (stratified).")
+    loader: str = setting(
+        "auto", "auto, tensor (the split resident on the device) or dali.", shown="dali on CUDA when installed, else tensor"
+    )
+    seed: int = setting(0, "Seed of the data: split, subsets, order and augmentation.")
+    limit_train: int | None = setting(None, "Train on a stratified subset of N images.", shown="all")
+    limit_val: int | None = setting(None, "Validate on a stratified subset of N images.", shown="all")
     # A stratified subset of the test split for the final report of quick runs (never for selection).
-    limit_test: int | None = None
-    verify: bool = True
+    limit_test: int | None = setting(None, "Report test accuracy on a stratified subset of N images.", shown="all")
+    verify: bool = setting(True, "Check the md5 of the official release files.")
     # Where decoded image folders are cached; None disables the cache.
-    cache_dir: Path | None = None
-    crop: bool = True
-    flip: bool = True
-    cutout: int = 0
+    cache_dir: Path | None = setting(None, "Folder of the decoded image-folder cache.")
+    crop: bool = setting(True, "Random 32x32 crop of the image padded by 4 pixels.")
+    flip: bool = setting(True, "Random horizontal flip.")
+    cutout: int = setting(0, "Cutout square side in pixels (0 = off).")
 
     def __post_init__(self) -> None:
         self._normalize()
@@ -195,16 +211,16 @@ class ModelConfig(_Section):
 
     section: ClassVar[str] = "model"
 
-    depth: int = 50
-    stem: str = "cifar"
-    dropout: float = 0.0
-    zero_init_residual: bool = False
-    pretrained: str | None = None
-    reinit_conv1: bool = False
-    image_size: int | None = None
-    freeze_backbone: bool = False
-    backbone_lr_mult: float = 1.0
-    sync_bn: bool = False
+    depth: int = setting(50, "ResNet depth: 18, 34, 50, 101 or 152.")
+    stem: str = setting("cifar", "cifar (3x3 conv, no max-pool) or imagenet (7x7/2 conv + max-pool).")
+    dropout: float = setting(0.0, "Dropout before the top layer, in [0, 1).")
+    zero_init_residual: bool = setting(True, "Start each residual branch's last batch norm at zero.")
+    pretrained: str | None = setting(None, "Start from imagenet1k-v1, imagenet1k-v2 or a weights file.", shown="random")
+    reinit_conv1: bool = setting(False, "With --stem cifar and ImageNet weights: a fresh 3x3 conv1.")
+    image_size: int | None = setting(None, "Upsample batches on the device to N pixels before the model.", shown="32")
+    freeze_backbone: bool = setting(False, "Train only the top layer (a linear probe).")
+    backbone_lr_mult: float = setting(1.0, "Scale the backbone's learning rate by this.")
+    sync_bn: bool = setting(False, "Under torchrun on GPUs: batch-norm statistics over the global batch.")
 
     def __post_init__(self) -> None:
         self._normalize()
@@ -241,48 +257,69 @@ class ModelConfig(_Section):
 class OptimConfig(_Section):
     """Optimizer, learning-rate schedule and loss regularizers. Defaults are the default recipe's.
 
+    **Learning rate.** ``lr_base`` is the recipe's peak rate for a global batch of
+    ``lr_base_batch_size`` images (timm's ``--lr-base``/``--lr-base-size``). When ``lr`` is not given,
+    the run's rate is scaled from it to the run's global batch (``batch_size`` x processes): linearly
+    for SGD (Goyal et al. 2017, "Accurate, Large Minibatch SGD"), by the square root for Adam and
+    AdamW (as timm does; Malladi et al. 2022 argue it for adaptive methods). A given ``lr`` is used
+    as given. Either way the resolved ``lr`` is what the config records, so a saved config replays it.
+
+    **Warm-up.** ``warmup_fraction`` is the schedule's warm-up as a share of the run: for
+    ``onecycle`` its rising phase (OneCycleLR's ``pct_start``, so it must be positive), otherwise a
+    linear ramp before the schedule. It keeps a preset's shape for any ``epochs``. ``warmup_epochs``,
+    when given, is the warm-up in epochs and wins (it must be below ``epochs``); when not given it
+    resolves to ``warmup_fraction x epochs``, and the two always agree in a resolved config.
+
     Epoch counts (``epochs``, ``warmup_epochs``, ``step_size``, ``milestones``) are in epochs; the
     engine converts them to steps. ``momentum`` and ``nesterov`` apply to SGD; Adam and AdamW keep
-    their own betas. ``warmup_epochs`` is a linear warm-up before the schedule, except for
-    ``onecycle`` where it is the rising phase of the cycle (OneCycleLR's ``pct_start`` =
-    warmup_epochs / epochs) and must be positive. ``milestones`` are for ``multistep`` only, and
-    ``step_size``/``gamma`` are read by ``step`` (and ``gamma`` by ``multistep``); decay epochs count
-    from the start of training and must fall after the warm-up. ``min_lr_ratio`` is the floor of
-    ``cosine`` and the end of ``onecycle``, as a fraction of the peak rate (0: down to 0 for cosine,
-    OneCycleLR's own lr / 25e4 for onecycle).
-    ``decay_norm_and_bias`` False keeps weight decay off batch-norm and bias parameters.
-    ``scale_lr`` applies the linear scaling rule (Goyal et al. 2017) under multi-process training:
-    the rate used is ``lr`` times the number of processes (``batch_size`` is per process, so the
-    global batch grows with them); without it ``lr`` is used as given. docs/distributed.md.
+    their own betas. ``milestones`` are for ``multistep`` only, and ``step_size``/``gamma`` are read
+    by ``step`` (and ``gamma`` by ``multistep``); decay epochs count from the start of training and
+    must fall after the warm-up. ``min_lr_ratio`` is the floor of ``cosine`` and the end of
+    ``onecycle``, as a fraction of the peak rate (0: down to 0 for cosine, OneCycleLR's own
+    lr / 25e4 for onecycle). ``decay_norm_and_bias`` False keeps weight decay off batch-norm and
+    bias parameters.
     """
 
     section: ClassVar[str] = "optim"
 
-    optimizer: str = "sgd"
-    lr: float = 0.4
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    decay_norm_and_bias: bool = False
-    schedule: str = "onecycle"
-    epochs: int = 30
-    warmup_epochs: float = 9.0
-    step_size: int = 10
-    gamma: float = 0.1
-    milestones: tuple[int, ...] = ()
-    min_lr_ratio: float = 0.0
-    label_smoothing: float = 0.1
-    grad_clip: float | None = None
-    ema: bool = False
-    ema_decay: float = 0.999
-    scale_lr: bool = False
+    optimizer: str = setting("sgd", "sgd, adam or adamw.")
+    lr: float | None = setting(
+        None,
+        "Peak learning rate, used as given. Left out: --lr-base scaled to the global batch "
+        "(linearly for SGD, by the square root for Adam/AdamW).",
+        shown="0.4 at batch 512, scaled with the batch",
+    )
+    lr_base: float = setting(0.4, "Peak learning rate for a global batch of --lr-base-batch-size images.")
+    lr_base_batch_size: int = setting(512, "The global batch size --lr-base is stated for.")
+    momentum: float = setting(0.9, "SGD momentum, in [0, 1).")
+    nesterov: bool = setting(True, "Nesterov momentum (SGD).")
+    weight_decay: float = setting(5e-4, "L2 weight decay.")
+    decay_norm_and_bias: bool = setting(False, "Apply weight decay to batch-norm and bias parameters too.")
+    schedule: str = setting("onecycle", "constant, step, multistep, cosine or onecycle.")
+    epochs: int = setting(30, "Training epochs.")
+    warmup_fraction: float = setting(0.3, "Warm-up as a share of the run (one-cycle: its rising phase).")
+    warmup_epochs: float | None = setting(
+        None, "Warm-up in epochs, overriding --warmup-fraction; below --epochs.", shown="--warmup-fraction x --epochs"
+    )
+    step_size: int = setting(10, "Epochs between step decays (--schedule step).")
+    gamma: float = setting(0.1, "Decay factor of step and multistep.")
+    milestones: tuple[int, ...] = setting((), "Multistep decay epochs, comma-separated (e.g. 60,120,160).", shown="none")
+    min_lr_ratio: float = setting(0.0, "Final rate of cosine and one-cycle, as a share of the peak (0 = default floor).")
+    label_smoothing: float = setting(0.1, "Label smoothing of the cross-entropy loss, in [0, 1).")
+    grad_clip: float | None = setting(None, "Clip the gradient norm to this (after unscaling).", shown="off")
+    ema: bool = setting(False, "Keep, validate and test an exponential moving average of the weights.")
+    ema_decay: float = setting(0.999, "Decay of the weights' EMA, in (0, 1).")
 
     def __post_init__(self) -> None:
         self._normalize()
         if self.optimizer not in OPTIMIZERS:
             self._fail("optimizer", f"--optimizer must be one of {_choices(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.lr <= 0.0:
+        if self.lr is not None and self.lr <= 0.0:
             self._fail("lr", f"--lr must be positive, got {_show(self.lr)}")
+        if self.lr_base <= 0.0:
+            self._fail("lr_base", f"--lr-base must be positive, got {_show(self.lr_base)}")
+        if self.lr_base_batch_size <= 0:
+            self._fail("lr_base_batch_size", f"--lr-base-batch-size must be positive, got {self.lr_base_batch_size}")
         if not 0.0 <= self.momentum < 1.0:
             self._fail("momentum", f"--momentum must be in [0, 1), got {_show(self.momentum)}")
         if self.optimizer == "sgd" and self.nesterov and self.momentum == 0.0:
@@ -293,13 +330,7 @@ class OptimConfig(_Section):
             self._fail("schedule", f"--schedule must be one of {_choices(SCHEDULES)}, got {self.schedule!r}")
         if self.epochs <= 0:
             self._fail("epochs", f"--epochs must be positive, got {self.epochs}")
-        if not 0.0 <= self.warmup_epochs < self.epochs:
-            self._fail(
-                "warmup_epochs",
-                f"--warmup-epochs must be in [0, --epochs {self.epochs}), got {_show(self.warmup_epochs)}",
-            )
-        if self.schedule == "onecycle" and self.warmup_epochs == 0.0:
-            self._fail("warmup_epochs", "--warmup-epochs must be positive with --schedule onecycle (its rising phase)")
+        self._resolve_warmup()
         if self.step_size <= 0:
             self._fail("step_size", f"--step-size must be a positive number of epochs, got {self.step_size}")
         if self.schedule == "step" and self.step_size <= self.warmup_epochs:
@@ -320,6 +351,23 @@ class OptimConfig(_Section):
             )
         if not 0.0 < self.ema_decay < 1.0:
             self._fail("ema_decay", f"--ema-decay must be in (0, 1), got {_show(self.ema_decay)}")
+
+    def _resolve_warmup(self) -> None:
+        """``warmup_epochs`` from ``warmup_fraction`` when not given, else the fraction from it."""
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            self._fail("warmup_fraction", f"--warmup-fraction must be in [0, 1), got {_show(self.warmup_fraction)}")
+        # Rounded to 12 digits so that 0.3 x 3 records as 0.9, not 0.8999999999999999.
+        if self.warmup_epochs is None:
+            object.__setattr__(self, "warmup_epochs", _tidy(self.warmup_fraction * self.epochs))
+        elif not 0.0 <= self.warmup_epochs < self.epochs:
+            self._fail(
+                "warmup_epochs",
+                f"--warmup-epochs must be in [0, --epochs {self.epochs}), got {_show(self.warmup_epochs)}",
+            )
+        else:
+            object.__setattr__(self, "warmup_fraction", _tidy(self.warmup_epochs / self.epochs))
+        if self.schedule == "onecycle" and self.warmup_epochs == 0.0:
+            self._fail("warmup_epochs", "--warmup-epochs must be positive with --schedule onecycle (its rising phase)")
 
     def _check_milestones(self) -> None:
         if self.schedule != "multistep":
@@ -348,18 +396,23 @@ class PrecisionConfig(_Section):
     """Device and numeric precision.
 
     ``amp`` None means on for CUDA (in ``amp_dtype``, and for bf16 only where the GPU supports it),
-    off elsewhere; ``channels_last`` None means on for CUDA. ``amp_dtype`` without amp changes nothing.
-    Use ``use_amp``/``use_channels_last`` once the device is known.
+    off elsewhere. ``channels_last`` None means on where the device's best measured settings use it:
+    on CUDA, and on a CPU that autocasts to bf16 (docs/performance.md: bf16 + channels_last trains
+    ResNet-50 2.23x faster than eager fp32 on this project's CPU, bf16 alone 1.69x), else off.
+    ``amp_dtype`` without amp changes nothing. Use ``use_amp``/``use_channels_last`` once the
+    device is known.
     """
 
     section: ClassVar[str] = "precision"
 
-    device: str = "auto"
-    amp: bool | None = None
-    amp_dtype: str = "bf16"
-    channels_last: bool | None = None
-    compile: bool = False
-    deterministic: bool = False
+    device: str = setting("auto", "auto (CUDA when available), cpu or cuda.", shown="cuda when available, else cpu")
+    amp: bool | None = setting(None, "Autocast to --amp-dtype.", shown="on for CUDA, off for the CPU")
+    amp_dtype: str = setting("bf16", "bf16, or fp16 (with a GradScaler; CUDA only).")
+    channels_last: bool | None = setting(
+        None, "NHWC memory format for the model and batches.", shown="on for CUDA and for the CPU with --amp, else off"
+    )
+    compile: bool = setting(False, "torch.compile the model.")
+    deterministic: bool = setting(False, "Deterministic kernels (bit-exact resume on the CPU).")
 
     def __post_init__(self) -> None:
         self._normalize()
@@ -374,9 +427,12 @@ class PrecisionConfig(_Section):
             return self.amp
         return device_type == "cuda" and (self.amp_dtype == "fp16" or bf16_supported)
 
-    def use_channels_last(self, device_type: str) -> bool:
-        """Whether model and batches go channels_last on ``device_type``; an explicit choice wins."""
-        return self.channels_last if self.channels_last is not None else device_type == "cuda"
+    def use_channels_last(self, device_type: str, *, amp: bool) -> bool:
+        """Whether model and batches go channels_last on ``device_type`` (``amp``: whether the run
+        autocasts, as ``use_amp`` decided); an explicit choice wins."""
+        if self.channels_last is not None:
+            return self.channels_last
+        return device_type == "cuda" or (amp and self.amp_dtype == "bf16")
 
 
 @dataclass(frozen=True)
@@ -386,9 +442,9 @@ class EarlyStoppingConfig(_Section):
 
     section: ClassVar[str] = "early_stopping"
 
-    monitor: str = "val_acc"
-    patience: int | None = None
-    min_delta: float = 0.0
+    monitor: str = setting("val_acc", "Early stopping's metric: val_acc or val_loss.")
+    patience: int | None = setting(None, "Stop after N validation checks without improvement.", shown="off")
+    min_delta: float = setting(0.0, "Early stopping: a change of at most this is no improvement.")
 
     def __post_init__(self) -> None:
         self._normalize()
@@ -413,10 +469,10 @@ class RunConfig(_Section):
 
     section: ClassVar[str] = "run"
 
-    out_dir: Path = Path("runs")
-    seed: int = 0
-    resume: Path | None = None
-    preset: str = "default"
+    out_dir: Path = setting(Path("runs"), "Run folder: config, metrics, checkpoints, curves and result.")
+    seed: int = setting(0, "Seed of the run and of the data (split, order, augmentation).")
+    resume: Path | None = setting(None, "Continue from a checkpoint (last.pt) with its own settings.", shown="none")
+    preset: str = setting("default", "Recipe: default (>= 94% in 30 epochs), long (>= 96%), smoke (a quick CPU check).")
 
     def __post_init__(self) -> None:
         self._normalize()
@@ -452,8 +508,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, section_class):
                 raise UsageError(f"TrainConfig.{name} must be a {section_class.__name__}, got {type(value).__name__}")
-        # The sections hold no constraint that spans two of them: each checks its own fields
-        # (warm-up against epochs, milestones against the schedule, pretrained against the stem).
+        # The one setting that spans two sections: a learning rate not given comes from the batch
+        # size (one process here; resolve_config scales it for several).
+        if self.optim.lr is None:
+            object.__setattr__(self, "optim", replace(self.optim, lr=scaled_lr(self.optim, self.data.batch_size)))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Nested plain types (str, int, float, bool, None, lists), for checkpoints
@@ -479,45 +537,47 @@ class TrainConfig:
         return cls(**sections)
 
 
-# Recipes, as partial nested dicts laid over the dataclass defaults. docs/recipes.md gives the
-# reasons and sources for each value. A preset never sets a field that may be None: TOML has no
-# null, so a saved config leaves None fields out, and reloading it must not pick up a preset value.
-
-# >= 94% test accuracy from scratch (cifar-stem ResNet-50) in 30 epochs: one-cycle SGD.
-_DEFAULT_RECIPE: dict[str, dict[str, Any]] = {
-    "data": {"batch_size": 512, "crop": True, "flip": True, "cutout": 0},
-    "model": {"depth": 50, "stem": "cifar", "dropout": 0.0, "zero_init_residual": True},
-    "optim": {
-        "optimizer": "sgd",
-        "lr": 0.4,
-        "momentum": 0.9,
-        "nesterov": True,
-        "weight_decay": 5e-4,
-        "decay_norm_and_bias": False,
-        "schedule": "onecycle",
-        "epochs": 30,
-        "warmup_epochs": 9.0,
-        "label_smoothing": 0.1,
-    },
-}
-
+# Recipes, as partial nested dicts laid over the dataclass defaults, which ARE the default recipe
+# (>= 94% test accuracy from scratch with the cifar-stem ResNet-50 in 30 epochs of one-cycle SGD).
+# A preset states only what differs; docs/recipes.md gives the reasons and sources for each value.
+# A preset never sets a field that may be None (TOML has no null, so a saved config leaves None
+# fields out, and reloading it must not pick up a preset value): it states its learning rate as
+# lr_base at lr_base_batch_size and its warm-up as warmup_fraction, so both follow --batch-size
+# and --epochs.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "default": _DEFAULT_RECIPE,
-    # >= 96%: the default recipe's model and SGD, for 200 epochs of cosine annealing with cutout.
+    "default": {},
+    # >= 96%: the default recipe's model and SGD, for 200 epochs of cosine annealing with cutout
+    # (5 of the 200 epochs of linear warm-up).
     "long": {
-        "data": {**_DEFAULT_RECIPE["data"], "cutout": 16},
-        "model": dict(_DEFAULT_RECIPE["model"]),
-        "optim": {**_DEFAULT_RECIPE["optim"], "schedule": "cosine", "epochs": 200, "warmup_epochs": 5.0},
+        "data": {"cutout": 16},
+        "optim": {"schedule": "cosine", "epochs": 200, "warmup_fraction": 0.025},
     },
     # A quick CPU check that the pipeline trains, not a recipe: pair it with --limit-train/--limit-val.
     "smoke": {
         "data": {"batch_size": 64, "eval_batch_size": 256},
-        "model": {"depth": 18, "stem": "cifar"},
-        "optim": {"lr": 0.05, "schedule": "onecycle", "epochs": 2, "warmup_epochs": 0.5},
+        "model": {"depth": 18},
+        "optim": {"lr_base": 0.05, "lr_base_batch_size": 64, "epochs": 2, "warmup_fraction": 0.25},
     },
 }
 
 DEFAULT_PRESET = "default"
+
+
+def scaled_lr(optim: OptimConfig, global_batch_size: int) -> float:
+    """``optim.lr_base`` scaled from ``optim.lr_base_batch_size`` to ``global_batch_size`` images:
+    linearly for SGD, by the square root for Adam and AdamW (see OptimConfig)."""
+    ratio = global_batch_size / optim.lr_base_batch_size
+    return _tidy(optim.lr_base * (ratio if optim.optimizer == "sgd" else math.sqrt(ratio)))
+
+
+def describe_lr(optim: OptimConfig, global_batch_size: int) -> str:
+    """The resolved rate and, when it came from the scaling rule, how: ``"0.05 = 0.4 x 64/512"``."""
+    assert optim.lr is not None, "a resolved config always has its lr"
+    shown = f"{optim.lr:.4g}"
+    if global_batch_size == optim.lr_base_batch_size or optim.lr != scaled_lr(optim, global_batch_size):
+        return shown
+    ratio = f"{global_batch_size}/{optim.lr_base_batch_size}"
+    return f"{shown} = {optim.lr_base:.4g} x " + (ratio if optim.optimizer == "sgd" else f"sqrt({ratio})")
 
 
 def resolve_config(
@@ -526,6 +586,7 @@ def resolve_config(
     file: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     defaults: Mapping[str, Any] | None = None,
+    world_size: int = 1,
 ) -> TrainConfig:
     """Layer a run's settings and validate the result once.
 
@@ -536,6 +597,9 @@ def resolve_config(
 
     The preset is ``preset`` if given, else ``overrides["run.preset"]``, else the file's
     ``run.preset``, else ``"default"``; ``run.preset`` of the result names it.
+
+    ``world_size`` is the number of training processes: a learning rate that no layer gives is
+    scaled from ``optim.lr_base`` to the global batch, ``batch_size x world_size``.
 
     ``overrides`` and ``defaults`` map dotted names (``{"optim.lr": 0.1}``) or sections
     (``{"optim": {"lr": 0.1}}``) to values; a None value counts as not given.
@@ -564,7 +628,11 @@ def resolve_config(
                     from_file.discard(key)
     merged["run"]["preset"] = chosen
     try:
-        return TrainConfig.from_dict(merged)
+        cfg = TrainConfig.from_dict(merged)
+        if "lr" not in merged["optim"] and world_size != 1:
+            lr = scaled_lr(cfg.optim, cfg.data.batch_size * world_size)
+            cfg = replace(cfg, optim=replace(cfg.optim, lr=lr))
+        return cfg
     except ConfigValueError as error:
         if error.key in from_file:
             raise ConfigValueError(error.key, f"{error} ({error.key} in {file_path})") from None
@@ -590,7 +658,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"{path}: a config file must be UTF-8 text") from None
-    document = _parse_toml(text, path) if suffix == ".toml" else _parse_yaml(text, path)
+    document = parse_toml(text, path) if suffix == ".toml" else parse_yaml(text, path)
     return _check_document(document, path)
 
 
@@ -632,7 +700,7 @@ def _type_hints(cls: type) -> dict[str, Any]:
     return _HINTS[cls]
 
 
-def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+def unwrap_optional(hint: Any) -> tuple[Any, bool]:
     """(the type inside, whether None is allowed) for ``X``, ``X | None`` and ``Optional[X]``."""
     if typing.get_origin(hint) in (Union, types.UnionType):
         inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
@@ -643,7 +711,7 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
 def _convert(value: Any, hint: Any, key: str) -> Any:
     """``value`` checked against ``hint`` and converted where lossless; ConfigValueError otherwise."""
     flag = flag_for(key)
-    base, optional = _unwrap_optional(hint)
+    base, optional = unwrap_optional(hint)
     if value is None:
         if optional:
             return None
@@ -766,7 +834,7 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def _parse_toml(text: str, path: Path) -> Any:
+def parse_toml(text: str, path: Path) -> Any:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -792,7 +860,7 @@ def _yaml_loader() -> Any:
     return ConfigLoader
 
 
-def _parse_yaml(text: str, path: Path) -> Any:
+def parse_yaml(text: str, path: Path) -> Any:
     import yaml
 
     try:

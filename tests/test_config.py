@@ -78,7 +78,9 @@ def non_default_config(data_dir: Path, tmp_path: Path) -> TrainConfig:
 
 def test_every_section_is_valid_with_its_defaults(data_dir: Path) -> None:
     cfg = TrainConfig(data=DataConfig(data_dir=data_dir))
-    assert cfg.model == ModelConfig() and cfg.optim == OptimConfig() and cfg.run == RunConfig()
+    # The one cross-section default: a learning rate not given is lr_base at the batch size (512: 0.4).
+    assert cfg.model == ModelConfig() and cfg.optim == OptimConfig(lr=0.4) and cfg.run == RunConfig()
+    assert OptimConfig().lr is None and cfg.optim.lr == 0.4
     assert cfg.model.depth == 50 and cfg.model.stem == "cifar"
     assert cfg.early_stopping.patience is None and cfg.early_stopping.mode == "max"
     assert EarlyStoppingConfig(monitor="val_loss").mode == "min"
@@ -96,7 +98,7 @@ def test_every_section_is_valid_with_its_defaults(data_dir: Path) -> None:
         (DataConfig, {"limit_train": 100}, "--limit-train 100 is smaller than --batch-size 512"),
         (DataConfig, {"cutout": 33}, "--cutout must be a square side in [0, 32] pixels, got 33"),
         (DataConfig, {"cutout": -1}, "--cutout must be a square side in [0, 32] pixels, got -1"),
-        (DataConfig, {"seed": -1}, "--data-seed must be in [0, 2**32), got -1"),
+        (DataConfig, {"seed": -1}, "--seed must be in [0, 2**32), got -1"),
         (ModelConfig, {"depth": 20}, "--depth must be one of 18, 34, 50, 101, 152, got 20"),
         (ModelConfig, {"stem": "tiny"}, "--stem must be one of cifar, imagenet, got 'tiny'"),
         (ModelConfig, {"dropout": 1.0}, "--dropout must be in [0, 1), got 1"),
@@ -158,7 +160,7 @@ def test_every_section_is_valid_with_its_defaults(data_dir: Path) -> None:
         (DataConfig, {"flip": "yes"}, "--flip must be true or false, got 'yes'"),
         (ModelConfig, {"sync_bn": 1}, "--sync-bn must be true or false, got 1"),
         (ModelConfig, {"sync_bn": True, "freeze_backbone": True}, "--sync-bn has no effect with --freeze-backbone"),
-        (OptimConfig, {"scale_lr": "yes"}, "--scale-lr must be true or false, got 'yes'"),
+        (OptimConfig, {"nesterov": "yes"}, "--nesterov must be true or false, got 'yes'"),
         (OptimConfig, {"schedule": "multistep", "milestones": "10,20"}, "--milestones must be a list, got '10,20'"),
         (OptimConfig, {"schedule": "multistep", "milestones": [10, "x"]}, "--milestones must be an integer, got 'x'"),
         (OptimConfig, {"optimizer": 1}, "--optimizer must be a string, got 1"),
@@ -223,6 +225,9 @@ def test_pretrained_names_match_the_loader() -> None:
         (PrecisionConfig(), "cuda", False, False, True),  # auto never falls back to fp16 by itself
         (PrecisionConfig(amp_dtype="fp16"), "cuda", False, True, True),
         (PrecisionConfig(), "cpu", True, False, False),
+        (PrecisionConfig(amp=True), "cpu", True, True, True),  # bf16 autocast on the CPU is fastest in NHWC
+        (PrecisionConfig(amp=True, amp_dtype="fp16"), "cpu", True, True, False),
+        (PrecisionConfig(amp=True, channels_last=False), "cpu", True, True, False),
         (PrecisionConfig(amp=True, channels_last=True), "cpu", True, True, True),
         (PrecisionConfig(amp=False, channels_last=False), "cuda", True, False, False),
     ],
@@ -231,23 +236,24 @@ def test_auto_amp_and_channels_last_follow_the_device(
     precision: PrecisionConfig, device: str, bf16: bool, amp: bool, channels_last: bool
 ) -> None:
     assert precision.use_amp(device, bf16_supported=bf16) is amp
-    assert precision.use_channels_last(device) is channels_last
+    assert precision.use_channels_last(device, amp=amp) is channels_last
 
 
 def test_distributed_settings_default_off_and_round_trip_through_a_file(data_dir: Path, tmp_path: Path) -> None:
     cfg = resolve(data_dir)
-    assert cfg.model.sync_bn is False and cfg.optim.scale_lr is False
-    config = write(tmp_path / "ddp.toml", "[model]\nsync_bn = true\n[optim]\nscale_lr = true\n")
+    assert cfg.model.sync_bn is False
+    config = write(tmp_path / "ddp.toml", "[model]\nsync_bn = true\n[optim]\nlr_base = 0.2\nlr_base_batch_size = 256\n")
     from_file = resolve(data_dir, file=config)
-    assert from_file.model.sync_bn is True and from_file.optim.scale_lr is True
+    assert from_file.model.sync_bn is True and from_file.optim.lr == pytest.approx(0.4)  # 0.2 x 512/256
     saved = save_config(from_file, tmp_path / "saved.toml")
     assert resolve_config(file=saved) == from_file
 
 
 def test_every_setting_has_a_distinct_flag() -> None:
     keys = [f"{name}.{item.name}" for name, cls in SECTIONS.items() for item in dataclasses.fields(cls)]
-    flags = [flag_for(key) for key in keys]
-    assert len(set(flags)) == len(flags)
+    # --seed sets the data's seed together with the run's; every other setting has its own flag.
+    flags = [flag_for(key) for key in keys if key != "data.seed"]
+    assert len(set(flags)) == len(flags) and flag_for("data.seed") == flag_for("run.seed") == "--seed"
     assert flag_for("optim.lr") == "--lr" and flag_for("run.out_dir") == "--out"
     assert flag_for("data.batch_size") == "--batch-size"
 
@@ -313,8 +319,9 @@ def test_each_layer_overrides_the_one_below(data_dir: Path, tmp_path: Path) -> N
 def test_defaults_argument_sits_below_the_preset(tmp_path: Path, data_dir: Path) -> None:
     env_default = tmp_path / "env-data"
     cfg = resolve_config(defaults={"data.data_dir": env_default, "data.batch_size": 32})
-    assert cfg.data.data_dir == env_default
-    assert cfg.data.batch_size == 512  # the default preset sets it, above `defaults`
+    assert cfg.data.data_dir == env_default and cfg.data.batch_size == 32  # the default preset sets nothing
+    cfg = resolve_config(preset="smoke", defaults={"data.data_dir": env_default, "data.batch_size": 32})
+    assert cfg.data.batch_size == 64  # the smoke preset sets it, above `defaults`
     cfg = resolve_config(defaults={"data.data_dir": env_default}, overrides={"data.data_dir": data_dir})
     assert cfg.data.data_dir == data_dir
 
@@ -336,7 +343,7 @@ def test_overrides_take_dotted_or_sectioned_names_and_ignore_none(data_dir: Path
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"optim.lrate": 0.1}, "unknown key optim.lrate (did you mean lr?)"),
+        ({"optim.lrate": 0.1}, "unknown key optim.lrate (did you mean lr_base?)"),
         ({"optimizer.lr": 0.1}, "unknown section [optimizer] (did you mean optim?)"),
         ({"lr": 0.1}, "must be a dotted name such as 'optim.lr'"),
         ({"data.lr": 0.1}, "unknown key data.lr: lr belongs in [optim]"),

@@ -253,4 +253,17 @@ def test_build_scheduler_rejects_bad_values(kwargs: dict, message: str) -> None:
 def test_one_cycle_with_an_empty_phase_is_a_usage_error() -> None:
     optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
     with pytest.raises(UsageError, match="empty warm-up or annealing phase"):
-        build_scheduler(optimizer, name="onecycle", epochs=3, steps_per_epoch=2, onecycle_pct_start=0.5 / 3)
+        build_scheduler(optimizer, name="onecycle", epochs=1, steps_per_epoch=2, onecycle_pct_start=0.5)
+
+
+def test_one_cycle_lengthens_a_rise_shorter_than_one_and_a_half_steps() -> None:
+    # 6 steps with a rise of 1/6 would leave OneCycleLR an empty first phase: it gets 1.5 steps.
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    scheduler = build_scheduler(optimizer, name="onecycle", epochs=3, steps_per_epoch=2, onecycle_pct_start=0.5 / 3)
+    lrs = [optimizer.param_groups[0]["lr"]]
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(0.1 / 25)  # the ramp starts at lr / 25
+    assert lrs[1] > lrs[0] and max(lrs) <= 0.1 + 1e-12 and lrs[-1] < lrs[1]

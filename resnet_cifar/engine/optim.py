@@ -15,7 +15,8 @@ iterations with ``steps_per_epoch``:
 - ``onecycle``: ``OneCycleLR`` (cosine ramp up over ``onecycle_pct_start`` of the run from
   lr/25 to lr, then down towards lr/25e4 or ``min_lr_ratio`` * lr). Its ramp IS its warm-up, so
   ``warmup_epochs`` > 0 is refused (set ``onecycle_pct_start`` instead). Momentum is not cycled:
-  ``--momentum`` keeps meaning what it says.
+  ``--momentum`` keeps meaning what it says. A run too short for its rise (under 1.5 steps)
+  gets a rise of 1.5 steps, so every run of 3 steps or more has both phases.
 
 Warm-up (all but onecycle): a linear ramp over ``warmup_epochs`` (``LinearLR``) chained to the
 main schedule with ``SequentialLR``; at iteration ``i < W`` the rate is ``lr * (i + 1) / (W + 1)``.
@@ -53,6 +54,8 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.LocalResponseNorm,
 )
 _ONECYCLE_DIV_FACTOR = 25.0  # OneCycleLR's default: the ramp starts at lr / 25
+_ONECYCLE_MIN_PHASE = 1.5  # steps: OneCycleLR needs each phase to span more than one step
+_ONECYCLE_MIN_STEPS = 3  # two phases of at least 1.5 steps
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -184,12 +187,16 @@ def build_scheduler(
             raise UsageError("the one-cycle schedule ramps up by itself: set its pct_start instead of warm-up epochs")
         if not 0.0 < onecycle_pct_start < 1.0:
             raise UsageError(f"one-cycle pct_start must be in (0, 1), got {onecycle_pct_start!r}")
-        if onecycle_pct_start * total <= 1 or (1 - onecycle_pct_start) * total <= 1:
+        if total < _ONECYCLE_MIN_STEPS:
             # OneCycleLR divides by each phase's length in steps and fails on an empty phase.
             raise UsageError(
                 f"a one-cycle schedule of {total} steps leaves an empty warm-up or annealing phase; "
-                "train for more steps or choose another --schedule"
+                f"train for at least {_ONECYCLE_MIN_STEPS} steps or choose another --schedule"
             )
+        # A phase shorter than 1.5 steps is lengthened to 1.5, so a very short run keeps both
+        # phases (OneCycleLR needs each to span more than one step) instead of failing.
+        shortest = _ONECYCLE_MIN_PHASE / total
+        onecycle_pct_start = min(max(onecycle_pct_start, shortest), 1.0 - shortest)
         # The final rate is initial / final_div_factor = lr / (25 * final_div_factor).
         final_div = 1.0 / (_ONECYCLE_DIV_FACTOR * min_lr_ratio) if min_lr_ratio > 0 else 1e4
         return lr_scheduler.OneCycleLR(

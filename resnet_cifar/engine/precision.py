@@ -77,14 +77,15 @@ def resolve_precision(
     """Check the AMP request against the device and fill in the defaults.
 
     ``amp_dtype`` is ``"bf16"`` or ``"fp16"`` and only matters when ``amp`` is on.
-    ``channels_last=None`` means on for CUDA (tensor cores prefer NHWC), off for the CPU.
+    ``channels_last=None`` means on for CUDA (tensor cores prefer NHWC) and for bf16 autocast on
+    the CPU (oneDNN's bf16 convolutions are fastest in NHWC; docs/performance.md), else off.
     """
     if amp_dtype not in AMP_DTYPES:
         raise UsageError(f"AMP dtype must be one of {', '.join(AMP_DTYPES)}, got {amp_dtype!r}")
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"unsupported device {device}; use cpu or cuda")
     if channels_last is None:
-        channels_last = device.type == "cuda"
+        channels_last = device.type == "cuda" or (amp and amp_dtype == "bf16")
     if not amp:
         return Precision(device=device, amp=False, amp_dtype=None, channels_last=channels_last)
     if amp_dtype == "fp16" and device.type == "cpu":

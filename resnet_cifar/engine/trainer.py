@@ -149,7 +149,7 @@ class RunStarted:
     compiled: bool
     world_size: int = 1
     global_batch_size: int = 0  # per-process batch size x world size
-    lr: float = 0.0  # the configured peak rate, times world_size under --scale-lr
+    lr: float = 0.0  # the resolved peak rate (config.describe_lr says how it was derived)
 
 
 @dataclass(frozen=True)
@@ -201,16 +201,6 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, str | No
     if model_cfg.freeze_backbone:
         freeze_backbone(model)
     return model, note
-
-
-def effective_lr(cfg: TrainConfig, world_size: int) -> float:
-    """The peak rate a run uses: ``optim.lr``, times ``world_size`` with ``optim.scale_lr``.
-
-    ``batch_size`` is per process, so N processes train on a global batch N times larger. The
-    linear scaling rule (Goyal et al. 2017, "Accurate, Large Minibatch SGD") scales the rate with
-    it; it is opt-in, so a config's ``lr`` means the same with or without torchrun unless asked.
-    """
-    return cfg.optim.lr * world_size if cfg.optim.scale_lr else cfg.optim.lr
 
 
 class _GlobalMeanLoss:
@@ -291,11 +281,12 @@ class Trainer:
         # (The initial weights are rank 0's everywhere: DDP broadcasts them.)
         configure_determinism(cfg.precision.deterministic, cfg.run.seed + distributed.rank)
         bf16_ok = self.device.type != "cuda" or torch.cuda.is_bf16_supported()
+        amp = cfg.precision.use_amp(self.device.type, bf16_supported=bf16_ok)
         self.precision: Precision = resolve_precision(
             self.device,
-            amp=cfg.precision.use_amp(self.device.type, bf16_supported=bf16_ok),
+            amp=amp,
             amp_dtype=cfg.precision.amp_dtype,
-            channels_last=cfg.precision.use_channels_last(self.device.type),
+            channels_last=cfg.precision.use_channels_last(self.device.type, amp=amp),
         )
         # Batches arrive in the autocast dtype: half the bytes to move, and the first conv would
         # cast them anyway.
@@ -330,7 +321,7 @@ class Trainer:
             )
         self.module = unwrap_model(self.model)
         optim = cfg.optim
-        self.lr = effective_lr(cfg, distributed.world_size)
+        self.lr = cfg.optim.lr
         self.optimizer = build_optimizer(
             self.module,
             name=optim.optimizer,
@@ -668,6 +659,5 @@ __all__ = [
     "StopRequest",
     "Trainer",
     "build_model",
-    "effective_lr",
     "train",
 ]

@@ -187,11 +187,9 @@ def eval_precision(cfg: PrecisionConfig, device: torch.device) -> Precision:
     bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
     amp = cfg.use_amp(device.type, bf16_supported=bf16_ok)
     runnable = (cfg.amp_dtype == "bf16" and bf16_ok) or (cfg.amp_dtype == "fp16" and device.type == "cuda")
+    amp = amp and runnable
     return resolve_precision(
-        device,
-        amp=amp and runnable,
-        amp_dtype=cfg.amp_dtype,
-        channels_last=cfg.use_channels_last(device.type),
+        device, amp=amp, amp_dtype=cfg.amp_dtype, channels_last=cfg.use_channels_last(device.type, amp=amp)
     )
 
 

@@ -139,7 +139,15 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: Path) -> No
     and a panel with no data says so. The x axis is each entry's "epoch" if present, else its
     1-based position.
     """
+    figure = training_curves_figure(history)
+    atomic_write(Path(path), lambda out: figure.savefig(out, format="png", dpi=100))
+
+
+def training_curves_figure(history: Sequence[Mapping[str, Any]]) -> Any:
+    """The matplotlib Figure of ``plot_training_curves``. Epochs are whole numbers, so the x axis
+    has integer ticks only (matplotlib would put 0.5, 1.5, ... under a short run)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     axes_loss, axes_acc = figure.subplots(1, 2)
@@ -156,13 +164,14 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: Path) -> No
                 plotted = True
         axes.set_title(title)
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(title)
         axes.grid(True, alpha=0.3)
         if plotted:
             axes.legend()
         else:
             axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes, color="gray")
-    atomic_write(Path(path), lambda out: figure.savefig(out, format="png", dpi=100))
+    return figure
 
 
 def write_confusion_csv(matrix: MatrixLike, class_names: Sequence[str], path: Path) -> None:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from resnet_cifar.config import SECTIONS, ConfigValueError, TrainConfig, _parse_toml, _parse_yaml, _unwrap_optional
+from resnet_cifar.config import SECTIONS, ConfigValueError, TrainConfig, parse_toml, parse_yaml, unwrap_optional
 from resnet_cifar.errors import UsageError
 
 KINDS = ("float", "int", "categorical")
@@ -157,7 +157,7 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
     except OSError as error:
         raise UsageError(f"{path}: cannot read the search space file ({error.strerror or error})") from None
     # The config module's parsers, so a space file reads numbers (YAML's 5e-4 too) as a config file does.
-    document = _parse_toml(text, path) if path.suffix.lower() == ".toml" else _parse_yaml(text, path)
+    document = parse_toml(text, path) if path.suffix.lower() == ".toml" else parse_yaml(text, path)
     return parse_space(document, source=str(path))
 
 
@@ -202,7 +202,7 @@ def _field_type(key: str, source: str) -> tuple[type, bool]:
         raise UsageError(f"{source}: unknown setting {key}")
     if key in NOT_SEARCHABLE:
         raise UsageError(f"{source}: {key} cannot be searched; set it with its flag")
-    base, optional = _unwrap_optional(typing.get_type_hints(SECTIONS[section])[name])
+    base, optional = unwrap_optional(typing.get_type_hints(SECTIONS[section])[name])
     if base not in (bool, int, float, str):
         raise UsageError(f"{source}: {key} cannot be searched; set it with its flag")
     return base, optional

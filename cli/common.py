@@ -1,0 +1,122 @@
+"""What every command shares: one-line errors with the contract's exit codes, signals, the
+environment's folders, the download bar, and torch's known-harmless noise kept out of the output.
+
+The CLI is where the environment is read (``os.environ`` for the data and cache folders, torchrun's
+variables); the library below receives plain values.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from resnet_cifar.errors import ResnetCifarError
+
+from .render import Output
+
+SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+@contextmanager
+def reported_errors(out: Output) -> Iterator[None]:
+    """Turn the library's errors into one line on stderr and the contract's exit code."""
+    try:
+        yield
+    except ResnetCifarError as exc:
+        out.error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+
+
+def cache_dir_from_env(environ: Mapping[str, str]) -> Path:
+    """Decoded image-folder cache: $RESNET_CIFAR_CACHE, else the XDG cache folder."""
+    if environ.get("RESNET_CIFAR_CACHE"):
+        return Path(environ["RESNET_CIFAR_CACHE"])
+    base = Path(environ["XDG_CACHE_HOME"]) if environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "resnet-cifar" / "decoded"
+
+
+@contextmanager
+def stop_on_signals(stop: Any) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the trainer to stop after the current step (it then writes a
+    resumable last.pt). A second signal of the same kind falls back to the default action."""
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        stop.request(name)
+        signal.signal(signum, previous[signum])  # a second Ctrl-C really interrupts
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextmanager
+def download_progress(out: Output) -> Iterator[Callable[[int, int | None], None]]:
+    """A Rich progress bar on stderr, started by the first (done, total) callback of a download,
+    so commands that find their data already there show nothing."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    progress: Progress | None = None
+
+    def update(done: int, total: int | None) -> None:
+        nonlocal progress
+        if progress is None:
+            progress = Progress(
+                "cifar-10-python.tar.gz",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=out.errors,
+                # A bar only helps a person watching; logs and pipes get the result line alone.
+                disable=not out.errors.is_terminal,
+            )
+            progress.add_task("download", total=total)
+            progress.start()
+        progress.update(progress.task_ids[0], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if progress is not None:
+            progress.stop()
+
+
+# Messages torch logs on a machine without CUDA that say nothing about the user's run: the
+# C++-extension helper (imported by torch.compile's CPU backend) looks for a CUDA toolkit and
+# reports the one it guessed. Matched by logger and message start, so any other record (and every
+# Python warning) still reaches the user.
+KNOWN_HARMLESS_TORCH_LOGS: tuple[tuple[str, str], ...] = (
+    ("torch.utils.cpp_extension", "No CUDA runtime is found"),
+)
+
+
+class _DropKnownHarmless(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_known_harmless_logs() -> None:
+    """Attach the filters of KNOWN_HARMLESS_TORCH_LOGS (once per logger; idempotent)."""
+    by_logger: dict[str, list[str]] = {}
+    for name, prefix in KNOWN_HARMLESS_TORCH_LOGS:
+        by_logger.setdefault(name, []).append(prefix)
+    for name, prefixes in by_logger.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, _DropKnownHarmless) for existing in logger.filters):
+            logger.addFilter(_DropKnownHarmless(tuple(prefixes)))

@@ -1,0 +1,78 @@
+"""`resnet-cifar data` and `resnet-cifar download`: check a CIFAR-10 folder, fetch the official release."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import cache_dir_from_env, download_progress, reported_errors
+from .render import Output
+
+DataDirOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--data-dir",
+        help="CIFAR-10 folder (python or binary release, or train/ and test/ image folders). "
+        "Default: $RESNET_CIFAR_DATA, else ~/.cache/resnet-cifar/data, downloaded when empty.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def data(
+    directory: Annotated[
+        Optional[Path],
+        typer.Argument(help="The CIFAR-10 folder to check (default: the default data folder).", show_default=False),
+    ] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the md5 check of the official release files.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode image folders without the decoded cache.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Detect the layout, validate every file, and print per-split and per-class counts."""
+    from resnet_cifar.data.download import resolve_data_dir
+    from resnet_cifar.data.sources import describe, load_cifar10
+
+    out = Output(json_mode=json_output)
+    with reported_errors(out):
+        with download_progress(out) as on_progress:
+            root = resolve_data_dir(directory, os.environ, on_progress=on_progress)
+        splits = load_cifar10(root, verify=not no_verify, cache_dir=None if no_cache else cache_dir_from_env(os.environ))
+        summary = describe(splits)
+    if json_output:
+        out.json(summary)
+        return
+    out.line(f"layout: {summary['layout']}  root: {summary['root']}")
+    rows = [
+        (name, summary["train"]["per_class"][name], summary["test"]["per_class"][name]) for name in summary["classes"]
+    ]
+    rows.append(("total", summary["train"]["count"], summary["test"]["count"]))
+    out.table("CIFAR-10 images per class", ("class", "train", "test"), rows)
+
+
+def download(
+    data_dir: DataDirOption = None,
+    url: Annotated[
+        Optional[str], typer.Option("--url", help="A mirror of cifar-10-python.tar.gz (its md5 is still checked).")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Fetch the official CIFAR-10 python release, check its md5 and extract it safely."""
+    from resnet_cifar.data.download import CIFAR10_URL, default_data_dir, download_cifar10
+    from resnet_cifar.errors import UsageError
+
+    out = Output(json_mode=json_output)
+    with reported_errors(out):
+        if data_dir is not None and not data_dir.is_dir():
+            raise UsageError(f"{data_dir}: no such folder")
+        target = data_dir if data_dir is not None else default_data_dir(os.environ)
+        target.mkdir(parents=True, exist_ok=True)
+        with download_progress(out) as on_progress:
+            extracted = download_cifar10(target, url=url or CIFAR10_URL, on_progress=on_progress)
+    if json_output:
+        out.json({"data_dir": str(target), "extracted": str(extracted)})
+    else:
+        out.line(f"CIFAR-10 ready in {extracted}")

@@ -1,0 +1,50 @@
+"""`resnet-cifar info`: versions, devices and whether DALI is usable."""
+
+from __future__ import annotations
+
+import platform
+from typing import Annotated
+
+import typer
+
+from resnet_cifar import __version__
+
+from .render import Output
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def info(json_output: JsonOption = False) -> None:
+    """Print versions, devices and whether DALI is usable."""
+    import numpy
+    import torch
+
+
+    cuda = torch.cuda.is_available()
+    report = {
+        "resnet_cifar": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "cuda_available": cuda,
+        "devices": ["cpu"] + [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())],
+        "dali": _dali_status(),
+    }
+    out = Output(json_mode=json_output)
+    if json_output:
+        out.json(report)
+        return
+    for key, value in report.items():
+        shown = ", ".join(value) if isinstance(value, list) else ("not installed" if value is None else value)
+        out.line(f"{key}: {shown}")
+
+
+def _dali_status() -> str | None:
+    """DALI's version when it imports, None when absent; an import failure is reported, not raised."""
+    try:
+        import nvidia.dali as dali
+    except ImportError:
+        return None
+    except Exception as exc:  # a broken install must not take `info` down with it
+        return f"unusable ({type(exc).__name__}: {exc})"
+    return str(dali.__version__)

@@ -1,0 +1,184 @@
+"""Every preset trains for any --epochs, the warm-up keeps the preset's shape, a saved config replays
+the same schedule, --help shows what a run will use, and curves have integer epoch ticks."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet_cifar.config import PRESETS, read_config_file, resolve_config
+from resnet_cifar.engine.trainer import StepFinished, Trainer
+from resnet_cifar.evaluation.plots import training_curves_figure
+
+# 128 training images in batches of 32: 4 steps an epoch, enough for one-cycle's two phases.
+SMALL = {
+    "model.depth": 18,
+    "data.batch_size": 32,
+    "data.eval_batch_size": 64,
+    "data.limit_train": 128,
+    "data.limit_val": 64,
+    "data.limit_test": 64,
+    "precision.device": "cpu",
+}
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "resnet_cifar.cli", *args]
+
+
+def small_config(real_data_root: Path, cache: Path, out: Path, **more: object):
+    return dict(SMALL, **{"data.data_dir": real_data_root, "data.cache_dir": cache, "run.out_dir": out}, **more)
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_trains_one_and_two_epochs(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, preset: str, epochs: int
+) -> None:
+    overrides = small_config(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": epochs})
+    cfg = resolve_config(preset=preset, overrides=overrides)
+    # The preset's warm-up is a share of the run, so it fits any number of epochs.
+    assert cfg.optim.warmup_epochs == pytest.approx(cfg.optim.warmup_fraction * epochs)
+    assert 0 < cfg.optim.warmup_epochs < epochs
+    lrs: list[float] = []
+    trainer = Trainer(cfg, on_event=lambda event: lrs.append(event.lr) if isinstance(event, StepFinished) else None)
+    result = trainer.fit()
+    assert result.epochs_run == epochs and result.interrupted is None
+    assert len(lrs) == 4 * epochs and all(math.isfinite(lr) and lr > 0 for lr in lrs)
+    assert max(lrs) > lrs[0]  # the warm-up (one-cycle's rise or a linear ramp) really rises
+    assert result.test_acc is not None and (tmp_path / "run" / "curves.png").is_file()
+
+
+def test_warmup_resolves_from_the_fraction_and_records_what_it_used(tmp_path: Path) -> None:
+    data = {"data.data_dir": tmp_path}
+    cfg = resolve_config(overrides={**data, "optim.epochs": 3})
+    assert cfg.optim.warmup_epochs == 0.9 and cfg.optim.warmup_fraction == 0.3  # 30% of 3 epochs
+    long = resolve_config(preset="long", overrides={**data, "optim.epochs": 4})
+    assert long.optim.warmup_epochs == pytest.approx(0.1)
+    given = resolve_config(overrides={**data, "optim.epochs": 10, "optim.warmup_epochs": 2})
+    assert given.optim.warmup_epochs == 2 and given.optim.warmup_fraction == 0.2  # the record agrees
+
+
+def test_explicit_too_long_warmup_is_a_usage_error_naming_both_settings(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
+    flags = ["train", "--data-dir", str(real_data_root), "--out", str(tmp_path / "run"), "--epochs", "3"]
+    by_flag = subprocess.run(cli(*flags, "--warmup-epochs", "3"), capture_output=True, text=True, env=env, timeout=120)
+    assert by_flag.returncode == 2
+    assert by_flag.stderr.strip() == "error: --warmup-epochs must be in [0, --epochs 3), got 3"
+    config = tmp_path / "warm.toml"
+    config.write_text("[optim]\nwarmup_epochs = 9\n")
+    by_file = subprocess.run(cli(*flags, "--config", str(config)), capture_output=True, text=True, env=env, timeout=120)
+    assert by_file.returncode == 2
+    assert "--warmup-epochs must be in [0, --epochs 3), got 9" in by_file.stderr
+    assert f"optim.warmup_epochs in {config}" in by_file.stderr
+    assert not (tmp_path / "run").exists()  # nothing was written
+
+
+def test_a_saved_config_replays_the_same_per_step_learning_rates(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
+    small = ["--depth", "18", "--device", "cpu", "--batch-size", "32", "--limit-train", "128", "--limit-val", "64",
+             "--limit-test", "64", "--data-dir", str(real_data_root)]  # fmt: skip
+    out = tmp_path / "first"
+    first = subprocess.run(
+        cli("train", *small, "--epochs", "2", "--out", str(out), "--json"), capture_output=True, text=True, env=env,
+        timeout=600,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    saved = read_config_file(out / "config.toml")
+    assert saved["optim"]["warmup_epochs"] == 0.6 and saved["optim"]["lr"] == 0.025  # 0.4 x 32/512
+
+    def step_lrs(cfg) -> list[float]:
+        lrs: list[float] = []
+        trainer = Trainer(cfg, on_event=lambda event: lrs.append(event.lr) if isinstance(event, StepFinished) else None)
+        trainer.fit()
+        return lrs
+
+    original = resolve_config(file=out / "config.toml", overrides={"run.out_dir": tmp_path / "again"})
+    replayed = step_lrs(original)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(replayed) == 8
+    # The run's own per-epoch lr records are the rate at each epoch's last step.
+    assert [entry["lr"] for entry in history] == pytest.approx([replayed[3], replayed[7]], rel=1e-12)
+    # And a run resolved from the same flags (not the file) steps through the same rates.
+    direct = resolve_config(
+        overrides=small_config(real_data_root, decoded_cache_dir, tmp_path / "direct", **{"optim.epochs": 2})
+    )
+    assert step_lrs(direct) == replayed
+
+
+def _help(command: str) -> str:
+    env = {**os.environ, "COLUMNS": "250", "TERM": "dumb"}
+    result = subprocess.run(cli(command, "--help"), capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _flag_line(text: str, flag: str) -> str:
+    return next(line for line in text.splitlines() if re.search(rf"\s{re.escape(flag)}(\s|/)", line))
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_help_shows_each_flags_help_and_resolved_default(command: str) -> None:
+    text = _help(command)
+    expected = {
+        "--lr-base": "[default: 0.4]",
+        "--epochs": "Training epochs. [default: 30]",
+        "--batch-size": "[default: 512]",
+        "--label-smoothing": "[default: 0.1]",
+        "--weight-decay": "[default: 0.0005]",
+        "--warmup-fraction": "[default: 0.3]",
+        "--zero-init-residual": "[default: on]",
+        "--amp": "[default: on for CUDA, off for the CPU]",
+        "--channels-last": "[default: on for CUDA and for the CPU with --amp, else off]",
+        "--loader": "[default: dali on CUDA when installed, else tensor]",
+    }
+    for flag, shown in expected.items():
+        assert shown in _flag_line(text, flag), flag
+    assert "[default: 0.4 at batch 512, scaled with the batch]" in _flag_line(text, "--lr")
+
+
+def test_every_setting_flag_has_a_one_line_help() -> None:
+    from resnet_cifar.cli.options import setting_parameters
+
+    for parameter in setting_parameters():
+        option = parameter.annotation.__metadata__[0]
+        assert option.help and "\n" not in option.help and "[default: " in option.help, parameter.name
+
+
+def test_sweep_trains_one_epoch_with_the_default_preset(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+) -> None:
+    space = tmp_path / "space.toml"
+    space.write_text('["optim.weight_decay"]\ntype = "float"\nlow = 1e-4\nhigh = 1e-3\nlog = true\n')
+    command = cli(
+        "sweep", "--trials", "1", "--epochs", "1", "--depth", "18", "--device", "cpu", "--batch-size", "32",
+        "--limit-train", "128", "--limit-val", "64", "--limit-test", "64", "--data-dir", str(real_data_root),
+        "--space", str(space), "--out", str(tmp_path / "sweep"), "--json",
+    )  # fmt: skip
+    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [trial["state"] for trial in report["trials"]] == ["COMPLETE"]
+    trial_config = read_config_file(tmp_path / "sweep" / "trials" / "0" / "config.toml")
+    assert trial_config["run"]["preset"] == "default" and trial_config["optim"]["epochs"] == 1
+    assert trial_config["optim"]["warmup_epochs"] == pytest.approx(0.3)
+
+
+def test_training_curves_have_integer_epoch_ticks() -> None:
+    history = [{"epoch": epoch, "train_loss": 2.0 / epoch, "val_acc": 0.1 * epoch} for epoch in (1, 2, 3)]
+    figure = training_curves_figure(history)
+    for axes in figure.axes:
+        ticks = [tick for tick in axes.get_xticks() if 1 <= tick <= 3]
+        assert ticks and all(float(tick).is_integer() for tick in ticks)
