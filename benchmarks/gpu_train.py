@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from resnet_cifar.config import PRESETS, TrainConfig, resolve_config
+from resnet_cifar.engine.checkpointer import Checkpointer
 from resnet_cifar.engine.trainer import EpochFinished, Event, RunStarted, StepFinished, StopRequest, Trainer
 from resnet_cifar.errors import ResnetCifarError
 from resnet_cifar.evaluation import evaluate
@@ -105,25 +106,9 @@ def build_config(args: argparse.Namespace, run_dir: Path) -> TrainConfig:
         "run.resume": run_dir / "last.pt" if args.checkpoint_dir and (run_dir / "last.pt").exists() else None,
     }
     if args.epochs is not None:
-        optim = PRESETS[args.preset]["optim"]
-        preset_epochs = int(optim["epochs"])
+        # The schedule keeps its shape: a preset's warm-up is a fraction of the run.
         overrides["optim.epochs"] = args.epochs
-        # The schedule keeps its shape: the warm-up is the same fraction of the run.
-        overrides["optim.warmup_epochs"] = float(optim["warmup_epochs"]) * args.epochs / preset_epochs
     return resolve_config(preset=args.preset, overrides=overrides)
-
-
-class BenchmarkTrainer(Trainer):
-    """The library's Trainer, writing checkpoints only when asked (disk I/O is not training)."""
-
-    def __init__(self, cfg: TrainConfig, *, write_checkpoints: bool, **kwargs: Any) -> None:
-        super().__init__(cfg, **kwargs)
-        self.write_checkpoints = write_checkpoints
-
-    def _save(self, name: str, *, epoch: int, batches_done: int, partial: dict[str, Any] | None = None) -> Path:
-        if self.write_checkpoints:
-            return super()._save(name, epoch=epoch, batches_done=batches_done, partial=partial)
-        return self.out_dir / name
 
 
 def synchronize(device: torch.device) -> None:
@@ -134,24 +119,24 @@ def synchronize(device: torch.device) -> None:
 def compile_and_restore(trainer: Trainer, steps: int) -> float:
     """Run ``steps`` training steps on the first training batch (the first one compiles, the next
     ones autotune), then put every piece of training state back; returns the first step's seconds."""
-    module, optimizer, scheduler, scaler = trainer.module, trainer.optimizer, trainer.scheduler, trainer.scaler
+    module, optimizer, scheduler, scaler = trainer.parts.module, trainer.parts.optimizer, trainer.parts.scheduler, trainer.parts.scaler
     saved = {
         "model": copy.deepcopy(module.state_dict()),
         "optimizer": copy.deepcopy(optimizer.state_dict()),
         "scheduler": copy.deepcopy(scheduler.state_dict()),
         "scaler": copy.deepcopy(scaler.state_dict()),
-        "ema": copy.deepcopy(trainer.ema.state_dict()) if trainer.ema is not None else None,
-        "global_step": trainer.step.global_step,
+        "ema": copy.deepcopy(trainer.parts.ema.state_dict()) if trainer.parts.ema is not None else None,
+        "global_step": trainer.parts.step.global_step,
     }
-    train_loader = trainer.loaders.train
+    train_loader = trainer.parts.loaders.train
     train_loader.set_epoch(trainer.start_epoch)
     images, labels = next(iter(train_loader))
-    trainer._set_train_mode()
+    trainer.set_train_mode()
     first_seconds = 0.0
     for index in range(steps):
         synchronize(trainer.device)
         start = time.perf_counter()
-        trainer.step(images, labels)
+        trainer.parts.step(images, labels)
         synchronize(trainer.device)
         if index == 0:
             first_seconds = time.perf_counter() - start
@@ -160,9 +145,9 @@ def compile_and_restore(trainer: Trainer, steps: int) -> float:
     optimizer.load_state_dict(saved["optimizer"])  # also the learning rates of the param groups
     scheduler.load_state_dict(saved["scheduler"])
     scaler.load_state_dict(saved["scaler"])
-    if trainer.ema is not None:
-        trainer.ema.load_state_dict(saved["ema"])
-    trainer.step.global_step = saved["global_step"]
+    if trainer.parts.ema is not None:
+        trainer.parts.ema.load_state_dict(saved["ema"])
+    trainer.parts.step.global_step = saved["global_step"]
     # The loader's order depends on (seed, epoch) only: the first epoch starts afresh.
     train_loader.set_epoch(trainer.start_epoch)
     return first_seconds
@@ -259,9 +244,9 @@ def train_into(args: argparse.Namespace, run_dir: Path) -> int:
             train_seconds = train_images / record.images_per_sec
             state["cumulative"] += train_seconds
             eval_start = time.perf_counter()
-            model = trainer.ema.module if trainer.ema is not None else trainer.module
+            model = trainer.parts.ema.module if trainer.parts.ema is not None else trainer.parts.module
             test = evaluate(
-                model, trainer.loaders.test, num_classes=len(trainer.classes), autocast=trainer.precision.autocast
+                model, trainer.parts.loaders.test, num_classes=len(trainer.classes), autocast=trainer.parts.precision.autocast
             )
             epochs.append(
                 {
@@ -288,7 +273,9 @@ def train_into(args: argparse.Namespace, run_dir: Path) -> int:
             )
 
     try:
-        trainer = BenchmarkTrainer(cfg, write_checkpoints=args.checkpoint_dir is not None, on_event=on_event, stop=stop)
+        # Checkpoints only when asked: a checkpointer that keeps none instead of an overridden trainer.
+        checkpointer = Checkpointer(run_dir, keep_checkpoints=args.checkpoint_dir is not None)
+        trainer = Trainer(cfg, on_event=on_event, stop=stop, checkpointer=checkpointer)
         payload["setup_seconds"] = time.perf_counter() - started
         log(f"set up in {payload['setup_seconds']:.1f} s (data, model); compiling and warming up")
         payload["compile_seconds"] = compile_and_restore(trainer, args.warmup_steps)

@@ -1,6 +1,6 @@
 """`resnet-cifar eval` and `resnet-cifar predict`: a trained checkpoint applied to a split or to image files.
 
-Both commands only parse flags, call resnet_cifar.evaluation.checkpoints and render the result;
+Both commands only parse flags, call resnet_cifar.inference and render the result;
 the library decides which weights, which images and which precision (see its module notes).
 """
 
@@ -81,7 +81,7 @@ def eval_command(
     json_output: JsonOption = False,
 ) -> None:
     """Score a checkpoint on the test or val split; write metrics.json, confusion_matrix.csv and .png."""
-    from resnet_cifar.evaluation.checkpoints import evaluate_checkpoint
+    from resnet_cifar.inference import evaluate_checkpoint
 
     out = Output(json_mode=json_output)
     with reported_errors(out):
@@ -114,7 +114,7 @@ def predict_command(
     json_output: JsonOption = False,
 ) -> None:
     """Print the most probable classes of each image."""
-    from resnet_cifar.evaluation.checkpoints import load_trained_model, predict_files
+    from resnet_cifar.inference import load_trained_model, predict_files
     from resnet_cifar.errors import UsageError
 
     out = Output(json_mode=json_output)

@@ -12,9 +12,7 @@ only rank 0 prints and writes files (docs/distributed.md).
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,9 +47,9 @@ def _own_parameters(
 
 def train(**values: Any) -> None:
     """Train a ResNet (ResNet-50 by default) on CIFAR-10: validation every epoch, checkpoints, curves."""
-    from resnet_cifar.config import describe_lr, save_config
+    from resnet_cifar.config import describe_lr
     from resnet_cifar.distributed import process_group, read_env
-    from resnet_cifar.engine.checkpoint import load_checkpoint
+    from resnet_cifar.engine.checkpointer import read_resume_checkpoint
     from resnet_cifar.engine.precision import select_device
     from resnet_cifar.engine.trainer import StopRequest, Trainer
 
@@ -68,7 +66,7 @@ def train(**values: Any) -> None:
         under: dict[str, Any] = {}
         if resume is not None:
             # The checkpoint's settings, then the flags given now on top of them.
-            saved = load_checkpoint(resume, require=("config",))["config"]
+            saved = read_resume_checkpoint(resume)["config"]
             under = {
                 f"{section}.{key}": value
                 for section, entries in saved.items()
@@ -84,20 +82,17 @@ def train(**values: Any) -> None:
             lr_text = describe_lr(cfg.optim, cfg.data.batch_size * job.world_size)
             renderer = ProgressRenderer(output, lr_text=lr_text) if job.is_main else None
             with stop_on_signals(stop):
+                # The trainer's checkpointer writes the run folder (config.toml, metrics,
+                # checkpoints, curves, result.json); this command only prints.
                 trainer = Trainer(cfg, on_event=renderer, stop=stop, distributed=job)
-                if job.is_main:
-                    # Saved without --resume, so `train --config out/config.toml` starts the same run afresh.
-                    save_config(replace(cfg, run=replace(cfg.run, resume=None)), cfg.run.out_dir / "config.toml")
                 try:
                     result = trainer.fit()
                 finally:
                     if renderer is not None:
                         renderer.close()
-            summary = result.to_dict()
             if job.is_main:  # the other ranks print nothing
-                (cfg.run.out_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
                 if json_output:
-                    output.json(summary)
+                    output.json(result.to_dict())
                 else:
                     _print_summary(output, result)
             # No rank exits before rank 0 is done: torchrun stops the whole job (SIGTERM) as

@@ -18,7 +18,7 @@ from resnet_cifar.data.types import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from resnet_cifar.engine.checkpoint import save_checkpoint
 from resnet_cifar.engine.step import build_ema
 from resnet_cifar.errors import DataError, UsageError
-from resnet_cifar.evaluation.checkpoints import (
+from resnet_cifar.inference import (
     default_eval_dir,
     eval_precision,
     evaluate_checkpoint,

@@ -31,16 +31,16 @@ def test_recipe_takes_real_steps_on_the_cpu(
     )
     assert cfg.model.depth == 50 and cfg.model.stem == "cifar"
     trainer = Trainer(cfg)
-    before = [param.detach().clone() for param in trainer.module.parameters()]
+    before = [param.detach().clone() for param in trainer.parts.module.parameters()]
     lrs = []
-    trainer.module.train()
-    for _, (images, labels) in zip(range(2), trainer.loaders.train):
-        output = trainer.step(images, labels)
+    trainer.parts.module.train()
+    for _, (images, labels) in zip(range(2), trainer.parts.loaders.train):
+        output = trainer.parts.step(images, labels)
         assert math.isfinite(float(output.loss))
-        lrs.append(trainer.optimizer.param_groups[0]["lr"])
-    assert trainer.step.global_step == 2
+        lrs.append(trainer.parts.optimizer.param_groups[0]["lr"])
+    assert trainer.parts.step.global_step == 2
     assert lrs[0] != lrs[1]  # the schedule moves every step
-    after = list(trainer.module.parameters())
+    after = list(trainer.parts.module.parameters())
     changed = sum(not torch.equal(old, new) for old, new in zip(before, after))
     # zero_init_residual starts each residual branch at zero, so a few branch weights only begin to
     # move after the first steps; the stem, the top and most of the network move at once.

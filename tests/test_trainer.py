@@ -73,13 +73,13 @@ def test_two_epochs_learn_and_write_the_run_files(
 def test_bf16_autocast_runs_on_the_cpu(real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
     cfg = small_config(real_data_root, decoded_cache_dir, tmp_path, **{"precision.amp": True, "optim.epochs": 1})
     trainer = Trainer(cfg)
-    assert trainer.precision.amp_dtype == torch.bfloat16
-    images, _ = next(iter(trainer.loaders.train))
+    assert trainer.parts.precision.amp_dtype == torch.bfloat16
+    images, _ = next(iter(trainer.parts.loaders.train))
     assert images.dtype == torch.bfloat16
     result = trainer.fit()
     assert all(math.isfinite(record.train_loss) for record in result.history)
     # The weights stay fp32 under autocast.
-    assert all(param.dtype == torch.float32 for param in trainer.module.parameters())
+    assert all(param.dtype == torch.float32 for param in trainer.parts.module.parameters())
 
 
 def test_compile_does_not_recompile_between_epochs(
@@ -168,15 +168,15 @@ def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
 ) -> None:
     trainer = Trainer(small_config(real_data_root, decoded_cache_dir, tmp_path, **{"optim.epochs": 2}))
-    real_loss = trainer.step.loss_fn
+    real_loss = trainer.parts.step.loss_fn
     steps_per_epoch = trainer.steps_per_epoch
     poisoned_step = steps_per_epoch + 1  # the second step of epoch 2 (global steps count from 0)
 
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = real_loss(logits, labels)
-        return loss * math.nan if trainer.step.global_step == poisoned_step else loss
+        return loss * math.nan if trainer.parts.step.global_step == poisoned_step else loss
 
-    trainer.step.loss_fn = loss_fn
+    trainer.parts.step.loss_fn = loss_fn
     snapshots: dict[str, bytes] = {}
 
     def remember(event: Any) -> None:
@@ -243,5 +243,5 @@ def test_early_stopping_stops_at_the_right_epoch_and_restores_the_best(
     result = trainer.fit()
     assert result.stopped_early and result.epochs_run == epochs_run
     assert result.best_epoch == best_epoch and result.best_val_acc == val_accs[best_epoch - 1]
-    assert float(trainer.module.fc.bias.detach()[0]) == best_epoch  # the best weights were restored
+    assert float(trainer.parts.module.fc.bias.detach()[0]) == best_epoch  # the best weights were restored
     assert load_checkpoint(tmp_path / "best.pt")["early_stopping"]["best_epoch"] == best_epoch

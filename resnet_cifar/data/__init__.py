@@ -55,6 +55,18 @@ def resolve_loader_kind(requested: str, device: torch.device, dali_installed: bo
     return requested
 
 
+def validation_split(
+    train: CifarSplit, cfg: DataConfig, *, limit_val: int | None = None
+) -> tuple[CifarSplit, CifarSplit]:
+    """The run's (train, val) splits carved from the training split: stratified and seeded by
+    ``cfg.seed``, then the ``--limit-train`` and ``--limit-val`` subsets (``limit_val`` given
+    replaces the config's, as ``eval --split val --limit N`` does). Training and evaluation of a
+    checkpoint both call this, so they see the same images in the same order."""
+    kept, val = train_val_split(train, cfg.val_fraction, cfg.seed)
+    limit = cfg.limit_val if limit_val is None else limit_val
+    return limit_split(kept, cfg.limit_train, cfg.seed), limit_split(val, limit, cfg.seed)
+
+
 def build_loaders(
     cfg: DataConfig,
     device: torch.device,
@@ -66,9 +78,7 @@ def build_loaders(
 ) -> Loaders:
     kind = resolve_loader_kind(cfg.loader, device, dali_available())
     splits = load_cifar10(cfg.data_dir, verify=cfg.verify, cache_dir=cfg.cache_dir)
-    train, val = train_val_split(splits.train, cfg.val_fraction, cfg.seed)
-    train = limit_split(train, cfg.limit_train, cfg.seed)
-    val = limit_split(val, cfg.limit_val, cfg.seed)
+    train, val = validation_split(splits.train, cfg)
     if len(train) < cfg.batch_size * num_shards:
         raise UsageError(
             f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images"

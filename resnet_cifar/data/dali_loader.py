@@ -245,6 +245,8 @@ class DaliLoader(PlannedLoader):
             del pipeline
 
     def _build_pipeline(self, plan: EpochPlan, epoch: int) -> tuple[Any, dict[str, int]]:
+        # Long on purpose: a DALI pipeline is one graph defined inside its `with pipeline:` block,
+        # read top to bottom as the data flows; split into helpers it would be harder to follow.
         dali = self._dali
         fn, types = dali.fn, dali.types
         on_gpu = self.device.type == "cuda"

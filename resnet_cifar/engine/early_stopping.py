@@ -32,6 +32,17 @@ EDGE_REL_TOL = 1e-9
 _VALUE_ULPS = 4 * sys.float_info.epsilon
 
 
+def improves(value: float, best: float, *, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether a finite ``value`` improves on ``best`` by more than ``min_delta`` (see the module
+    notes: the edge is decided as the user means it). An infinite ``best`` (none yet) is always
+    improved on, as in Lightning."""
+    if math.isinf(best):
+        return True
+    change = value - best if mode == "max" else best - value
+    tolerance = EDGE_REL_TOL * min_delta + _VALUE_ULPS * max(abs(value), abs(best))
+    return change > min_delta + tolerance
+
+
 class EarlyStopping:
     """Decides after each validation check whether training should stop."""
 
@@ -61,11 +72,7 @@ class EarlyStopping:
         self.best_epoch: int | None = None  # the epoch passed with that check, if any
 
     def _improves(self, value: float) -> bool:
-        if math.isinf(self.best):  # no finite best yet: any finite value improves, as in Lightning
-            return True
-        change = value - self.best if self.mode == "max" else self.best - value
-        tolerance = EDGE_REL_TOL * self.min_delta + _VALUE_ULPS * max(abs(value), abs(self.best))
-        return change > self.min_delta + tolerance
+        return improves(value, self.best, mode=self.mode, min_delta=self.min_delta)
 
     def step(self, value: float, *, epoch: int | None = None) -> tuple[bool, str | None]:
         """Record one check of the monitored metric; return ``(should_stop, reason)``.

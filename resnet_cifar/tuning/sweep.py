@@ -346,7 +346,6 @@ def _run_trial(
         trial.set_user_attr("config", cfg.to_dict())
         if folder.exists() and any(folder.iterdir()):
             raise UsageError(f"{folder} already holds files; a sweep folder holds one study, use another --out")
-        save_config(cfg, folder / "config.toml")
         result = _fit(cfg, trial, emit, stop)
         extra = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "test_acc": result.test_acc}
         if result.interrupted == PRUNED_REASON:

@@ -1,8 +1,11 @@
 """From a trained checkpoint to answers: rebuild the model, evaluate it on a split, classify image files.
 
-This is the library behind ``resnet-cifar eval`` and ``resnet-cifar predict``; nothing here prints.
+This is the library behind ``resnet-cifar eval`` and ``resnet-cifar predict`` (and the report and
+export that build on them); nothing here prints. It sits above the engine: the model is built by
+the engine's ``build_model`` and its precision decided by the engine's ``run_precision``, the
+functions training uses, so a checkpoint is rebuilt exactly as it was trained.
 
-The checkpoint is the trainer's (engine/trainer.py): a dict with ``format`` 1, ``model`` (the
+The checkpoint is the trainer's (engine/checkpointer.py): a dict with ``format`` 1, ``model`` (the
 plain module's state dict), ``ema`` (None, or a ``torch.optim.swa_utils.AveragedModel`` state
 dict: ``module.<name>`` keys plus ``n_averaged``), ``classes`` and ``config``
 (``TrainConfig.to_dict()``). It is read with ``weights_only=True``, so a file that would run code
@@ -15,9 +18,8 @@ Choices, and why:
 - **No pretrained source is touched.** The architecture comes from ``config["model"]`` (depth,
   stem, dropout; ``num_classes`` = number of checkpoint classes) and every weight from the file,
   so evaluation never downloads or reads ImageNet weights.
-- **The val split is the trainer's.** ``train_val_split(train, data.val_fraction, data.seed)``
-  then ``limit_split(val, data.limit_val, data.seed)``, the same calls ``build_loaders`` makes,
-  so ``eval --split val`` sees the very images (in the same order) that training validated on.
+- **The val split is the trainer's.** ``resnet_cifar.data.validation_split``, the function
+  ``build_loaders`` calls, so ``eval --split val`` sees the very images (in the same order) that training validated on.
   ``limit`` *replaces* the trainer's ``limit_val`` (it is applied to the whole val split, with
   the same seed), so a limit equal to ``limit_val`` gives the trainer's val again and a limit
   at least the size of the val split gives all of it. ``--split test`` is the whole test split
@@ -47,16 +49,19 @@ import torch
 from torch import Tensor, nn
 
 from resnet_cifar.config import DataConfig, PrecisionConfig, TrainConfig
-from resnet_cifar.data.sources import load_cifar10
-from resnet_cifar.data.split import limit_split, train_val_split
+from resnet_cifar.data import load_cifar10, validation_split
+from resnet_cifar.data.split import limit_split
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit
+from resnet_cifar.engine.build import build_model, run_precision
 from resnet_cifar.engine.checkpoint import load_checkpoint
-from resnet_cifar.engine.precision import Precision, resolve_precision, select_device
+from resnet_cifar.engine.checkpointer import CHECKPOINT_FORMAT
+from resnet_cifar.engine.precision import Precision, select_device
+from resnet_cifar.engine.step import build_loss
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation.evaluate import EvalResult, evaluate, predict_logits
 from resnet_cifar.evaluation.plots import plot_confusion_matrix, write_confusion_csv, write_metrics_json
-from resnet_cifar.models import RESNET_BUILDERS, resize_batch
+from resnet_cifar.models import resize_batch
 
 __all__ = [
     "EVAL_SPLITS",
@@ -75,7 +80,6 @@ __all__ = [
     "write_eval_files",
 ]
 
-CHECKPOINT_FORMAT = 1
 EVAL_SPLITS = ("test", "val")
 EMA_PREFIX = "module."
 # A good antialiasing filter for the (usually large) downscale to 32 x 32; see the module notes.
@@ -179,18 +183,10 @@ def _weights_mismatch(expected: Mapping[str, Tensor], weights: Mapping[str, Tens
 
 
 def eval_precision(cfg: PrecisionConfig, device: torch.device) -> Precision:
-    """AMP and channels_last as the checkpoint's precision config says for ``device``.
-
-    An AMP dtype the device cannot run (fp16 on the CPU, bf16 on a GPU without it) falls back to
-    float32 instead of failing: for inference that only costs speed, never accuracy.
-    """
-    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
-    amp = cfg.use_amp(device.type, bf16_supported=bf16_ok)
-    runnable = (cfg.amp_dtype == "bf16" and bf16_ok) or (cfg.amp_dtype == "fp16" and device.type == "cuda")
-    amp = amp and runnable
-    return resolve_precision(
-        device, amp=amp, amp_dtype=cfg.amp_dtype, channels_last=cfg.use_channels_last(device.type, amp=amp)
-    )
+    """The checkpoint's precision on ``device``: as training decides it (``run_precision``), except
+    that an AMP dtype the device cannot run (fp16 on the CPU, bf16 on a GPU without it) falls back
+    to float32 instead of failing; for inference that only costs speed, never accuracy."""
+    return run_precision(cfg, device, fp32_fallback=True)
 
 
 def load_trained_model(path: Path, *, device: str = "auto") -> TrainedModel:
@@ -211,7 +207,7 @@ def load_trained_model(path: Path, *, device: str = "auto") -> TrainedModel:
 
     model_cfg = config.model
     # Only the architecture: no pretrained source is read, every weight comes from the file.
-    model = RESNET_BUILDERS[model_cfg.depth](num_classes=len(classes), stem=model_cfg.stem, dropout=model_cfg.dropout)
+    model, _ = build_model(config, len(classes), load_weights=False)
     mismatch = _weights_mismatch(model.state_dict(), weights)
     if mismatch:
         raise DataError(
@@ -278,8 +274,8 @@ def load_eval_split(
     splits = load_cifar10(root, verify=data_cfg.verify, cache_dir=cache_dir)
     if split == "test":
         return limit_split(splits.test, limit, data_cfg.seed)
-    _, val = train_val_split(splits.train, data_cfg.val_fraction, data_cfg.seed)
-    return limit_split(val, limit if limit is not None else data_cfg.limit_val, data_cfg.seed)
+    _, val = validation_split(splits.train, data_cfg, limit_val=limit if limit is not None else data_cfg.limit_val)
+    return val
 
 
 def evaluate_split(trained: TrainedModel, data: CifarSplit, *, batch_size: int, tta: bool = False) -> EvalResult:
@@ -309,7 +305,7 @@ def evaluate_split(trained: TrainedModel, data: CifarSplit, *, batch_size: int, 
         num_classes=trained.num_classes,
         autocast=trained.precision.autocast,
         tta=tta,
-        loss_fn=nn.CrossEntropyLoss(label_smoothing=trained.config.optim.label_smoothing),
+        loss_fn=build_loss(trained.config.optim.label_smoothing),
         transform=trained.transform,
     )
 

@@ -1,0 +1,151 @@
+"""The run folder and its one writer: file names, checkpoint contents and format, last/best, restore.
+
+In the spirit of timm's ``CheckpointSaver``: the trainer says *when* (an epoch ended, a stop was
+requested, the run finished) and hands over the state; the checkpointer decides *what* goes into
+each file and writes it atomically. No other module writes into a run folder. A run folder::
+
+    config.toml     the resolved config (without --resume), so `train --config` repeats the run
+    metrics.jsonl   one record per finished epoch; metrics.csv the same as a table
+    last.pt         everything a resume needs, after every epoch and on a stop request
+    best.pt         the same, from the epoch with the best monitored metric so far
+    curves.png      loss and accuracy per epoch, at the end
+    result.json     the run's FitResult, at the end (also after a stop request)
+
+A checkpoint holds (format 1): model (the plain module's state dict), ema (None or an
+AveragedModel state dict), optimizer, scheduler, scaler, best (the BestTracker's state),
+early_stopping (None or the EarlyStopping's state), rng (this process's RNG state), rng_by_rank
+(every rank's, in rank order, or None in one process), world_size, epoch (the 0-based epoch to
+continue with), batches_done_in_epoch, partial_epoch (the running sums of an interrupted epoch),
+global_step, loader_seed, history (the epoch records), classes, and config (plain types). It
+loads with ``torch.load(weights_only=True)``.
+
+Under torchrun only rank 0 writes; ``keep_checkpoints=False`` writes everything but the .pt files
+(for a caller that wants metrics without checkpoints, e.g. a sweep trial that is never resumed).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from resnet_cifar.config import TrainConfig, save_config
+from resnet_cifar.engine.checkpoint import load_checkpoint, save_checkpoint
+from resnet_cifar.engine.early_stopping import METRIC_MODES, improves
+from resnet_cifar.errors import UsageError
+from resnet_cifar.evaluation.plots import atomic_write, plot_training_curves
+
+CHECKPOINT_FORMAT = 1
+CONFIG_FILE = "config.toml"
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+LAST = "last.pt"
+BEST = "best.pt"
+CURVES = "curves.png"
+RESULT = "result.json"
+# The keys a resume reads; anything else may be absent from an older or a foreign checkpoint.
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "history", "classes")
+
+
+class BestTracker:
+    """Which epoch is the best so far, for best.pt: the monitored metric improved by more than
+    ``min_delta`` (early stopping's rule, resnet_cifar.engine.early_stopping.improves). A NaN or
+    infinite value is never the best."""
+
+    def __init__(self, monitor: str, *, min_delta: float = 0.0) -> None:
+        self.monitor = monitor
+        self.mode = METRIC_MODES[monitor]
+        self.min_delta = min_delta
+        self.best = -math.inf if self.mode == "max" else math.inf
+        self.best_epoch: int | None = None
+
+    def update(self, value: float, *, epoch: int) -> bool:
+        """Record one epoch's value; True when it is the new best."""
+        if not math.isfinite(value) or not improves(value, self.best, mode=self.mode, min_delta=self.min_delta):
+            return False
+        self.best, self.best_epoch = float(value), epoch
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("monitor") != self.monitor:
+            raise UsageError(f"the checkpoint's best epoch follows {state.get('monitor')!r}, not {self.monitor!r}")
+        self.best = float(state["best"])
+        self.best_epoch = state["best_epoch"]
+
+
+class Checkpointer:
+    """Owns one run folder (see the module notes)."""
+
+    def __init__(self, out_dir: Path, *, is_main: bool = True, keep_checkpoints: bool = True) -> None:
+        self.out_dir = Path(out_dir)
+        self.is_main = is_main
+        self.keep_checkpoints = keep_checkpoints
+
+    def path(self, name: str) -> Path:
+        return self.out_dir / name
+
+    def check_new_run(self) -> None:
+        """Refuse to start a fresh run over a folder that already holds one."""
+        if self.path(LAST).exists():
+            raise UsageError(
+                f"{self.out_dir} already holds a run ({LAST}); use --resume {self.path(LAST)} or another --out"
+            )
+
+    def start(self, cfg: TrainConfig) -> None:
+        """Create the folder and record the run's resolved config, without --resume, so
+        `train --config OUT/config.toml` starts the same run afresh."""
+        if not self.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(replace(cfg, run=replace(cfg.run, resume=None)), self.path(CONFIG_FILE))
+
+    def save(self, name: str, payload: dict[str, Any]) -> Path:
+        """Write one checkpoint (rank 0 only; a no-op without ``keep_checkpoints``)."""
+        path = self.path(name)
+        if self.is_main and self.keep_checkpoints:
+            save_checkpoint(path, {"format": CHECKPOINT_FORMAT, **payload})
+        return path
+
+    def has(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def load(self, name: str) -> dict[str, Any]:
+        return load_checkpoint(self.path(name))
+
+    def write_metrics(self, history: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:
+        """metrics.jsonl and metrics.csv, rewritten whole from ``history`` (so an epoch logged
+        after the checkpoint a run resumed from never appears twice)."""
+        if not self.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps(dict(record)) + "\n" for record in history)
+        atomic_write(self.path(METRICS_JSONL), lambda handle: handle.write(lines.encode()))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(fields))
+        writer.writeheader()
+        for record in history:
+            writer.writerow(dict(record))
+        atomic_write(self.path(METRICS_CSV), lambda handle: handle.write(buffer.getvalue().encode()))
+
+    def write_curves(self, history: Sequence[Mapping[str, Any]]) -> None:
+        if history and self.is_main:
+            plot_training_curves(list(history), self.path(CURVES))
+
+    def write_result(self, summary: Mapping[str, Any]) -> None:
+        if not self.is_main:
+            return
+        text = json.dumps(dict(summary), indent=2) + "\n"
+        atomic_write(self.path(RESULT), lambda handle: handle.write(text.encode()))
+
+
+def read_resume_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint to resume from, with the keys a resume needs (one-line errors otherwise)."""
+    return load_checkpoint(path, require=RESUME_KEYS)
