@@ -180,24 +180,24 @@ def test_compile_warm_up_leaves_training_as_if_it_had_not_run(tmp_path: Path, re
              "--limit-train", "24", "--limit-val", "8"]  # fmt: skip
         )
         cfg = gpu_train.build_config(args, tmp_path / name)
-        return gpu_train.BenchmarkTrainer(cfg, write_checkpoints=False)
+        return gpu_train.Trainer(cfg, checkpointer=gpu_train.Checkpointer(tmp_path / name, keep_checkpoints=False))
 
     plain = trainer("plain")
     warmed = trainer("warmed")
-    initial = {key: value.clone() for key, value in warmed.module.state_dict().items()}
+    initial = {key: value.clone() for key, value in warmed.parts.module.state_dict().items()}
     first_step_seconds = gpu_train.compile_and_restore(warmed, steps=2)
     assert first_step_seconds > 0
-    for key, value in warmed.module.state_dict().items():
+    for key, value in warmed.parts.module.state_dict().items():
         assert value.equal(initial[key]), f"{key} was not restored"
-    assert not warmed.optimizer.state  # no momentum left from the warm-up steps
-    assert warmed.step.global_step == 0
+    assert not warmed.parts.optimizer.state  # no momentum left from the warm-up steps
+    assert warmed.parts.step.global_step == 0
     assert warmed.scheduler.state_dict() == plain.scheduler.state_dict()
     # Same data order, same updates: one epoch (6 steps) of each gives the same losses and weights.
     plain_record = plain.fit().history[0]
     warmed_record = warmed.fit().history[0]
     assert warmed_record.train_loss == pytest.approx(plain_record.train_loss, rel=1e-6)
-    for key, value in warmed.module.state_dict().items():
-        assert value.float().allclose(plain.module.state_dict()[key].float(), atol=1e-6), key
+    for key, value in warmed.parts.module.state_dict().items():
+        assert value.float().allclose(plain.parts.module.state_dict()[key].float(), atol=1e-6), key
     # Checkpoints are off for timing runs.
     assert not (tmp_path / "warmed" / "last.pt").exists()
 

@@ -151,7 +151,7 @@ def test_resume_continues_exactly(
     assert resumed_result.epochs_run == 2
     assert _without_timing(resumed_result.history) == _without_timing(straight_result.history)
     assert resumed_result.test == straight_result.test
-    for (name, expected), actual in zip(straight.module.state_dict().items(), resumed.module.state_dict().values()):
+    for (name, expected), actual in zip(straight.parts.module.state_dict().items(), resumed.parts.module.state_dict().values()):
         assert torch.equal(expected, actual), name
     logged = [json.loads(line)["epoch"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert logged == [1, 2]
@@ -202,7 +202,7 @@ class ScriptedTrainer(Trainer):
     def _train_epoch(self, epoch: int) -> EpochRecord | None:
         # Mark the weights with the epoch, so restoring the best weights can be checked.
         with torch.no_grad():
-            self.module.fc.bias.fill_(epoch + 1)
+            self.parts.module.fc.bias.fill_(epoch + 1)
         value = self.val_accs[epoch]
         return EpochRecord(epoch + 1, 1.0, 0.5, 1.0 - value, value, 0.1, 1.0, 0.0)
 
