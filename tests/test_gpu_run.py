@@ -191,7 +191,7 @@ def test_compile_warm_up_leaves_training_as_if_it_had_not_run(tmp_path: Path, re
         assert value.equal(initial[key]), f"{key} was not restored"
     assert not warmed.parts.optimizer.state  # no momentum left from the warm-up steps
     assert warmed.parts.step.global_step == 0
-    assert warmed.scheduler.state_dict() == plain.scheduler.state_dict()
+    assert warmed.parts.scheduler.state_dict() == plain.parts.scheduler.state_dict()
     # Same data order, same updates: one epoch (6 steps) of each gives the same losses and weights.
     plain_record = plain.fit().history[0]
     warmed_record = warmed.fit().history[0]
