@@ -8,7 +8,6 @@ and reports a problem as one DataError line naming the file.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -21,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit, CifarSplits
 from resnet_cifar.errors import DataError, UsageError
+from resnet_cifar.files import file_digest
 
 LAYOUTS: tuple[str, ...] = ("python", "binary", "image-folder")
 
@@ -112,11 +112,7 @@ def _require_files(folder: Path, names: tuple[str, ...], release: str) -> None:
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def verify_official_md5(path: Path) -> None:

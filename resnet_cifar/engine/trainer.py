@@ -64,6 +64,7 @@ from resnet_cifar.engine.step import LossFn, TrainStep, build_ema, build_loss
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation import EvalResult, evaluate
 from resnet_cifar.evaluation.plots import atomic_write, plot_training_curves
+from resnet_cifar.files import first_line
 from resnet_cifar.models import RESNET_BUILDERS, freeze_backbone, load_pretrained, resize_batch, set_train_mode
 
 CHECKPOINT_FORMAT = 1
@@ -414,8 +415,7 @@ class Trainer:
                 self.ema.load_state_dict(checkpoint["ema"])
             self.best_tracker.load_state_dict(checkpoint["early_stopping"])
         except (RuntimeError, KeyError, ValueError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise DataError(f"{path} does not match this configuration: {first_line}") from None
+            raise DataError(f"{path} does not match this configuration: {first_line(error)}") from None
         by_rank = checkpoint.get("rng_by_rank")
         restore_rng_state(by_rank[self.dist.rank] if by_rank else checkpoint["rng"])
         self.step.global_step = int(checkpoint["global_step"])
