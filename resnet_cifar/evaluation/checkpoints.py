@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from resnet_cifar.config import DataConfig, PrecisionConfig, TrainConfig
-from resnet_cifar.data.sources import load_cifar10
+from resnet_cifar.data.load import load_cifar10
 from resnet_cifar.data.split import limit_split, train_val_split
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit
