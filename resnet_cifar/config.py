@@ -81,6 +81,13 @@ class ConfigValueError(UsageError):
         self.key = key
 
 
+def check_cutout(cutout: int) -> None:
+    """The cutout sides DataConfig and both loaders accept. The message names the flag, because a
+    user (or a sweep) sets cutout there; the loaders check it again for callers of the library."""
+    if not 0 <= cutout <= IMAGE_SIDE:
+        raise ConfigValueError("data.cutout", f"--cutout must be a square side in [0, {IMAGE_SIDE}] pixels, got {cutout}")
+
+
 def _show(value: Any) -> str:
     """A value as the user would have typed it: 0 rather than 0.0, strings quoted."""
     if isinstance(value, float) and value.is_integer() and math.isfinite(value):
@@ -191,8 +198,7 @@ class DataConfig(_Section):
                 f"--limit-train {self.limit_train} is smaller than --batch-size {self.batch_size}, "
                 "so no full training batch would remain",
             )
-        if not 0 <= self.cutout <= IMAGE_SIDE:
-            self._fail("cutout", f"--cutout must be a square side in [0, {IMAGE_SIDE}] pixels, got {self.cutout}")
+        check_cutout(self.cutout)
 
 
 @dataclass(frozen=True)
