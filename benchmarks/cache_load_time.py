@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_cifar.data.cache import image_folder_fingerprint
-from resnet_cifar.data.sources import load_cifar10
+from resnet_cifar.data.load import load_cifar10
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg"
 

@@ -35,10 +35,9 @@ def reported_errors(out: Output) -> Iterator[None]:
 
 def cache_dir_from_env(environ: Mapping[str, str]) -> Path:
     """Decoded image-folder cache: $RESNET_CIFAR_CACHE, else the XDG cache folder."""
-    if environ.get("RESNET_CIFAR_CACHE"):
-        return Path(environ["RESNET_CIFAR_CACHE"])
-    base = Path(environ["XDG_CACHE_HOME"]) if environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "resnet-cifar" / "decoded"
+    from resnet_cifar.data.cache import default_cache_dir
+
+    return default_cache_dir(environ)
 
 
 @contextmanager

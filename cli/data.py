@@ -34,7 +34,8 @@ def data(
 ) -> None:
     """Detect the layout, validate every file, and print per-split and per-class counts."""
     from resnet_cifar.data.download import resolve_data_dir
-    from resnet_cifar.data.sources import describe, load_cifar10
+    from resnet_cifar.data.load import load_cifar10
+    from resnet_cifar.data.sources import describe
 
     out = Output(json_mode=json_output)
     with reported_errors(out):

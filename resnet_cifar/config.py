@@ -19,13 +19,11 @@ presets and the file format.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import math
 import numbers
 import os
 import re
-import tempfile
 import types
 import typing
 from collections.abc import Mapping
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NoReturn, Union
 
 from resnet_cifar.errors import UsageError
+from resnet_cifar.files import atomic_write, one_line
 
 LOADER_KINDS = ("auto", "tensor", "dali")
 DEPTHS = (18, 34, 50, 101, 152)
@@ -80,6 +79,13 @@ class ConfigValueError(UsageError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+def check_cutout(cutout: int) -> None:
+    """The cutout sides DataConfig and both loaders accept. The message names the flag, because a
+    user (or a sweep) sets cutout there; the loaders check it again for callers of the library."""
+    if not 0 <= cutout <= IMAGE_SIDE:
+        raise ConfigValueError("data.cutout", f"--cutout must be a square side in [0, {IMAGE_SIDE}] pixels, got {cutout}")
 
 
 def _show(value: Any) -> str:
@@ -192,8 +198,7 @@ class DataConfig(_Section):
                 f"--limit-train {self.limit_train} is smaller than --batch-size {self.batch_size}, "
                 "so no full training batch would remain",
             )
-        if not 0 <= self.cutout <= IMAGE_SIDE:
-            self._fail("cutout", f"--cutout must be a square side in [0, {IMAGE_SIDE}] pixels, got {self.cutout}")
+        check_cutout(self.cutout)
 
 
 @dataclass(frozen=True)
@@ -682,8 +687,7 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike[str]) -> Path:
 
         text = "# resnet-cifar resolved config.\n" + yaml.safe_dump(values, sort_keys=False, default_flow_style=False)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, text)
+        atomic_write(path, text)
     except OSError as error:
         raise UsageError(f"{path}: cannot write the config ({error.strerror or error})") from None
     return path
@@ -831,10 +835,6 @@ def _choose_preset(
     return chosen
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
 def parse_toml(text: str, path: Path) -> Any:
     try:
         import tomllib
@@ -843,7 +843,7 @@ def parse_toml(text: str, path: Path) -> Any:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise UsageError(f"{path}: invalid TOML: {_one_line(error)}") from None
+        raise UsageError(f"{path}: invalid TOML: {one_line(error)}") from None
 
 
 # YAML 1.1 (PyYAML) reads 5e-4 as a string: only 5.0e-4 is a float there. YAML 1.2 and TOML take
@@ -867,7 +867,7 @@ def parse_yaml(text: str, path: Path) -> Any:
     try:
         document = yaml.load(text, Loader=_yaml_loader())  # noqa: S506  (a SafeLoader subclass)
     except yaml.YAMLError as error:
-        raise UsageError(f"{path}: invalid YAML: {_one_line(error)}") from None
+        raise UsageError(f"{path}: invalid YAML: {one_line(error)}") from None
     return {} if document is None else document
 
 
@@ -891,19 +891,3 @@ def _check_document(document: Any, path: Path) -> dict[str, dict[str, Any]]:
                 raise UsageError(f"{path}: {_unknown_key_message(name, str(key))}")
         sections[name] = {str(key): value for key, value in entries.items()}
     return sections
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """A reader sees the old file or the new one, never a half-written one."""
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp creates 0600; a config is for reading
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise

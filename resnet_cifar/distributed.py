@@ -155,8 +155,6 @@ class DistEnv:
 
 SINGLE_PROCESS = DistEnv()
 
-_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
 
 def _int_var(environ: Mapping[str, str], key: str) -> int:
     text = environ[key].strip()

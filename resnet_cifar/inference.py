@@ -62,6 +62,7 @@ from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation.evaluate import EvalResult, evaluate, predict_logits
 from resnet_cifar.evaluation.plots import plot_confusion_matrix, write_confusion_csv, write_metrics_json
 from resnet_cifar.models import resize_batch
+from resnet_cifar.files import first_line
 
 __all__ = [
     "EVAL_SPLITS",
@@ -408,8 +409,7 @@ def read_image_file(path: Path) -> np.ndarray:
             height, width = IMAGE_SHAPE[:2]
             resized = rgb.resize((width, height), resample=getattr(Image.Resampling, RESAMPLE_FILTER_NAME))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"{path}: not a readable image ({detail})") from None
+        raise DataError(f"{path}: not a readable image ({first_line(error)})") from None
     return np.array(resized, dtype=np.uint8).reshape(IMAGE_SHAPE)
 
 

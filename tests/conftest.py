@@ -33,6 +33,6 @@ def decoded_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def real_splits(real_data_root: Path, decoded_cache_dir: Path):
     """All 60,000 real images (CifarSplits), decoded once per test session."""
-    from resnet_cifar.data.sources import load_cifar10
+    from resnet_cifar.data.load import load_cifar10
 
     return load_cifar10(real_data_root, cache_dir=decoded_cache_dir)

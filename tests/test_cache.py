@@ -23,7 +23,8 @@ from resnet_cifar.data.cache import (
     read_cache_entry,
     write_cache_entry,
 )
-from resnet_cifar.data.sources import load_cifar10, load_image_folder
+from resnet_cifar.data.load import load_cifar10
+from resnet_cifar.data.sources import load_image_folder
 from resnet_cifar.data.types import CifarSplits
 from resnet_cifar.errors import DataError, UsageError
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_cifar.engine import checkpoint as checkpoint_module
 from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from resnet_cifar.engine.early_stopping import EarlyStopping
 from resnet_cifar.engine.optim import build_optimizer, build_scheduler
@@ -125,7 +124,7 @@ def test_crash_during_write_keeps_the_previous_checkpoint(
         def failing_replace(src: Any, dst: Any) -> None:
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(checkpoint_module.os, "replace", failing_replace)
+        monkeypatch.setattr(os, "replace", failing_replace)
         expected = ResnetCifarError
     else:
         def interrupted(obj: Any, handle: Any, *args: Any, **kwargs: Any) -> None:

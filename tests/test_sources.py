@@ -17,13 +17,8 @@ import pytest
 from PIL import Image
 
 from resnet_cifar.data import sources
-from resnet_cifar.data.sources import (
-    detect_layout,
-    describe,
-    load_cifar10,
-    planar_rows_to_hwc,
-    unpickle_restricted,
-)
+from resnet_cifar.data.load import detect_layout, load_cifar10
+from resnet_cifar.data.sources import describe, planar_rows_to_hwc, unpickle_restricted
 from resnet_cifar.data.types import CIFAR10_CLASSES
 from resnet_cifar.errors import DataError, UsageError
 

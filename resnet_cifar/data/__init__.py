@@ -15,7 +15,7 @@ import torch
 
 from resnet_cifar.config import DataConfig
 from resnet_cifar.data.dali_loader import DaliLoader, dali_available
-from resnet_cifar.data.sources import load_cifar10
+from resnet_cifar.data.load import load_cifar10
 from resnet_cifar.data.split import limit_split, train_val_split
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CifarSplit

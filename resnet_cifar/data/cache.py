@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ import numpy as np
 from resnet_cifar.data.sources import load_image_folder, scan_image_folder_split
 from resnet_cifar.data.types import CifarSplit, CifarSplits
 from resnet_cifar.errors import DataError, UsageError
+from resnet_cifar.files import user_cache_dir
 
+CACHE_DIR_ENV = "RESNET_CIFAR_CACHE"
 CACHE_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 SPLIT_NAMES: tuple[str, ...] = ("train", "test")
@@ -33,6 +36,13 @@ _TEMP_PREFIX = ".tmp-"
 _STALE_PREFIX = ".stale-"
 # Leftovers of a crashed writer older than this are removed; younger ones may still be in use.
 _LEFTOVER_AGE_S = 3600.0
+
+
+def default_cache_dir(environ: Mapping[str, str]) -> Path:
+    """$RESNET_CIFAR_CACHE, else $XDG_CACHE_HOME/resnet-cifar/decoded, else
+    ~/.cache/resnet-cifar/decoded: the rule of ``default_data_dir``, beside the data folder."""
+    explicit = environ.get(CACHE_DIR_ENV, "")
+    return Path(explicit) if explicit else user_cache_dir(environ) / "decoded"
 
 
 def image_folder_fingerprint(root: Path) -> str:

@@ -43,6 +43,7 @@ from resnet_cifar.data.tensor_loader import (
 )
 from resnet_cifar.data.types import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SHAPE, CifarSplit
 from resnet_cifar.errors import DataError, UsageError
+from resnet_cifar.files import one_line
 
 DALI_MISSING = "DALI is not installed: pip install nvidia-dali-cuda120"
 _PIPELINE_SEED_STREAM = 2
@@ -386,7 +387,7 @@ class DaliLoader(PlannedLoader):
 
     def _decode_error(self, plan: EpochPlan, start: int, stop: int, exc: RuntimeError) -> DataError:
         """A one-line DataError naming the file DALI could not decode (found again with PIL)."""
-        reason = " ".join(str(exc).split())[:300]
+        reason = one_line(exc)[:300]
         assert self._files is not None
         # With prefetching, the failure may come from the batch after this one.
         window = plan.indices[start : stop + self.batch_size]

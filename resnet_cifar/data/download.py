@@ -20,21 +20,17 @@ folder whose contents are renamed into place only once every member was written.
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import os
 import shutil
 import tarfile
 import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO
 
 from resnet_cifar.errors import DataError, UsageError
+from resnet_cifar.files import ProgressCallback, download_verified, file_digest, user_cache_dir
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -45,15 +41,11 @@ DATA_DIR_ENV = "RESNET_CIFAR_DATA"
 CHUNK_SIZE = 256 * 1024
 
 # Hidden names for work in progress, so a folder listing never mistakes them for data.
-_DOWNLOAD_PREFIX = f".{ARCHIVE_NAME}."
-_DOWNLOAD_SUFFIX = ".part"
 _EXTRACT_PREFIX = ".extract-"
 _REPLACED_PREFIX = ".replaced-"
 
 # tarfile's extraction filters arrived in 3.10.12 / 3.11.4 / 3.12; older versions lack them.
 _HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
-
-ProgressCallback = Callable[[int, "int | None"], None]
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -63,14 +55,7 @@ def default_data_dir(environ: Mapping[str, str]) -> Path:
     Empty values count as unset; a relative XDG_CACHE_HOME is ignored, as the XDG spec says.
     """
     explicit = environ.get(DATA_DIR_ENV, "")
-    if explicit:
-        return Path(explicit)
-    xdg_cache = environ.get("XDG_CACHE_HOME", "")
-    if xdg_cache and os.path.isabs(xdg_cache):
-        return Path(xdg_cache) / "resnet-cifar" / "data"
-    home = environ.get("HOME", "")
-    home_dir = Path(home) if home else Path.home()
-    return home_dir / ".cache" / "resnet-cifar" / "data"
+    return Path(explicit) if explicit else user_cache_dir(environ) / "data"
 
 
 def resolve_data_dir(
@@ -136,106 +121,20 @@ def download_cifar10(
     archive = dest_dir / ARCHIVE_NAME
     # A stale or corrupt archive is simply fetched again; os.replace overwrites it only
     # once the new one is verified.
-    if not (archive.is_file() and _file_md5(archive) == expected_md5):
-        _fetch_verified(url, archive, expected_md5, on_progress, timeout)
+    if not (archive.is_file() and file_digest(archive, "md5", chunk_size=CHUNK_SIZE) == expected_md5):
+
+        def verify(actual_md5: str) -> None:
+            if actual_md5 != expected_md5:
+                raise DataError(f"{url}: md5 mismatch for {archive.name}: expected {expected_md5}, got {actual_md5}")
+
+        download_verified(
+            url, archive, algorithm="md5", verify=verify, on_progress=on_progress, timeout=timeout, chunk_size=CHUNK_SIZE
+        )
     safe_extract(archive, dest_dir)
     batches_dir = dest_dir / BATCHES_DIR_NAME
     if not batches_dir.is_dir():
         raise DataError(f"{archive}: the archive holds no {BATCHES_DIR_NAME}/ folder")
     return batches_dir
-
-
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(CHUNK_SIZE), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _content_length(response: http.client.HTTPResponse) -> int | None:
-    value = response.headers.get("Content-Length")
-    if value is None or not value.strip().isdigit():
-        return None
-    return int(value)
-
-
-def _fetch_verified(
-    url: str,
-    archive: Path,
-    expected_md5: str,
-    on_progress: ProgressCallback | None,
-    timeout: float,
-) -> None:
-    """Stream url into a hidden temp file next to `archive`, check its md5, rename it into place."""
-    descriptor, part_name = tempfile.mkstemp(
-        prefix=_DOWNLOAD_PREFIX, suffix=_DOWNLOAD_SUFFIX, dir=archive.parent
-    )
-    part_path = Path(part_name)
-    try:
-        with os.fdopen(descriptor, "wb") as part_file:
-            actual_md5 = _stream(url, part_file, part_path, on_progress, timeout)
-        if actual_md5 != expected_md5:
-            raise DataError(
-                f"{url}: md5 mismatch for {archive.name}: expected {expected_md5}, got {actual_md5}"
-            )
-        os.replace(part_path, archive)
-    except BaseException:
-        # Includes KeyboardInterrupt: an interrupted download leaves no partial file.
-        part_path.unlink(missing_ok=True)
-        raise
-
-
-def _stream(
-    url: str,
-    part_file: BinaryIO,
-    part_path: Path,
-    on_progress: ProgressCallback | None,
-    timeout: float,
-) -> str:
-    """Copy the response body into part_file chunk by chunk; return the body's md5."""
-    try:
-        response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (scheme checked)
-    except urllib.error.HTTPError as exc:
-        raise DataError(f"{url}: download failed: HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise DataError(f"{url}: download failed: {_describe(exc.reason, timeout)}") from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise DataError(f"{url}: download failed: {_describe(exc, timeout)}") from None
-    digest = hashlib.md5(usedforsecurity=False)
-    with response:
-        total = _content_length(response)
-        done = 0
-        if on_progress is not None:
-            on_progress(done, total)
-        while True:
-            try:
-                chunk = response.read(CHUNK_SIZE)
-            except (OSError, http.client.HTTPException) as exc:
-                raise DataError(f"{url}: download failed after {done} bytes: {_describe(exc, timeout)}") from None
-            if not chunk:
-                break
-            try:
-                part_file.write(chunk)
-            except OSError as exc:
-                raise DataError(f"{part_path}: cannot write the download ({exc.strerror})") from None
-            digest.update(chunk)
-            done += len(chunk)
-            if on_progress is not None:
-                on_progress(done, total)
-    # http.client does not raise when the server closes early, so check the length ourselves:
-    # "connection dropped" is a clearer message than the md5 mismatch it would otherwise cause.
-    if total is not None and done != total:
-        raise DataError(f"{url}: download failed: received {done} of {total} bytes")
-    return digest.hexdigest()
-
-
-def _describe(reason: object, timeout: float) -> str:
-    if isinstance(reason, TimeoutError):
-        return f"timed out after {timeout:g} s"
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror
-    return str(reason) or type(reason).__name__
 
 
 def _refusal(member: tarfile.TarInfo, root: str) -> str | None:

@@ -2,13 +2,12 @@
 
 Layouts: the official python release (cifar-10-batches-py/), the official binary release
 (cifar-10-batches-bin/) and image folders (ROOT/train/<class>/*, ROOT/test/<class>/*).
-`load_cifar10` detects which one a folder holds and reads it; every reader checks what it reads
-and reports a problem as one DataError line naming the file.
+Every reader checks what it reads and reports a problem as one DataError line naming the file;
+`resnet_cifar.data.load.load_cifar10` detects which layout a folder holds and calls its reader.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -21,8 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit, CifarSplits
 from resnet_cifar.errors import DataError, UsageError
-
-LAYOUTS: tuple[str, ...] = ("python", "binary", "image-folder")
+from resnet_cifar.files import file_digest
 
 PIXELS_PER_IMAGE = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]  # 3072
 
@@ -52,11 +50,6 @@ BINARY_RECORD_BYTES = 1 + PIXELS_PER_IMAGE  # 3073
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 _IMAGE_SUFFIX_TUPLE = tuple(IMAGE_SUFFIXES)
 
-EXPECTED_LAYOUTS_TEXT = (
-    f"expected {PYTHON_DIR_NAME}/ (data_batch_1..5, test_batch, batches.meta), "
-    f"{BINARY_DIR_NAME}/ (data_batch_1..5.bin, test_batch.bin, batches.meta.txt) "
-    "or train/ and test/ image folders"
-)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -112,11 +105,7 @@ def _require_files(folder: Path, names: tuple[str, ...], release: str) -> None:
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def verify_official_md5(path: Path) -> None:
@@ -413,56 +402,7 @@ def load_image_folder(root: Path) -> CifarSplits:
     return CifarSplits(train=train, test=test, layout="image-folder", root=root)
 
 
-# --------------------------------------------------------------------------- detection and entry point
-
-
-def _holds_any(folder: Path, names: tuple[str, ...]) -> bool:
-    return any((folder / name).is_file() for name in names)
-
-
-def detect_layout(root: Path) -> tuple[str, Path]:
-    """Which layout `root` holds, and the folder to read it from.
-
-    Accepts the folder that contains cifar-10-batches-py/ (or -bin/), that folder itself (by
-    name or by its files), or a folder with train/ and test/ subfolders. The python release is
-    preferred when several are present, because it alone can be checked against official md5s.
-    """
-    root = Path(root)
-    if not root.exists():
-        raise UsageError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise UsageError(f"{root}: not a folder")
-    if (root / PYTHON_DIR_NAME).is_dir():
-        return "python", root / PYTHON_DIR_NAME
-    if root.name == PYTHON_DIR_NAME or _holds_any(root, (*PYTHON_TRAIN_FILES, PYTHON_TEST_FILE, PYTHON_META_FILE)):
-        return "python", root
-    if (root / BINARY_DIR_NAME).is_dir():
-        return "binary", root / BINARY_DIR_NAME
-    if root.name == BINARY_DIR_NAME or _holds_any(root, (*BINARY_TRAIN_FILES, BINARY_TEST_FILE, BINARY_META_FILE)):
-        return "binary", root
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        return "image-folder", root
-    raise UsageError(f"{root}: not a CIFAR-10 folder; {EXPECTED_LAYOUTS_TEXT}")
-
-
-def load_cifar10(root: Path, *, verify: bool = True, cache_dir: Path | None = None) -> CifarSplits:
-    """Detect the layout of `root` and read it.
-
-    verify: check the python release's files against the official md5s (the binary release
-    and image folders have no official list; their structure is always checked).
-    cache_dir: for image folders, keep the decoded arrays there so a second load is fast.
-    """
-    layout, folder = detect_layout(Path(root))
-    if layout == "python":
-        return load_python_release(folder, verify=verify)
-    if layout == "binary":
-        return load_binary_release(folder)
-    if cache_dir is None:
-        return load_image_folder(folder)
-    # Imported here: the cache builds on this module's image-folder reader.
-    from resnet_cifar.data.cache import load_image_folder_cached
-
-    return load_image_folder_cached(folder, Path(cache_dir))
+# --------------------------------------------------------------------------- summary
 
 
 def describe(splits: CifarSplits) -> dict[str, Any]:

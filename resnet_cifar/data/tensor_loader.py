@@ -18,13 +18,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from resnet_cifar.config import check_cutout
 from resnet_cifar.data.types import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SHAPE, CifarSplit
 from resnet_cifar.errors import UsageError
 
 # torchvision's RandomCrop(32, padding=4): the crop window moves -4..4 pixels in each axis.
 PAD = 4
 MAX_SHIFT = PAD
-IMAGE_SIDE = IMAGE_SHAPE[0]
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -44,9 +44,7 @@ def check_loader_args(
     *, batch_size: int, dtype: torch.dtype, seed: int, shard_id: int, num_shards: int, cutout: int = 0
 ) -> None:
     """The argument checks both loaders share; each failure is one UsageError line."""
-    # The flag's name, not the keyword's: this is what a user typed (and what a sweep varies).
-    if not 0 <= cutout <= IMAGE_SIDE:
-        raise UsageError(f"--cutout must be a square side in [0, {IMAGE_SIDE}] pixels, got {cutout}")
+    check_cutout(cutout)
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     if dtype not in SUPPORTED_DTYPES:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resnet_cifar.config import IMAGE_SIDE
 from resnet_cifar.errors import DataError
 
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -28,7 +29,7 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 # Per-channel statistics of the 50,000 official training images, in [0, 1] units.
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
-IMAGE_SHAPE: tuple[int, int, int] = (32, 32, 3)
+IMAGE_SHAPE: tuple[int, int, int] = (IMAGE_SIDE, IMAGE_SIDE, 3)
 
 
 @dataclass(frozen=True, eq=False)

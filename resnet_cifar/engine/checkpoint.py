@@ -3,7 +3,8 @@
 A checkpoint is a dict of plain types (dict, list, tuple, str, int, float, bool, None) and
 tensors, so ``torch.load(weights_only=True)`` reads it without executing anything. The trainer's
 payload keys: model, optimizer, scheduler, scaler, ema (optional), early_stopping, rng, epoch,
-global_step, batches_done_in_epoch, loader_seed, config (a plain dict) and metrics (list of dicts).
+global_step, batches_done_in_epoch, loader_seed, config (a plain dict) and history (a list of
+dicts, one per epoch).
 
 Writes are atomic: the payload goes to a temp file in the target's folder (same file system, so
 the rename is atomic), is flushed and fsynced, renamed over the target with ``os.replace``, and
@@ -13,11 +14,7 @@ the previous checkpoint intact and removes the temp file.
 
 from __future__ import annotations
 
-import os
-import pickle
 import random
-import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,35 +22,16 @@ from typing import Any
 import torch
 
 from resnet_cifar.errors import DataError, ResnetCifarError, UsageError
+from resnet_cifar.files import atomic_write, first_line, weights_only_refusal
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically (see the module notes); creates the folder if needed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException as error:  # also KeyboardInterrupt: never leave a temp file behind
-        Path(temp_name).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise ResnetCifarError(f"could not write checkpoint {path}: {error}") from error
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    if os.name == "nt":  # Windows cannot open a folder for fsync; its renames are durable enough
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        atomic_write(path, lambda handle: torch.save(payload, handle), fsync_folder=True)
+    except OSError as error:
+        raise ResnetCifarError(f"could not write checkpoint {path}: {error}") from error
 
 
 def load_checkpoint(path: Path, *, require: Iterable[str] = ("model",)) -> dict[str, Any]:
@@ -69,26 +47,19 @@ def load_checkpoint(path: Path, *, require: Iterable[str] = ("model",)) -> dict[
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a weights_only refusal, a bad zip, a truncated or foreign file, ...
-        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
+        refused = weights_only_refusal(error)
+        if refused is not None:
+            what = f"it references {refused}" if refused else "unsupported pickle content"
             raise DataError(
-                f"{path} holds objects other than tensors and plain values ({_refused_global(error)}); "
-                "refused without running it"
+                f"{path} holds objects other than tensors and plain values ({what}); refused without running it"
             ) from error
-        lines = str(error).strip().splitlines()
-        detail = lines[0] if lines else type(error).__name__
-        raise DataError(f"{path} is not a readable checkpoint: {detail}") from error
+        raise DataError(f"{path} is not a readable checkpoint: {first_line(error)}") from error
     if not isinstance(payload, dict):
         raise DataError(f"{path} is not a checkpoint: it holds a {type(payload).__name__}, not a dict")
     missing = [key for key in require if key not in payload]
     if missing:
         raise DataError(f"{path} is not a checkpoint of this project: missing {', '.join(missing)}")
     return payload
-
-
-def _refused_global(error: Exception) -> str:
-    """What torch's long weights_only message refused, e.g. 'it references posix.system'."""
-    match = re.search(r"GLOBAL ([\w.]+)", str(error))
-    return f"it references {match.group(1)}" if match else "unsupported pickle content"
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -38,7 +38,8 @@ from resnet_cifar.config import TrainConfig, save_config
 from resnet_cifar.engine.checkpoint import load_checkpoint, save_checkpoint
 from resnet_cifar.engine.early_stopping import METRIC_MODES, improves
 from resnet_cifar.errors import UsageError
-from resnet_cifar.evaluation.plots import atomic_write, plot_training_curves
+from resnet_cifar.evaluation.plots import plot_training_curves
+from resnet_cifar.files import atomic_write
 
 CHECKPOINT_FORMAT = 1
 CONFIG_FILE = "config.toml"
@@ -127,13 +128,13 @@ class Checkpointer:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(dict(record)) + "\n" for record in history)
-        atomic_write(self.path(METRICS_JSONL), lambda handle: handle.write(lines.encode()))
+        atomic_write(self.path(METRICS_JSONL), lines)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(fields))
         writer.writeheader()
         for record in history:
             writer.writerow(dict(record))
-        atomic_write(self.path(METRICS_CSV), lambda handle: handle.write(buffer.getvalue().encode()))
+        atomic_write(self.path(METRICS_CSV), buffer.getvalue())
 
     def write_curves(self, history: Sequence[Mapping[str, Any]]) -> None:
         if history and self.is_main:
@@ -142,8 +143,7 @@ class Checkpointer:
     def write_result(self, summary: Mapping[str, Any]) -> None:
         if not self.is_main:
             return
-        text = json.dumps(dict(summary), indent=2) + "\n"
-        atomic_write(self.path(RESULT), lambda handle: handle.write(text.encode()))
+        atomic_write(self.path(RESULT), json.dumps(dict(summary), indent=2) + "\n")
 
 
 def read_resume_checkpoint(path: Path) -> dict[str, Any]:

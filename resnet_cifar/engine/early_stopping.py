@@ -56,6 +56,7 @@ class EarlyStopping:
             raise UsageError(f"early stopping mode must be 'min' or 'max', got {mode!r}")
         if implied is not None and mode != implied:
             raise UsageError(f"{monitor} is maximised or minimised as {implied!r}, not {mode!r}")
+        # EarlyStoppingConfig reports a bad --patience to users; this guards direct library callers.
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise UsageError(f"patience must be an integer >= 0, got {patience!r}")
         if not (math.isfinite(min_delta) and min_delta >= 0):

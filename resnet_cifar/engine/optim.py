@@ -40,11 +40,9 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
+from resnet_cifar.config import OPTIMIZERS, SCHEDULES
 from resnet_cifar.errors import UsageError
 from resnet_cifar.models.finetune import finetune_param_groups
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle")
 
 # Modules whose parameters are scales and offsets of a normalization.
 _NORM_TYPES: tuple[type[nn.Module], ...] = (

@@ -118,6 +118,7 @@ def build_ema(model: nn.Module, decay: float) -> AveragedModel:
 
 def build_loss(label_smoothing: float = 0.0) -> nn.CrossEntropyLoss:
     """Cross-entropy with optional label smoothing (``0 <= label_smoothing < 1``)."""
+    # OptimConfig reports a bad --label-smoothing to users; this guards direct library callers.
     if not (math.isfinite(label_smoothing) and 0.0 <= label_smoothing < 1.0):
         raise UsageError(f"label smoothing must be in [0, 1), got {label_smoothing!r}")
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)

@@ -145,10 +145,6 @@ class ClassificationReport:
     def num_classes(self) -> int:
         return len(self.support)
 
-    def confusion_tensor(self) -> Tensor:
-        """The confusion matrix as an int64 CPU tensor."""
-        return torch.tensor(self.confusion, dtype=torch.int64)
-
     def to_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
         """A JSON-ready dict: accuracy, count, per_class (keyed by class name), macro, confusion_matrix.
 

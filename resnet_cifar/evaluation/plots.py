@@ -16,15 +16,14 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import Any, Union
 
 import numpy as np
 from torch import Tensor
 
+from resnet_cifar import files
 from resnet_cifar.errors import UsageError
 
 __all__ = [
@@ -39,27 +38,16 @@ __all__ = [
 MatrixLike = Union[Tensor, np.ndarray, Sequence[Sequence[int]]]
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write`` on a binary temp file beside ``path``, fsync it, and rename it onto ``path``.
-
-    The parent folder is created if needed. On any error the temp file is removed and the
-    previous content of ``path`` (if any) is left untouched.
+def atomic_write(path: Path, content: files.Content) -> None:
+    """``files.atomic_write`` for an output file: bytes, text, or a callback that writes into the
+    binary temp file. The parent folder is created if needed; on any error the temp file is
+    removed and the previous content of ``path`` (if any) is left untouched.
     """
-    path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise UsageError(f"cannot write into {path.parent}: {error.strerror or error}") from error
-    temp_path = Path(temp_name)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp_path, path)
-    finally:
-        temp_path.unlink(missing_ok=True)
+        files.atomic_write(Path(path), content)
+    except files.UnwritableFolder as error:
+        # An output folder that cannot be written is the user's to fix (exit 2), not a failed run.
+        raise UsageError(f"cannot write into {Path(path).parent}: {error.strerror or error}") from error
 
 
 def _as_matrix(matrix: MatrixLike, class_names: Sequence[str]) -> np.ndarray:
@@ -182,8 +170,7 @@ def write_confusion_csv(matrix: MatrixLike, class_names: Sequence[str], path: Pa
     writer.writerow(["true\\predicted", *class_names])
     for name, row in zip(class_names, counts.tolist()):
         writer.writerow([name, *row])
-    data = text.getvalue().encode("utf-8")
-    atomic_write(Path(path), lambda out: out.write(data))
+    atomic_write(Path(path), text.getvalue())
 
 
 def _json_ready(value: Any) -> Any:
@@ -206,5 +193,4 @@ def _json_ready(value: Any) -> Any:
 
 def write_metrics_json(payload: Mapping[str, Any], path: Path) -> None:
     """Write ``payload`` as strict, indented JSON (non-finite floats as null)."""
-    data = (json.dumps(_json_ready(payload), indent=2, allow_nan=False) + "\n").encode("utf-8")
-    atomic_write(Path(path), lambda out: out.write(data))
+    atomic_write(Path(path), json.dumps(_json_ready(payload), indent=2, allow_nan=False) + "\n")

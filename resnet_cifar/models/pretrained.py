@@ -14,15 +14,10 @@ copied, and the only keys allowed to differ are the ones the caller agreed to re
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import os
 import pickle
 import re
-import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from resnet_cifar.errors import DataError, UsageError
+from resnet_cifar.files import DownloadError, download_verified, file_digest, first_line, weights_only_refusal
 from resnet_cifar.models.resnet import init_conv_weight
 
 DEFAULT_BASE_URL = "https://download.pytorch.org/models/"
@@ -47,7 +43,6 @@ PRETRAINED_FILES: dict[str, str] = {
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # At least 8 hex digits, so a name like "resnet-50.pth" is not mistaken for one carrying a hash.
 _HASH_IN_NAME = re.compile(r"[0-9a-f]{8,}")
-_FORBIDDEN_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _DOWNLOAD_CHUNK = 1 << 20
 _DOWNLOAD_TIMEOUT_S = 60.0
 _MAX_KEYS_IN_MESSAGE = 8
@@ -150,7 +145,7 @@ def download_checked(url: str, *, hub_dir: str | os.PathLike[str] | None = None)
     cache_dir = Path(hub_dir if hub_dir is not None else torch.hub.get_dir()) / "checkpoints"
     cached = cache_dir / file_name
     if cached.is_file():
-        actual = _sha256_of(cached)
+        actual = file_digest(cached, "sha256")
         if not actual.startswith(expected):
             raise DataError(
                 f"cached weights {cached} have sha256 {actual[:len(expected)]}..., expected {expected}...; "
@@ -162,31 +157,20 @@ def download_checked(url: str, *, hub_dir: str | os.PathLike[str] | None = None)
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"cannot create the weights cache folder {cache_dir}: {error.strerror}") from error
-    handle, temp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{file_name}.", suffix=".partial")
-    temp_path = Path(temp_name)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(handle, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:  # noqa: S310
-                    while chunk := response.read(_DOWNLOAD_CHUNK):
-                        digest.update(chunk)
-                        out.write(chunk)
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-                if isinstance(error, urllib.error.HTTPError):
-                    reason: object = f"HTTP {error.code} {error.reason}"
-                else:
-                    reason = getattr(error, "reason", None) or error
-                raise DataError(f"could not download {url}: {reason}") from error
-        actual = digest.hexdigest()
+
+    def verify(actual: str) -> None:
         if not actual.startswith(expected):
             raise DataError(
                 f"downloaded {url} has sha256 {actual[:len(expected)]}..., expected {expected}... "
                 "(named in the file name); nothing was cached"
             )
-        os.replace(temp_path, cached)
-    finally:
-        temp_path.unlink(missing_ok=True)
+
+    try:
+        download_verified(
+            url, cached, algorithm="sha256", verify=verify, timeout=_DOWNLOAD_TIMEOUT_S, chunk_size=_DOWNLOAD_CHUNK
+        )
+    except DownloadError as error:
+        raise DataError(f"could not download {url}: {error.reason}") from error
     return cached
 
 
@@ -202,14 +186,14 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     except pickle.UnpicklingError as error:
         # weights_only=True raises this both for a pickle naming a forbidden callable or class
         # (a hostile or non-weights file, never executed) and for bytes that are no pickle at all.
-        forbidden = _FORBIDDEN_GLOBAL.search(str(error))
+        forbidden = weights_only_refusal(error)
         if forbidden:
             raise DataError(
-                f"refusing to load {path}: it holds arbitrary objects ({forbidden.group(1)}), not only tensors"
+                f"refusing to load {path}: it holds arbitrary objects ({forbidden}), not only tensors"
             ) from error
         raise DataError(f"cannot read weights from {path}: not a PyTorch weights file or corrupt") from error
     except (RuntimeError, OSError, EOFError, ValueError) as error:
-        raise DataError(f"cannot read weights from {path}: {_first_line(error)}") from error
+        raise DataError(f"cannot read weights from {path}: {first_line(error)}") from error
     if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
         loaded = loaded["model"]
     if not isinstance(loaded, Mapping):
@@ -231,7 +215,7 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
-        raise DataError(f"cannot read weights from {path}: {_first_line(error)}") from error
+        raise DataError(f"cannot read weights from {path}: {first_line(error)}") from error
 
 
 def _strip_wrapper_prefixes(state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
@@ -320,14 +304,6 @@ def _hash_prefix(file_name: str, url: str) -> str:
     return prefix
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(_DOWNLOAD_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _join_url(base_url: str, file_name: str) -> str:
     return base_url.rstrip("/") + "/" + file_name
 
@@ -337,7 +313,3 @@ def _key_list(keys: list[str]) -> str:
     more = len(keys) - _MAX_KEYS_IN_MESSAGE
     return f"[{shown}{f', ... {more} more' if more > 0 else ''}]"
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -49,6 +49,7 @@ from resnet_cifar.config import TrainConfig, save_config
 from resnet_cifar.engine.trainer import EpochFinished, Event, StepFinished, StopRequest, Trainer
 from resnet_cifar.errors import ResnetCifarError, UsageError
 from resnet_cifar.evaluation.plots import atomic_write
+from resnet_cifar.files import first_line, one_line
 from resnet_cifar.tuning.space import SearchSpace, check_space
 
 DEFAULT_STUDY_NAME = "resnet-cifar"
@@ -57,7 +58,6 @@ BEST_FORMATS = ("toml", "yaml")
 BEST_RUN_DIR = Path("runs/best")
 # The StopRequest reason a pruned trial's trainer stops with (signals use their names).
 PRUNED_REASON = "pruned"
-STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 
 # ----------------------------------------------------------------------------- values and events
@@ -270,10 +270,10 @@ def _open_study(out_dir: Path, storage: str | None, study_name: str, pruner: Any
             # Workers started together race to create a new storage's tables; the loser finds
             # them there on its next try.
             if attempt == attempts - 1:
-                raise UsageError(f"{url}: cannot open the study storage ({_first_line(error)})") from None
+                raise UsageError(f"{url}: cannot open the study storage ({first_line(error)})") from None
             time.sleep(0.5 * (attempt + 1))
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
-            raise UsageError(f"{url}: cannot open the study storage ({_first_line(error)})") from None
+            raise UsageError(f"{url}: cannot open the study storage ({first_line(error)})") from None
     if storage is None:
         # One sweep folder holds one study: trial folders are named by trial number only.
         others = [name for name in optuna.get_all_study_names(rdb) if name != study_name]
@@ -286,15 +286,10 @@ def _open_study(out_dir: Path, storage: str | None, study_name: str, pruner: Any
             storage=rdb, study_name=study_name, direction="maximize", pruner=pruner, load_if_exists=True
         )
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as error:
-        raise UsageError(f"{url}: cannot open study {study_name!r} ({_first_line(error)})") from None
+        raise UsageError(f"{url}: cannot open study {study_name!r} ({first_line(error)})") from None
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise UsageError(f"{url}: study {study_name!r} minimizes; a sweep maximizes validation accuracy")
     return study, url
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_compatible(space: SearchSpace, existing: list[Any], storage_url: str) -> None:
@@ -361,13 +356,13 @@ def _run_trial(
     except _TrialPruned:
         state = TrialState.PRUNED
     except (ResnetCifarError, torch.cuda.OutOfMemoryError) as exc:
-        error = _one_line(exc)
+        error = one_line(exc)
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()  # the next trial (a smaller batch, maybe) needs the memory back
     except BaseException as exc:  # a bug or Ctrl-C: record the trial as failed, then let it surface
         if isinstance(exc, KeyboardInterrupt):
             trial.set_user_attr("interrupted", True)
-        _finish(study, trial, TrialState.FAIL, None, _one_line(exc) or type(exc).__name__, extra, folder, params, emit)
+        _finish(study, trial, TrialState.FAIL, None, one_line(exc) or type(exc).__name__, extra, folder, params, emit)
         raise
     _finish(study, trial, state, value, error, extra, folder, params, emit)
     return interrupted
@@ -412,7 +407,7 @@ def _finish(
     study.tell(trial, value if state.name == "COMPLETE" else None, state=state)
     summary = _summary(_frozen(study, trial.number))
     if folder.is_dir():
-        _write_text(folder / "trial.json", json.dumps(summary.to_dict(), indent=2) + "\n")
+        atomic_write(folder / "trial.json", json.dumps(summary.to_dict(), indent=2) + "\n")
     emit(TrialFinished(trial=summary))
 
 
@@ -456,7 +451,7 @@ def _write_reports(study: Any, out_dir: Path, best_format: str) -> tuple[tuple[T
     summaries = tuple(_summary(trial) for trial in frozen)
     trials_csv = out_dir / "trials.csv"
     text = _csv_text(summaries)
-    _write_text(trials_csv, text)
+    atomic_write(trials_csv, text)
     best_path = out_dir / f"best.{best_format}"
     best = _best(summaries)
     if best is not None:
@@ -492,16 +487,6 @@ def _quiet_optuna() -> Iterator[None]:
         yield
     finally:
         optuna.logging.set_verbosity(previous)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Atomically, so a reader never sees half a report; readable by all, as the config files are."""
-    atomic_write(path, lambda handle: handle.write(text.encode()))
-    path.chmod(0o644)
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 __all__ = [
