@@ -13,6 +13,7 @@ the previous checkpoint intact and removes the temp file.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -29,19 +30,29 @@ from resnet_cifar.errors import DataError, ResnetCifarError, UsageError
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically (see the module notes); creates the folder if needed."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_checkpoint_bytes(path, buffer.getbuffer())
+
+
+def write_checkpoint_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write a serialized checkpoint to ``path`` atomically (see the module notes)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise ResnetCifarError(f"could not write checkpoint {path}: {error.strerror or error}") from error
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, path)
     except BaseException as error:  # also KeyboardInterrupt: never leave a temp file behind
         Path(temp_name).unlink(missing_ok=True)
         if isinstance(error, OSError):
-            raise ResnetCifarError(f"could not write checkpoint {path}: {error}") from error
+            raise ResnetCifarError(f"could not write checkpoint {path}: {error.strerror or error}") from error
         raise
     _fsync_folder(path.parent)
 
