@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 # What atomic_write writes: bytes, text (UTF-8), or a callback that writes into the binary file.
-Content = Union[bytes, str, Callable[[IO[bytes]], None]]
+Content = Union[bytes, memoryview, str, Callable[[IO[bytes]], None]]
 ProgressCallback = Callable[[int, Union[int, None]], None]
 
 # Files the project writes are for reading by anyone (mkstemp alone would leave them 0600).

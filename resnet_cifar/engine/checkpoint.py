@@ -14,6 +14,7 @@ the previous checkpoint intact and removes the temp file.
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,11 +28,18 @@ from resnet_cifar.files import atomic_write, first_line, weights_only_refusal
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically (see the module notes); creates the folder if needed."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_checkpoint_bytes(path, buffer.getbuffer())
+
+
+def write_checkpoint_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write a serialized checkpoint to ``path`` atomically (see the module notes)."""
     path = Path(path)
     try:
-        atomic_write(path, lambda handle: torch.save(payload, handle), fsync_folder=True)
+        atomic_write(path, data, fsync_folder=True)
     except OSError as error:
-        raise ResnetCifarError(f"could not write checkpoint {path}: {error}") from error
+        raise ResnetCifarError(f"could not write checkpoint {path}: {error.strerror or error}") from error
 
 
 def load_checkpoint(path: Path, *, require: Iterable[str] = ("model",)) -> dict[str, Any]:

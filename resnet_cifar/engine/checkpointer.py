@@ -19,6 +19,16 @@ continue with), batches_done_in_epoch, partial_epoch (the running sums of an int
 global_step, loader_seed, history (the epoch records), classes, and config (plain types). It
 loads with ``torch.load(weights_only=True)``.
 
+Checkpoints are written off the loop's path. The loop blocks only to *snapshot* the state: on
+CUDA a device-to-host copy into pinned buffers that are reused from one checkpoint to the next, on
+the CPU a copy. A background thread then serializes the snapshot once and writes those bytes to
+each file asked for (last.pt, and best.pt from the same snapshot) with the atomic temp + fsync +
+rename of engine/checkpoint.py. At most one write is in flight: the next snapshot first waits for
+the previous write (that wait counts as blocked time, ``checkpoint_seconds``), which is also what
+lets the pinned buffers be reused. ``wait()`` joins the pending write and raises its error, if
+any, as the same one-line error a synchronous write gives; the trainer calls it before it
+reports, after a stop request, and on errors, so no run ends with a write still in flight.
+
 Under torchrun only rank 0 writes; ``keep_checkpoints=False`` writes everything but the .pt files
 (for a caller that wants metrics without checkpoints, e.g. a sweep trial that is never resumed).
 """
@@ -29,13 +39,17 @@ import csv
 import io
 import json
 import math
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from resnet_cifar.config import TrainConfig, save_config
-from resnet_cifar.engine.checkpoint import load_checkpoint, save_checkpoint
+import torch
+
+from resnet_cifar.engine.checkpoint import load_checkpoint, write_checkpoint_bytes
 from resnet_cifar.engine.early_stopping import METRIC_MODES, improves
 from resnet_cifar.errors import UsageError
 from resnet_cifar.evaluation.plots import plot_training_curves
@@ -89,6 +103,9 @@ class Checkpointer:
         self.out_dir = Path(out_dir)
         self.is_main = is_main
         self.keep_checkpoints = keep_checkpoints
+        self._pinned: dict[str, torch.Tensor] = {}  # reused host buffers for CUDA snapshots
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def path(self, name: str) -> Path:
         return self.out_dir / name
@@ -108,17 +125,70 @@ class Checkpointer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(replace(cfg, run=replace(cfg.run, resume=None)), self.path(CONFIG_FILE))
 
-    def save(self, name: str, payload: dict[str, Any]) -> Path:
-        """Write one checkpoint (rank 0 only; a no-op without ``keep_checkpoints``)."""
-        path = self.path(name)
-        if self.is_main and self.keep_checkpoints:
-            save_checkpoint(path, {"format": CHECKPOINT_FORMAT, **payload})
-        return path
+    def save(self, names: Sequence[str], payload: dict[str, Any], *, stamp_last_record: bool = False) -> float:
+        """Snapshot ``payload`` and write it to each of ``names`` in the background (rank 0 only; a
+        no-op without ``keep_checkpoints``). Returns the seconds the caller was blocked: waiting
+        for the previous write, then the snapshot. ``stamp_last_record`` writes that time into the
+        snapshot's last history record too (its ``checkpoint_seconds``), so a resumed run's
+        metrics say what the first run measured."""
+        if not (self.is_main and self.keep_checkpoints and names):
+            return 0.0
+        started = time.perf_counter()
+        self.wait()  # at most one write in flight; its pinned buffers are free again after it
+        snapshot = self._snapshot({"format": CHECKPOINT_FORMAT, **payload}, "")
+        if any(buffer.is_pinned() for buffer in self._pinned.values()):
+            torch.cuda.synchronize()  # the non-blocking device-to-host copies have landed
+        if stamp_last_record and snapshot.get("history"):
+            snapshot["history"][-1] = {**snapshot["history"][-1], "checkpoint_seconds": time.perf_counter() - started}
+        paths = [self.path(name) for name in names]
+        self._writer = threading.Thread(target=self._write, args=(paths, snapshot), name="checkpoint-writer")
+        self._writer.start()
+        return time.perf_counter() - started
+
+    def wait(self) -> None:
+        """Join the pending write; its failure is raised here, once, as a one-line error."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _snapshot(self, value: Any, key: str) -> Any:
+        """``value`` with every tensor copied off the live state: into a reused pinned buffer for
+        a CUDA tensor, a plain copy for a CPU one. Containers are rebuilt, plain values shared."""
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+            if value.device.type != "cuda":
+                return value.clone()
+            buffer = self._pinned.get(key)
+            if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
+                buffer = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+                self._pinned[key] = buffer
+            return buffer.copy_(value, non_blocking=True)
+        if isinstance(value, dict):
+            return {name: self._snapshot(item, f"{key}/{name}") for name, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            items = [self._snapshot(item, f"{key}/{index}") for index, item in enumerate(value)]
+            return items if isinstance(value, list) else tuple(items)
+        return value
+
+    def _write(self, paths: list[Path], snapshot: dict[str, Any]) -> None:
+        try:
+            buffer = io.BytesIO()
+            torch.save(snapshot, buffer)  # serialized once, whatever the number of files
+            data = buffer.getbuffer()
+            for path in paths:
+                write_checkpoint_bytes(path, data)
+        except BaseException as error:  # reported by wait() on the loop's thread
+            self._error = error
 
     def has(self, name: str) -> bool:
+        self.wait()
         return self.path(name).exists()
 
     def load(self, name: str) -> dict[str, Any]:
+        self.wait()
         return load_checkpoint(self.path(name))
 
     def write_metrics(self, history: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:

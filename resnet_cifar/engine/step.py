@@ -36,10 +36,13 @@ class NonFiniteLossError(ResnetCifarError):
 
 @dataclass(frozen=True)
 class StepOutput:
-    """What one step reports, as device tensors (no host sync): the mean loss and the top-1 hit count."""
+    """What one step reports: the mean loss as the float the step already read for its NaN guard
+    (``loss_value``: the step's one host sync, so nobody needs another), the same loss as a device
+    tensor, and the top-1 hit count as a device tensor (summed on the device, read once an epoch)."""
 
     loss: Tensor
     correct: Tensor
+    loss_value: float
 
 
 class TrainStep:
@@ -101,7 +104,7 @@ class TrainStep:
             self.ema.update_parameters(unwrap_model(self.model))
         self.global_step += 1
         correct = (logits.detach().argmax(dim=1) == labels).sum()
-        return StepOutput(loss=loss.detach().float(), correct=correct)
+        return StepOutput(loss=loss.detach().float(), correct=correct, loss_value=loss_value)
 
 
 def build_ema(model: nn.Module, decay: float) -> AveragedModel:

@@ -32,10 +32,12 @@ of processes.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,9 @@ METRIC_FIELDS = (
     "images_per_sec",
     "epoch_seconds",
     "val_count",
+    "validated",
+    "eval_seconds",
+    "checkpoint_seconds",
 )
 
 
@@ -78,8 +83,11 @@ class EpochRecord:
     val_acc: float
     lr: float
     images_per_sec: float  # training images per second, all processes together
-    epoch_seconds: float
+    epoch_seconds: float  # training and validation, checkpointing apart
     val_count: int = 0  # validation images the val metrics cover (all processes together)
+    validated: bool = True  # False for an epoch before --eval-from (its val metrics are NaN)
+    eval_seconds: float = 0.0  # the validation pass
+    checkpoint_seconds: float = 0.0  # the loop was blocked by checkpointing (snapshot + waiting for a write)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +107,10 @@ class FitResult:
     test: dict[str, Any] | None  # the final model's test report (never used for selection)
     checkpoint: Path
     world_size: int = 1  # processes that trained the run together
+    compile_seconds: float = 0.0  # torch.compile's warm-up, before the training clock started
+    train_seconds: float = 0.0  # the loop's wall time: training, validation and checkpointing
+    reached_target: bool | None = None  # --target-acc: whether validation reached it (None: no target)
+    time_to_target_s: float | None = None  # training seconds (validations included) until it did
 
     @property
     def test_acc(self) -> float | None:
@@ -118,6 +130,10 @@ class FitResult:
             "history": [record.to_dict() for record in self.history],
             "checkpoint": str(self.checkpoint),
             "world_size": self.world_size,
+            "compile_seconds": self.compile_seconds,
+            "train_seconds": self.train_seconds,
+            "reached_target": self.reached_target,
+            "time_to_target_s": self.time_to_target_s,
         }
 
 
@@ -220,6 +236,10 @@ class Trainer:
         self.start_epoch = 0
         self.batches_done = 0  # in the epoch start_epoch, for a resume from an interrupted epoch
         self.partial_epoch: dict[str, Any] | None = None  # that epoch's running sums so far
+        self.compile_seconds = 0.0
+        self.clock_started = time.perf_counter()  # reset after the compile warm-up in fit()
+        self.train_seconds = 0.0
+        self.time_to_target_s: float | None = None
         if checkpoint is not None:
             self._restore(checkpoint, resume)
 
@@ -263,6 +283,15 @@ class Trainer:
             raise UsageError(f"{path} was trained with data seed {checkpoint.get('loader_seed')}, not {self.cfg.data.seed}")
         if list(checkpoint.get("classes", [])) != list(self.classes):
             raise DataError(f"{path} was trained on classes {checkpoint.get('classes')}, not {list(self.classes)}")
+        self._load_state(checkpoint, path)
+        self.start_epoch = int(checkpoint["epoch"])
+        self.batches_done = int(checkpoint["batches_done_in_epoch"])
+        self.partial_epoch = checkpoint.get("partial_epoch")
+        self.history = [EpochRecord(**record) for record in checkpoint["history"]]
+
+    def _load_state(self, checkpoint: dict[str, Any], path: Path | str) -> None:
+        """The weights, optimizer, schedule, scaler, EMA, best/early-stopping progress, RNG states
+        and step count of ``checkpoint``."""
         parts = self.parts
         try:
             parts.module.load_state_dict(checkpoint["model"])
@@ -281,22 +310,48 @@ class Trainer:
         by_rank = checkpoint.get("rng_by_rank")
         restore_rng_state(by_rank[self.dist.rank] if by_rank else checkpoint["rng"])
         parts.step.global_step = int(checkpoint["global_step"])
-        self.start_epoch = int(checkpoint["epoch"])
-        self.batches_done = int(checkpoint["batches_done_in_epoch"])
-        self.partial_epoch = checkpoint.get("partial_epoch")
-        self.history = [EpochRecord(**record) for record in checkpoint["history"]]
 
-    def _save(self, name: str, *, epoch: int, batches_done: int, partial: dict[str, Any] | None = None) -> Path:
-        """Write a checkpoint from rank 0; every rank must call it (it gathers the RNG states)."""
+    def _save(
+        self,
+        names: list[str],
+        *,
+        epoch: int,
+        batches_done: int,
+        partial: dict[str, Any] | None = None,
+        stamp: bool = False,
+    ) -> float:
+        """Checkpoint to ``names`` from rank 0, in the background; every rank must call it (it
+        gathers the RNG states). Returns the seconds the loop was blocked; ``stamp`` records them
+        in the checkpoint's copy of the last epoch record too."""
+        if not names:
+            return 0.0
         rng_by_rank = self.dist.gather_objects(capture_rng_state()) if self.dist.is_distributed else None
         if not self.is_main:
-            return self.checkpointer.path(name)
+            return 0.0
         payload = self._payload(epoch=epoch, batches_done=batches_done, partial=partial, rng_by_rank=rng_by_rank)
-        return self.checkpointer.save(name, payload)
+        return self.checkpointer.save(names, payload, stamp_last_record=stamp)
+
+    def _warm_up_compiled_model(self) -> float:
+        """Compile before the training clock starts: one step on the first batch, then every bit
+        of state put back as it was (weights, optimizer, schedule, scaler, EMA, RNG, step count),
+        so the run trains exactly as without the warm-up. Returns the seconds it took."""
+        if not self.cfg.precision.compile:
+            return 0.0
+        started = time.perf_counter()
+        saved = copy.deepcopy(self._payload(epoch=self.start_epoch, batches_done=self.batches_done))
+        self.set_train_mode()
+        train = self.parts.loaders.train
+        train.set_epoch(self.start_epoch)
+        images, labels = next(iter(train))
+        self.parts.step(images, labels)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._load_state(saved, "the compile warm-up's snapshot")
+        return time.perf_counter() - started
 
     # -- the loop
 
-    def _evaluate(self, loader) -> EvalResult:
+    def _evaluate(self, loader, *, tta: bool = False) -> EvalResult:
         parts = self.parts
         eval_model = parts.eval_model
         # Every rank evaluates rank 0's model (the one in the checkpoints) on its own shard.
@@ -309,6 +364,7 @@ class Trainer:
             loss_fn=parts.loss_fn,
             transform=parts.resize,
             reduce=self.dist.is_distributed,
+            tta=tta,
         )
 
     def _agreed_stop(self) -> str | None:
@@ -357,7 +413,17 @@ class Trainer:
         )
 
     def fit(self) -> FitResult:
-        """Train from the start (or the resumed epoch) to the end, an early stop or a stop request."""
+        """Train from the start (or the resumed epoch) to the end, an early stop, the target
+        accuracy or a stop request. Pending checkpoint writes are finished before it returns or
+        raises, so no run ends with a write in flight."""
+        try:
+            return self._fit()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                self.checkpointer.wait()
+            raise
+
+    def _fit(self) -> FitResult:
         cfg = self.cfg
         # The run's files are written from here on, never before: a refused run changes nothing.
         self.checkpointer.start(cfg)
@@ -365,33 +431,47 @@ class Trainer:
         # taken (a crash between the two) must not appear twice.
         self._write_metrics()
         self.on_event(self._started())
+        self.compile_seconds = self._warm_up_compiled_model()
+        self.clock_started = time.perf_counter()
         stopped_early, stop_reason = False, None
+        target = cfg.run.target_acc
         for epoch in range(self.start_epoch, cfg.optim.epochs):
             record = self._train_epoch(epoch)
             if record is None:  # interrupted by a signal: resumable checkpoint written
                 return self._finish(stopped_early=False, stop_reason=None, test=None)
-            self.history.append(record)
-            self._write_metrics()
+            validated = record.validated
             monitored = record.val_acc if self.best.monitor == "val_acc" else record.val_loss
-            is_best = self.best.update(monitored, epoch=record.epoch)
-            should_stop, reason = (False, None)
-            if self.early_stopping is not None:
+            is_best = validated and self.best.update(monitored, epoch=record.epoch)
+            should_stop, reason = False, None
+            if validated and self.early_stopping is not None:
                 should_stop, reason = self.early_stopping.step(monitored, epoch=record.epoch)
+            reached = validated and target is not None and record.val_acc >= target
+            if reached:
+                self.time_to_target_s = time.perf_counter() - self.clock_started
+            last_epoch = epoch + 1 == cfg.optim.epochs or should_stop or reached
+            names = [LAST] if (epoch + 1) % cfg.run.checkpoint_every == 0 or last_epoch else []
+            self.history.append(record)
+            blocked = self._save(names + ([BEST] if is_best else []), epoch=epoch + 1, batches_done=0, stamp=True)
+            self.history[-1] = record = replace(record, checkpoint_seconds=blocked)
+            self._write_metrics()
             self.on_event(EpochFinished(record=record, is_best=is_best))
-            self._save(LAST, epoch=epoch + 1, batches_done=0)
-            if is_best:
-                self._save(BEST, epoch=epoch + 1, batches_done=0)
             if should_stop:
                 stopped_early, stop_reason = True, reason
                 break
+            if reached:
+                stop_reason = f"val_acc {record.val_acc:.4f} reached the target {target:g} at epoch {record.epoch}"
+                break
             if self._agreed_stop() is not None:  # a signal during validation: stop cleanly here
+                if not names:  # this epoch wrote no last.pt: write it now, resumable from here
+                    self._save([LAST], epoch=epoch + 1, batches_done=0)
                 return self._finish(stopped_early=False, stop_reason=None, test=None)
+        self.train_seconds = time.perf_counter() - self.clock_started
         if self.early_stopping is not None:
             self.dist.barrier()  # rank 0 has finished writing best.pt before any rank looks for it
             if self.checkpointer.has(BEST):
                 self._load_best_weights()
         self.checkpointer.write_curves([record.to_dict() for record in self.history])
-        test = self._evaluate(self.parts.loaders.test).to_dict(list(self.classes))
+        test = self._evaluate(self.parts.loaders.test, tta=cfg.run.test_tta).to_dict(list(self.classes))
         # A signal that came after the last step does not stop a finished run, but the result
         # reports it (as in one process), and every rank must report the same.
         self._agreed_stop()
@@ -402,7 +482,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> EpochRecord | None:
         self.set_train_mode()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        loss_sum = 0.0
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
         if epoch == self.start_epoch and self.partial_epoch is not None and self.is_main:
@@ -418,8 +498,9 @@ class Trainer:
         for index, images, labels in self._train_batches(epoch):
             output = step(images, labels)
             batch = labels.shape[0]
-            loss_sum += output.loss.double() * batch
-            correct += output.correct
+            # The float the step already read: the one host sync of a step (engine/step.py).
+            loss_sum += output.loss_value * batch
+            correct += output.correct  # summed on the device, read once at the epoch's end
             seen += batch
             elapsed = max(time.perf_counter() - started, 1e-9)
             self.on_event(
@@ -427,7 +508,7 @@ class Trainer:
                     epoch=epoch + 1,
                     step=index + 1,
                     steps=self.steps_per_epoch,
-                    loss=float(output.loss),
+                    loss=output.loss_value,
                     lr=optimizer.param_groups[0]["lr"],
                     # Every rank trains the same number of equal batches in the same time.
                     images_per_sec=(seen - seen_before) * world / elapsed,
@@ -436,25 +517,30 @@ class Trainer:
             if self._agreed_stop() is not None:
                 total_loss, total_correct, total_seen = self._summed(loss_sum, correct, seen)
                 partial = {"loss_sum": total_loss, "correct": int(total_correct), "seen": int(total_seen)}
-                self._save(LAST, epoch=epoch, batches_done=index + 1, partial=partial)
+                self._save([LAST], epoch=epoch, batches_done=index + 1, partial=partial)
                 return None
         train_seconds = time.perf_counter() - started
         total_loss, total_correct, total_seen = self._summed(loss_sum, correct, seen)
-        val = self._evaluate(self.parts.loaders.val)
         self.batches_done, self.partial_epoch = 0, None
+        eval_started = time.perf_counter()
+        # --eval-from K: the epochs before K train only (no validation: NaN metrics, val_count 0).
+        val = self._evaluate(self.parts.loaders.val) if epoch + 1 >= self.cfg.run.eval_from else None
+        eval_seconds = time.perf_counter() - eval_started if val is not None else 0.0
         return EpochRecord(
             epoch=epoch + 1,
             train_loss=total_loss / max(total_seen, 1),
             train_acc=total_correct / max(total_seen, 1),
-            val_loss=float(val.loss) if val.loss is not None else math.nan,
-            val_acc=val.accuracy,
+            val_loss=float(val.loss) if val is not None and val.loss is not None else math.nan,
+            val_acc=val.accuracy if val is not None else math.nan,
             lr=optimizer.param_groups[0]["lr"],
             images_per_sec=(seen - seen_before) * world / max(train_seconds, 1e-9),
             epoch_seconds=time.perf_counter() - started,
-            val_count=val.count,
+            val_count=val.count if val is not None else 0,
+            validated=val is not None,
+            eval_seconds=eval_seconds,
         )
 
-    def _summed(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[float, float, float]:
+    def _summed(self, loss_sum: float, correct: torch.Tensor, seen: int) -> tuple[float, float, float]:
         """The epoch's train loss sum, hit count and sample count, summed over the ranks."""
         total_loss, total_correct, total_seen = self.dist.sum_numbers(
             [float(loss_sum), float(correct), float(seen)], self.device
@@ -483,7 +569,12 @@ class Trainer:
             test=test,
             checkpoint=self.checkpointer.path(LAST),
             world_size=self.dist.world_size,
+            compile_seconds=self.compile_seconds,
+            train_seconds=self.train_seconds or time.perf_counter() - self.clock_started,
+            reached_target=None if self.cfg.run.target_acc is None else self.time_to_target_s is not None,
+            time_to_target_s=self.time_to_target_s,
         )
+        self.checkpointer.wait()  # every checkpoint is on disk before the run reports
         self.checkpointer.write_result(result.to_dict())
         return result
 
