@@ -1,0 +1,168 @@
+"""The main job's loop: one host sync per step, checkpoints written in the background (and their
+failures reported), --checkpoint-every, --target-acc, --eval-from and the per-epoch timings."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from resnet_cifar.config import resolve_config
+from resnet_cifar.engine import checkpointer as checkpointer_module
+from resnet_cifar.engine.checkpointer import BEST, LAST, Checkpointer
+from resnet_cifar.engine.trainer import EpochFinished, StepFinished, Trainer
+from resnet_cifar.errors import ResnetCifarError
+
+
+def small(real_data_root: Path, cache: Path, out: Path, **more: Any):
+    settings = {
+        "data.data_dir": real_data_root, "data.cache_dir": cache, "data.batch_size": 32, "data.eval_batch_size": 64,
+        "data.limit_train": 128, "data.limit_val": 64, "data.limit_test": 64, "model.depth": 18,
+        "precision.device": "cpu", "optim.epochs": 2, "run.out_dir": out,
+    }  # fmt: skip
+    return resolve_config(overrides={**settings, **more})
+
+
+class SyncCounter:
+    """Counts the host syncs a CPU run would make on a GPU: reading a tensor's value on the host."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor: torch.Tensor, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                self.count += 1
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+def test_a_training_step_syncs_the_host_at_most_once(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = small(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": 1})
+    counts: list[int] = []
+    trainer = Trainer(cfg, on_event=lambda event: counts.append(counter.count) if isinstance(event, StepFinished) else None)
+    counter = SyncCounter(monkeypatch)
+    trainer.fit()
+    assert len(counts) == 4
+    # Between two steps' events: the step's own loss.item() (the NaN guard) and nothing else.
+    assert [later - earlier for earlier, later in zip(counts, counts[1:])] == [1, 1, 1]
+
+
+def test_checkpoints_are_written_in_the_background_from_one_serialization(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[tuple[str, bytes]] = []
+    original = checkpointer_module.write_checkpoint_bytes
+
+    def recording(path: Path, data: Any) -> None:
+        writes.append((Path(path).name, bytes(data)))
+        original(path, data)
+
+    monkeypatch.setattr(checkpointer_module, "write_checkpoint_bytes", recording)
+    out = tmp_path / "run"
+    events: list[Any] = []
+    result = Trainer(small(real_data_root, decoded_cache_dir, out), on_event=events.append).fit()
+    assert result.epochs_run == 2
+    names = [name for name, _ in writes]
+    assert names.count(LAST) == 2 and 1 <= names.count(BEST) <= 2
+    # Epoch 1 is always the best so far: its best.pt is the same bytes as its last.pt (one
+    # snapshot, one serialization).
+    assert [name for name, _ in writes[:2]] == [LAST, BEST] and writes[0][1] == writes[1][1]
+    final_last = [data for name, data in writes if name == LAST][-1]
+    assert (out / LAST).read_bytes() == final_last
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for record in history:
+        assert record["checkpoint_seconds"] > 0 and record["eval_seconds"] > 0
+        assert record["epoch_seconds"] > record["eval_seconds"]
+    # The checkpoint's copy of the last epoch record carries the blocked time it measured too.
+    saved = torch.load(out / LAST, weights_only=True)["history"][-1]
+    assert saved["checkpoint_seconds"] == pytest.approx(history[-1]["checkpoint_seconds"], abs=0.05)
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_a_failed_background_write_fails_the_run_with_one_line(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    original = checkpointer_module.write_checkpoint_bytes
+
+    def second_write_fails(path: Path, data: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] >= 3:  # epoch 1 wrote last.pt and best.pt; epoch 2's first write fails
+            raise ResnetCifarError(f"could not write checkpoint {path}: No space left on device")
+        original(path, data)
+
+    monkeypatch.setattr(checkpointer_module, "write_checkpoint_bytes", second_write_fails)
+    trainer = Trainer(small(real_data_root, decoded_cache_dir, out))
+    with pytest.raises(ResnetCifarError, match=r"could not write checkpoint .*last.pt: No space left on device"):
+        trainer.fit()
+    # The previous good checkpoint is intact and loads; no result was reported.
+    assert torch.load(out / LAST, weights_only=True)["epoch"] == 1
+    assert not (out / "result.json").exists()
+
+
+def test_checkpoint_every_writes_last_pt_every_n_epochs_and_at_the_end(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved: list[tuple[int, tuple[str, ...]]] = []
+    original = Checkpointer.save
+
+    def recording(self: Checkpointer, names: Any, payload: dict[str, Any], **kwargs: Any) -> float:
+        saved.append((payload["epoch"], tuple(names)))
+        return original(self, names, payload, **kwargs)
+
+    monkeypatch.setattr(Checkpointer, "save", recording)
+    cfg = small(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": 3, "run.checkpoint_every": 2})
+    Trainer(cfg).fit()
+    last_epochs = [epoch for epoch, names in saved if LAST in names]
+    assert last_epochs == [2, 3]  # every 2nd epoch, and the last one
+
+
+def test_target_accuracy_stops_the_run_and_is_reported(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+) -> None:
+    reached = Trainer(
+        small(real_data_root, decoded_cache_dir, tmp_path / "a", **{"optim.epochs": 3, "run.target_acc": 0.01})
+    ).fit()
+    assert reached.epochs_run == 1 and reached.reached_target is True and reached.time_to_target_s > 0
+    assert reached.test_acc is not None and "reached the target" in reached.stop_reason
+    assert reached.time_to_target_s <= reached.train_seconds
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert result["reached_target"] is True and result["compile_seconds"] == 0.0
+    missed = Trainer(small(real_data_root, decoded_cache_dir, tmp_path / "b", **{"run.target_acc": 1.0})).fit()
+    assert missed.epochs_run == 2 and missed.reached_target is False and missed.time_to_target_s is None
+    plain = Trainer(small(real_data_root, decoded_cache_dir, tmp_path / "c", **{"optim.epochs": 1})).fit()
+    assert plain.reached_target is None
+
+
+def test_eval_from_validates_only_the_last_epochs(real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
+    events: list[Any] = []
+    cfg = small(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": 3, "run.eval_from": 3})
+    result = Trainer(cfg, on_event=events.append).fit()
+    history = result.history
+    assert [record.val_count for record in history] == [0, 0, 64]
+    assert [record.validated for record in history] == [False, False, True]
+    assert math.isnan(history[0].val_acc) and history[0].eval_seconds == 0.0
+    assert result.best_epoch == 3  # best.pt comes from a validated epoch
+    assert [event.is_best for event in events if isinstance(event, EpochFinished)] == [False, False, True]
+
+
+def test_eval_from_after_the_last_epoch_is_refused(tmp_path: Path) -> None:
+    from resnet_cifar.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"--eval-from 5 is after the last epoch \(--epochs 3\)"):
+        resolve_config(overrides={"data.data_dir": tmp_path, "optim.epochs": 3, "run.eval_from": 5})
+
+
+def test_the_fast_preset_resolves_to_its_recipe(tmp_path: Path) -> None:
+    cfg = resolve_config(preset="fast", overrides={"data.data_dir": tmp_path})
+    assert cfg.optim.epochs == 20 and cfg.optim.warmup_epochs == 4.0 and cfg.run.eval_from == 15
+    assert cfg.run.test_tta is True and cfg.model.depth == 50 and cfg.optim.lr == 0.4
