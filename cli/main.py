@@ -18,6 +18,7 @@ import typer
 import typer.exceptions
 
 from .render import Output
+from .export import register as register_export
 from .inference import register as register_inference
 from .sweep import register as register_sweep
 from .train import register as register_train
@@ -191,6 +192,7 @@ def _dali_status() -> str | None:
 register_train(app)
 register_inference(app)
 register_sweep(app)
+register_export(app)
 
 
 def run(argv: list[str] | None = None) -> int:
