@@ -31,7 +31,8 @@ def export_command(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", help="The file to write. Its folder must exist; an existing file is replaced only by a verified one.",
+            "--out", help="The file to write. Its folder must exist; an existing file is left as it was when the export "
+            "or its check fails.",
             show_default=False,
         ),
     ],
