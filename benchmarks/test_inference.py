@@ -16,6 +16,12 @@ its ratio is to the group's baseline.
 
 Sizes adapt to the device: batch 8 on the CPU, 512 on CUDA (where timings end with a synchronize).
 
+A fourth runs the file ``resnet-cifar export --format onnx`` writes (through the library's
+``export_checkpoint``) in onnxruntime's CPU provider, interleaved with the PyTorch eager model
+computing the same function (normalization inside, fp32, on the CPU) at the same batch and
+thread count. It always runs on the CPU, and the GPU run (benchmarks/gpu_run.sh) leaves it out:
+the device has no onnxruntime, and a CPU runtime's figure belongs to a CPU machine.
+
 Run: ``python -m pytest benchmarks/test_inference.py``
 """
 
@@ -203,3 +209,79 @@ def test_inference_resnet50_best_settings(benchmark, models_and_batch) -> None:
     )
     benchmark.extra_info["compile_seconds" if ON_CUDA else "warmup_seconds"] = round(first_seconds, 2)
     benchmark.extra_info["relative_error_vs_fp32"] = round(error, 5)
+
+
+def onnx_and_eager_forwards(tmp_path, images: torch.Tensor) -> tuple[Forward, Forward, dict[str, object]]:
+    """A ResNet-50 checkpoint exported to ONNX by the library, in an onnxruntime CPU session, and the
+    same model in PyTorch eager mode behind the same preprocessing (``Preprocessed``), on the CPU."""
+    import onnxruntime  # lazily: only this benchmark needs it (the `export` extra)
+
+    from resnet_cifar.config import resolve_config
+    from resnet_cifar.data.types import CIFAR10_CLASSES
+    from resnet_cifar.engine.checkpoint import save_checkpoint
+    from resnet_cifar.export import Preprocessed, export_checkpoint
+
+    torch.manual_seed(0)
+    model = resnet50().eval()
+    config = resolve_config(overrides={"data.data_dir": str(tmp_path), "model.depth": 50, "model.stem": "cifar"})
+    checkpoint = tmp_path / "best.pt"
+    payload = {"format": 1, "model": model.state_dict(), "ema": None, "classes": list(CIFAR10_CLASSES)}
+    save_checkpoint(checkpoint, {**payload, "config": config.to_dict(), "epoch": 1})
+    start = time.perf_counter()
+    # No parity check here (it needs the real test split); the benchmark checks the outputs below.
+    exported = export_checkpoint(checkpoint, tmp_path / "model.onnx", format="onnx", verify=False)
+    export_seconds = time.perf_counter() - start
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same cores as the eager model
+    session = onnxruntime.InferenceSession(str(exported.path), options, providers=["CPUExecutionProvider"])
+    eager = Preprocessed(model, None).eval()
+
+    def onnx_forward(batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(["logits"], {"images": batch.numpy()})[0])
+
+    with torch.inference_mode():
+        reference = eager(images)
+    difference = float((onnx_forward(images) - reference).abs().max())
+    scale = max(1.0, float(reference.abs().max()))
+    assert difference <= 1e-4 * scale, f"onnxruntime's logits differ from eager by {difference:.3g}"
+    for _ in range(WARMUP_ROUNDS):
+        onnx_forward(images)
+    info = {
+        "onnxruntime": onnxruntime.__version__,
+        "opset": exported.opset,
+        "export_seconds": round(export_seconds, 2),
+        "max_abs_diff_vs_eager": difference,
+    }
+    return onnx_forward, eager, info
+
+
+@pytest.mark.benchmark(group="inference")
+def test_inference_onnxruntime_cpu(benchmark, tmp_path) -> None:
+    # Images in [0, 1], as an export takes them; on the CPU whatever DEVICE is.
+    images = torch.rand(BATCH_SIZE, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    onnx_forward, eager, info = onnx_and_eager_forwards(tmp_path, images)
+    measured: list[float] = []
+    eager_seconds: list[float] = []
+    run_eager = timed_forward(eager, images, eager_seconds)
+    benchmark.pedantic(
+        timed_forward(onnx_forward, images, measured), setup=run_eager, rounds=ROUNDS, iterations=1, warmup_rounds=0
+    )
+    run_eager()
+    ratios = [(eager_seconds[i] + eager_seconds[i + 1]) / 2 / measured[i] for i in range(len(measured))]
+    onnx_median, eager_median = statistics.median(measured), statistics.median(eager_seconds)
+    benchmark.extra_info.update(
+        images_per_sec=round(BATCH_SIZE / onnx_median, 2),
+        eager_images_per_sec=round(BATCH_SIZE / eager_median, 2),
+        onnxruntime_vs_eager_speed=round(statistics.median(ratios), 4),
+        onnxruntime_vs_eager_ratio_of_medians=round(eager_median / onnx_median, 4),
+        device="cpu",
+        dtype="float32",
+        batch_size=BATCH_SIZE,
+        image_size=IMAGE_SIZE,
+        stem="cifar",
+        compile=False,
+        channels_last=False,
+        threads=torch.get_num_threads(),
+        **info,
+    )

@@ -18,6 +18,13 @@ from .render import Output
 CheckpointArgument = Annotated[
     Path, typer.Argument(help="A checkpoint written by `resnet-cifar train` (best.pt or last.pt).", show_default=False)
 ]
+PredictModelArgument = Annotated[
+    Path,
+    typer.Argument(
+        help="A checkpoint written by `resnet-cifar train`, or an .onnx file written by `resnet-cifar export`.",
+        show_default=False,
+    ),
+]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 TtaOption = Annotated[bool, typer.Option("--tta", help="Average the logits with those of the mirrored image.")]
@@ -103,7 +110,7 @@ def eval_command(
 
 
 def predict_command(
-    checkpoint: CheckpointArgument,
+    checkpoint: PredictModelArgument,
     images: Annotated[
         list[Path],
         typer.Argument(help="Image files of any size and mode (resized to 32 x 32 RGB).", show_default=False),
@@ -125,8 +132,15 @@ def predict_command(
                 raise UsageError(f"{image}: no such image file")
         if top_k < 1:
             raise UsageError(f"--top-k must be at least 1, got {top_k}")
-        trained = load_trained_model(checkpoint, device=device)
-        predictions = predict_files(trained, images, top_k=top_k, tta=tta)
+        if checkpoint.suffix.lower() == ".onnx":  # an exported model (resnet-cifar export), run by onnxruntime
+            from resnet_cifar.export import load_onnx_classifier, predict_onnx_files
+
+            if device not in ("auto", "cpu"):
+                raise UsageError(f"an .onnx file runs on the CPU (onnxruntime); --device {device} does not apply")
+            predictions = predict_onnx_files(load_onnx_classifier(checkpoint), images, top_k=top_k, tta=tta)
+        else:
+            trained = load_trained_model(checkpoint, device=device)
+            predictions = predict_files(trained, images, top_k=top_k, tta=tta)
     if json_output:
         entries = [prediction.to_dict() for prediction in predictions]
         out.json({"checkpoint": str(checkpoint), "predictions": entries})

@@ -13,6 +13,7 @@ import typer
 import typer.exceptions
 
 from .data import data, download
+from .export import export_command
 from .inference import eval_command, predict_command
 from .info import info
 from .render import Output
@@ -29,6 +30,7 @@ app = typer.Typer(
 app.command()(train)
 app.command("eval")(eval_command)
 app.command("predict")(predict_command)
+app.command("export")(export_command)
 app.command()(sweep)
 app.command()(data)
 app.command()(download)

@@ -1,0 +1,96 @@
+"""`resnet-cifar export`: a checkpoint as a verified ONNX, TorchScript or safetensors file.
+
+The command only parses flags, calls resnet_cifar.export and renders the result; the library
+decides the weights, the preprocessing, the parity images and when a file is kept.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import cache_dir_from_env, reported_errors
+from .render import Output
+
+
+def export_command(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint written by `resnet-cifar train` (best.pt or last.pt).", show_default=False)
+    ],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="onnx or torchscript (float32 RGB [N, 3, 32, 32] in [0, 1] in, normalized inside, logits out), "
+            "or safetensors (the plain state dict, config and classes in its metadata).",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="The file to write. Its folder must exist; an existing file is left as it was when the export "
+            "or its check fails.",
+            show_default=False,
+        ),
+    ],
+    opset: Annotated[
+        Optional[int],
+        typer.Option("--opset", help="ONNX opset (--format onnx only). Default: 18.", show_default=False),
+    ] = None,
+    data_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data-dir",
+            help="CIFAR-10 folder whose test images the parity check runs on. Default: the checkpoint's own "
+            "data folder (its config's data.data_dir). When that is not readable here, export stops with exit 2 "
+            "instead of checking on other images or not at all: pass --data-dir, or --no-verify.",
+            show_default=False,
+        ),
+    ] = None,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify",
+            help="Skip the parity check: by default the written file is run (onnxruntime, torch.jit.load) on 64 "
+            "real test images and kept only when its logits are within 1e-4 of the checkpoint's (else exit 1, "
+            "no file). safetensors is always checked, bit for bit, without images.",
+        ),
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """Export a checkpoint (EMA weights when it has them, eval mode) and verify the file before keeping it."""
+    from resnet_cifar.export import PARITY_TOLERANCE, export_checkpoint
+
+
+    output = Output(json_mode=json_output)
+    with reported_errors(output):
+        result = export_checkpoint(
+            checkpoint,
+            out,
+            format=format,
+            opset=opset,
+            verify=not no_verify,
+            data_dir=data_dir,
+            cache_dir=cache_dir_from_env(os.environ),
+        )
+    if json_output:
+        output.json({"checkpoint": str(checkpoint), **result.to_dict()})
+        return
+    opset_text = f", opset {result.opset}" if result.opset is not None else ""
+    output.line(
+        f"wrote {result.path} ({result.format}{opset_text}, {result.weights} weights, "
+        f"{result.size_bytes / 1e6:.1f} MB)"
+    )
+    if result.format == "safetensors":
+        output.line("verified: every tensor and the metadata read back unchanged")
+    elif result.max_abs_diff is None:
+        output.line("not verified (--no-verify)")
+    else:
+        output.line(
+            f"verified on {result.parity_images} real test images: max |logit difference| "
+            f"{result.max_abs_diff:.2g} <= {PARITY_TOLERANCE:g}"
+        )
