@@ -19,6 +19,7 @@ import typer.exceptions
 
 from .render import Output
 from .inference import register as register_inference
+from .report import report as report_command
 from .sweep import register as register_sweep
 from .train import register as register_train
 from resnet_cifar import __version__
@@ -190,6 +191,7 @@ def _dali_status() -> str | None:
 
 register_train(app)
 register_inference(app)
+app.command("report")(report_command)
 register_sweep(app)
 
 
