@@ -120,6 +120,17 @@ class ProgressRenderer:
             self.progress.stop()
 
 
+class EventFanOut:
+    """Hands each trainer event to every consumer in turn (the progress renderer, TensorBoard)."""
+
+    def __init__(self, handlers: list[Any]) -> None:
+        self.handlers = handlers
+
+    def __call__(self, event: Any) -> None:
+        for handler in self.handlers:
+            handler(event)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def train(
@@ -176,6 +187,7 @@ def register(app: typer.Typer) -> None:
         crop: Annotated[Optional[bool], typer.Option("--crop/--no-crop", show_default=False)] = None,
         flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", show_default=False)] = None,
         cutout: Annotated[Optional[int], typer.Option(help="Cutout square side in pixels (0 = off).", show_default=False)] = None,
+        tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard/--no-tensorboard", help="Write TensorBoard event files into OUT/tensorboard (needs the tensorboard extra).", show_default=False)] = None,
         no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the md5 check of the official release files.")] = False,
         no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode image folders without the decoded cache.")] = False,
         json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object with the result on stdout.")] = False,
@@ -187,6 +199,7 @@ def register(app: typer.Typer) -> None:
         from resnet_cifar.distributed import process_group, read_env
         from resnet_cifar.engine.checkpoint import load_checkpoint
         from resnet_cifar.engine.precision import select_device
+        from resnet_cifar.engine.tensorboard import TENSORBOARD_DIR, TensorBoardLogger, require_tensorboard
         from resnet_cifar.engine.trainer import StopRequest, Trainer
         from resnet_cifar.errors import UsageError
 
@@ -217,6 +230,8 @@ def register(app: typer.Typer) -> None:
             )
             if no_cache:
                 cfg = replace(cfg, data=replace(cfg.data, cache_dir=None))
+            if cfg.run.tensorboard:
+                require_tensorboard()  # a missing package is bad usage, reported before any work
             with process_group(job, select_device(cfg.precision.device)):
                 # The default folder is downloaded into when empty; any other folder must exist.
                 # Rank 0 downloads; the others then find the data there.
@@ -228,16 +243,27 @@ def register(app: typer.Typer) -> None:
 
                 stop = StopRequest()
                 renderer = ProgressRenderer(output) if job.is_main else None
+                handlers = EventFanOut([renderer] if renderer is not None else [])
                 with stop_on_signals(stop):
-                    trainer = Trainer(cfg, on_event=renderer, stop=stop, distributed=job)
+                    trainer = Trainer(cfg, on_event=handlers, stop=stop, distributed=job)
                     if job.is_main:
                         # Saved without --resume, so `train --config out/config.toml` starts the same run afresh.
                         save_config(replace(cfg, run=replace(cfg.run, resume=None)), cfg.run.out_dir / "config.toml")
+                    # Made after the Trainer accepted the run folder, so a refused run leaves no event file.
+                    board = (
+                        TensorBoardLogger(cfg.run.out_dir / TENSORBOARD_DIR)
+                        if cfg.run.tensorboard and job.is_main
+                        else None
+                    )
+                    if board is not None:
+                        handlers.handlers.append(board)
                     try:
                         result = trainer.fit()
                     finally:
                         if renderer is not None:
                             renderer.close()
+                        if board is not None:
+                            board.close()
                 summary = result.to_dict()
                 if job.is_main:  # the other ranks print nothing
                     (cfg.run.out_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -280,6 +306,7 @@ def setting_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
         "data.limit_val": get("limit_val"), "data.limit_test": get("limit_test"), "data.crop": get("crop"),
         "data.flip": get("flip"), "data.cutout": get("cutout"),
         "data.verify": False if get("no_verify") else None, "run.preset": get("preset"),
+        "run.tensorboard": get("tensorboard"),
     }  # fmt: skip
     return {key: value for key, value in given.items() if value is not None}
 

@@ -409,7 +409,8 @@ class EarlyStoppingConfig(_Section):
 @dataclass(frozen=True)
 class RunConfig(_Section):
     """Where the run writes, its seed (weights, dropout, everything but the data), the checkpoint to
-    resume from, and the name of the preset it was resolved from."""
+    resume from, the name of the preset it was resolved from, and whether TensorBoard event files
+    are written (into ``out_dir/tensorboard``)."""
 
     section: ClassVar[str] = "run"
 
@@ -417,6 +418,7 @@ class RunConfig(_Section):
     seed: int = 0
     resume: Path | None = None
     preset: str = "default"
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         self._normalize()
