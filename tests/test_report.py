@@ -234,6 +234,36 @@ def test_page_sections_curves_and_gallery(evaluated: tuple[dict[str, Any], Path]
     assert len(confidences) == len(shots) and confidences == sorted(confidences, reverse=True)
 
 
+def test_gallery_images_and_captions_are_the_evaluated_images_and_predictions(
+    run_dir: Path, evaluated: tuple[dict[str, Any], Path], real_splits
+) -> None:
+    from resnet_cifar.data.split import limit_split
+    from resnet_cifar.data.types import CIFAR10_MEAN, CIFAR10_STD
+    from resnet_cifar.evaluation.checkpoints import load_trained_model
+
+    _, out_dir = evaluated
+    html = (out_dir / "report.html").read_text(encoding="utf-8")
+    shots = re.findall(
+        r'<img src="data:image/png;base64,([^"]+)".*?<b>([a-z]+)</b> &rarr; ([a-z]+)<br><span class="conf">[0-9.]+%</span> '
+        r'<span class="idx">#(\d+)</span>',
+        html,
+    )
+    assert len(shots) >= 30
+    trained = load_trained_model(run_dir / "best.pt", device="cpu")
+    data = limit_split(real_splits.test, LIMIT, trained.config.data.seed)  # what eval --limit scores
+    for encoded, true, predicted, index in shots[:5]:
+        image = data.images[int(index)]
+        with Image.open(io.BytesIO(base64.b64decode(encoded))) as decoded:
+            assert np.array_equal(np.asarray(decoded.convert("RGB"))[::3, ::3], image)
+        assert CIFAR10_CLASSES[int(data.labels[int(index)])] == true != predicted
+        pixels = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).double() / 255.0
+        mean = torch.tensor(CIFAR10_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+        std = torch.tensor(CIFAR10_STD, dtype=torch.float64).view(1, 3, 1, 1)
+        with torch.inference_mode():
+            logits = trained.model(((pixels - mean) / std).float())
+        assert CIFAR10_CLASSES[int(logits.argmax())] == predicted
+
+
 def test_page_references_nothing_outside_itself(evaluated: tuple[dict[str, Any], Path]) -> None:
     _, out_dir = evaluated
     html = (out_dir / "report.html").read_text(encoding="utf-8")

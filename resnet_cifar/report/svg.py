@@ -116,11 +116,12 @@ def line_chart(
     if y_high == y_low:
         y_low, y_high = y_low - abs(y_low) * 0.1 - 1e-3, y_high + abs(y_high) * 0.1 + 1e-3
     y_ticks = nice_ticks(y_low, y_high)
-    if y_range is None:  # widen to the outer ticks so the lines never touch the frame
-        step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 0.0
-        y_low, y_high = min(y_low, y_ticks[0]), max(y_high, y_ticks[-1])
-        if y_ticks[0] > y_low - 1e-12 and step and min(ys) - y_ticks[0] < step * 0.05:
-            y_low = y_ticks[0] - step * 0.1
+    if y_range is None and len(y_ticks) > 1:
+        # Out to the round values around the data, so no line leaves the frame or hugs its edge.
+        step = y_ticks[1] - y_ticks[0]
+        y_low = math.floor(y_low / step + 1e-9) * step
+        y_high = math.ceil(y_high / step - 1e-9) * step
+        y_ticks = [round(y_low + k * step, 12) for k in range(int(round((y_high - y_low) / step)) + 1)]
     plot_w, plot_h = width - LEFT - RIGHT, height - TOP - BOTTOM
 
     def sx(x: float) -> float:
@@ -138,8 +139,12 @@ def line_chart(
     if marker_x is not None and x_low <= marker_x <= x_high:
         x = sx(marker_x)
         parts.append(f'<line class="marker" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{height - BOTTOM}"/>')
-        if marker_label:
-            parts.append(f'<text class="tick" x="{x + 3:.1f}" y="{TOP + 10}">{escape(marker_label)}</text>')
+        if marker_label:  # on the side with room for it
+            right = x > LEFT + plot_w * 0.7
+            anchor, offset = ("end", -3) if right else ("start", 3)
+            parts.append(
+                f'<text class="tick" x="{x + offset:.1f}" y="{TOP + 10}" text-anchor="{anchor}">{escape(marker_label)}</text>'
+            )
     for item, line in zip(series, points):
         if not line:
             continue
