@@ -48,7 +48,10 @@ def render_eval(out: Output, report: dict[str, Any], out_dir: Path) -> None:
     title = f"{report['split']} split, {report['count']} images ({report['weights']} weights{tta})"
     out.table(title, ("class", "precision", "recall", "f1", "support"), rows)
     loss = "n/a" if report["loss"] is None else _number(report["loss"])
-    out.line(f"accuracy {_number(report['accuracy'])}  loss {loss}  report in {out_dir}")
+    calibration = (
+        f"  ece {_number(report['ece'])}  mean confidence {_number(report['mean_confidence'])}" if "ece" in report else ""
+    )
+    out.line(f"accuracy {_number(report['accuracy'])}  loss {loss}{calibration}  report in {out_dir}")
 
 
 def eval_command(
@@ -87,12 +90,12 @@ def eval_command(
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Score a checkpoint on the test or val split; write metrics.json, confusion_matrix.csv and .png."""
-    from resnet_cifar.inference import evaluate_checkpoint
+    """Score a checkpoint on the test or val split; write metrics.json, confusion_matrix.csv and .png, report.html."""
+    from resnet_cifar.report import evaluate_and_report
 
     out = Output(json_mode=json_output)
     with reported_errors(out):
-        outcome = evaluate_checkpoint(
+        outcome = evaluate_and_report(
             checkpoint,
             split=split,
             data_dir=data_dir,

@@ -17,6 +17,7 @@ from .export import export_command
 from .inference import eval_command, predict_command
 from .info import info
 from .render import Output
+from .report import report as report_command
 from .sweep import sweep
 from .train import train
 
@@ -31,6 +32,7 @@ app.command()(train)
 app.command("eval")(eval_command)
 app.command("predict")(predict_command)
 app.command("export")(export_command)
+app.command("report")(report_command)
 app.command()(sweep)
 app.command()(data)
 app.command()(download)

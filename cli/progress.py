@@ -74,3 +74,14 @@ class ProgressRenderer:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+class EventFanOut:
+    """Hands each trainer event to every consumer in turn (the progress renderer, TensorBoard)."""
+
+    def __init__(self, handlers: list[Any]) -> None:
+        self.handlers = handlers
+
+    def __call__(self, event: Any) -> None:
+        for handler in self.handlers:
+            handler(event)

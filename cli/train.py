@@ -30,7 +30,7 @@ from .options import (
     setting_parameters,
     with_signature,
 )
-from .progress import ProgressRenderer
+from .progress import EventFanOut, ProgressRenderer
 from .render import Output
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object with the result on stdout.")]
@@ -49,8 +49,8 @@ def train(**values: Any) -> None:
     """Train a ResNet (ResNet-50 by default) on CIFAR-10: validation every epoch, checkpoints, curves."""
     from resnet_cifar.config import describe_lr
     from resnet_cifar.distributed import process_group, read_env
-    from resnet_cifar.engine.checkpointer import read_resume_checkpoint
     from resnet_cifar.engine.precision import select_device
+    from resnet_cifar.engine.tensorboard import TENSORBOARD_DIR, TensorBoardLogger, require_tensorboard
     from resnet_cifar.engine.trainer import StopRequest, Trainer
 
     quiet_known_harmless_logs()
@@ -62,34 +62,35 @@ def train(**values: Any) -> None:
             # One voice per job: rank 0 prints (errors included, which every rank meets alike).
             output.console.quiet = True
             output.errors.quiet = True
-        resume = values["resume"]
-        under: dict[str, Any] = {}
-        if resume is not None:
-            # The checkpoint's settings, then the flags given now on top of them.
-            saved = read_resume_checkpoint(resume)["config"]
-            under = {
-                f"{section}.{key}": value
-                for section, entries in saved.items()
-                for key, value in entries.items()
-                if value is not None
-            }
-            if values["out"] is None:
-                under["run.out_dir"] = str(resume.parent)
+        under = _resumed_settings(values["resume"], out_given=values["out"] is not None)
         cfg = resolve_run_config(values, defaults=run_defaults(os.environ), world_size=job.world_size, under=under)
+        if cfg.run.tensorboard:
+            require_tensorboard()  # a missing package is bad usage, reported before any work
         with process_group(job, select_device(cfg.precision.device)):
             cfg = resolve_data(cfg, output, first=job.main_first())
             stop = StopRequest()
             lr_text = describe_lr(cfg.optim, cfg.data.batch_size * job.world_size)
             renderer = ProgressRenderer(output, lr_text=lr_text) if job.is_main else None
+            handlers = EventFanOut([renderer] if renderer is not None else [])
             with stop_on_signals(stop):
                 # The trainer's checkpointer writes the run folder (config.toml, metrics,
                 # checkpoints, curves, result.json); this command only prints.
-                trainer = Trainer(cfg, on_event=renderer, stop=stop, distributed=job)
+                trainer = Trainer(cfg, on_event=handlers, stop=stop, distributed=job)
+                # Made after the Trainer accepted the run folder, so a refused run leaves no event file.
+                board = (
+                    TensorBoardLogger(trainer.checkpointer.path(TENSORBOARD_DIR))
+                    if cfg.run.tensorboard and job.is_main
+                    else None
+                )
+                if board is not None:
+                    handlers.handlers.append(board)
                 try:
                     result = trainer.fit()
                 finally:
                     if renderer is not None:
                         renderer.close()
+                    if board is not None:
+                        board.close()
             if job.is_main:  # the other ranks print nothing
                 if json_output:
                     output.json(result.to_dict())
@@ -104,6 +105,22 @@ def train(**values: Any) -> None:
 
 # Typer reads a command's options from its signature: train's own options, then every setting flag.
 with_signature(train, [*parameters_of(_own_parameters), *setting_parameters()])
+
+
+def _resumed_settings(resume: Path | None, *, out_given: bool) -> dict[str, Any]:
+    """A resumed checkpoint's settings, as dotted overrides that the flags given now go on top of;
+    its folder is the run folder unless --out says otherwise."""
+    if resume is None:
+        return {}
+    from resnet_cifar.engine.checkpointer import read_resume_checkpoint
+
+    saved = read_resume_checkpoint(resume)["config"]
+    under = {
+        f"{section}.{key}": value for section, entries in saved.items() for key, value in entries.items() if value is not None
+    }
+    if not out_given:
+        under["run.out_dir"] = str(resume.parent)
+    return under
 
 
 def _print_summary(output: Output, result: Any) -> None:

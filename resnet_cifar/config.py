@@ -470,7 +470,8 @@ class EarlyStoppingConfig(_Section):
 @dataclass(frozen=True)
 class RunConfig(_Section):
     """Where the run writes, its seed (weights, dropout, everything but the data), the checkpoint to
-    resume from, and the name of the preset it was resolved from."""
+    resume from, the name of the preset it was resolved from, and whether TensorBoard event files
+    are written (into ``out_dir/tensorboard``)."""
 
     section: ClassVar[str] = "run"
 
@@ -484,6 +485,7 @@ class RunConfig(_Section):
     eval_from: int = setting(1, "Validate from epoch N on (earlier epochs train only).")
     target_acc: float | None = setting(None, "Stop once validation accuracy reaches this (e.g. 0.94).", shown="off")
     test_tta: bool = setting(False, "Score the final test pass with flip test-time augmentation.")
+    tensorboard: bool = setting(False, "Write TensorBoard event files under OUT/tensorboard/ (rank 0).")
 
     def __post_init__(self) -> None:
         self._normalize()

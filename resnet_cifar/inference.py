@@ -279,8 +279,11 @@ def load_eval_split(
     return val
 
 
-def evaluate_split(trained: TrainedModel, data: CifarSplit, *, batch_size: int, tta: bool = False) -> EvalResult:
+def evaluate_split(
+    trained: TrainedModel, data: CifarSplit, *, batch_size: int, tta: bool = False, keep_predictions: bool = False
+) -> EvalResult:
     """Score ``trained`` on every image of ``data``: exact coverage, in order, no augmentation.
+    ``keep_predictions`` returns each image's predicted class and confidence, in ``data``'s order.
 
     The loss is the training loss (cross-entropy with the checkpoint's label smoothing), so on
     the val split it is the ``val_loss`` the trainer logged for these weights.
@@ -308,6 +311,7 @@ def evaluate_split(trained: TrainedModel, data: CifarSplit, *, batch_size: int, 
         tta=tta,
         loss_fn=build_loss(trained.config.optim.label_smoothing),
         transform=trained.transform,
+        keep_predictions=keep_predictions,
     )
 
 
@@ -318,13 +322,17 @@ def default_eval_dir(checkpoint: Path, split: str) -> Path:
 
 @dataclass(frozen=True)
 class EvalOutcome:
-    """What ``evaluate_checkpoint`` measured and wrote. ``report`` is the metrics.json content."""
+    """What ``evaluate_checkpoint`` measured and wrote. ``report`` is the metrics.json content;
+    ``trained`` and ``data`` (the images scored, in the order of ``result.predictions``) are what
+    the HTML report needs beyond it."""
 
     result: EvalResult
     report: dict[str, Any]
     classes: tuple[str, ...]
     out_dir: Path
     files: tuple[Path, ...]
+    trained: TrainedModel | None = None
+    data: CifarSplit | None = None
 
 
 def write_eval_files(report: Mapping[str, Any], classes: Sequence[str], out_dir: Path) -> tuple[Path, ...]:
@@ -360,9 +368,10 @@ def evaluate_checkpoint(
     checkpoint = Path(checkpoint)
     trained = load_trained_model(checkpoint, device=device)
     data = load_eval_split(trained.config.data, split, data_dir=data_dir, limit=limit, cache_dir=cache_dir)
-    result = evaluate_split(
-        trained, data, batch_size=batch_size or trained.config.data.eval_batch_size, tta=tta
-    )
+    batch_size = batch_size or trained.config.data.eval_batch_size
+    result = evaluate_split(trained, data, batch_size=batch_size, tta=tta, keep_predictions=True)
+    # With TTA, the plain accuracy too, so a reader sees what the mirrored pass buys.
+    plain_accuracy = evaluate_split(trained, data, batch_size=batch_size).accuracy if tta else None
     target = Path(out_dir) if out_dir is not None else default_eval_dir(checkpoint, split)
     amp_dtype = trained.precision.amp_dtype
     report = {
@@ -372,13 +381,16 @@ def evaluate_checkpoint(
         "weights": trained.weights,
         "epoch": trained.epoch,
         "tta": tta,
+        "accuracy_without_tta": plain_accuracy,
         "limit": limit,
         "classes": list(trained.classes),
         "device": str(trained.precision.device),
         "amp_dtype": None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
     }
     files = write_eval_files(report, trained.classes, target)
-    return EvalOutcome(result=result, report=report, classes=trained.classes, out_dir=target, files=files)
+    return EvalOutcome(
+        result=result, report=report, classes=trained.classes, out_dir=target, files=files, trained=trained, data=data
+    )
 
 
 # ----------------------------------------------------------------------------- predict

@@ -21,19 +21,27 @@ import torch
 from torch import Tensor, nn
 
 from resnet_cifar.errors import DataError, UsageError
-from resnet_cifar.evaluation.metrics import ClassificationReport, ConfusionMeter
+from resnet_cifar.evaluation.metrics import Calibration, ClassificationReport, ConfusionMeter
 
 __all__ = ["EvalResult", "evaluate", "predict_logits"]
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """The outcome of :func:`evaluate`. ``confusion`` is an int64 CPU tensor, rows true, columns predicted."""
+    """The outcome of :func:`evaluate`. ``confusion`` is an int64 CPU tensor, rows true, columns predicted.
+
+    ``calibration`` describes the confidences (top softmax probabilities). ``predictions`` (int64)
+    and ``confidences`` (float32) hold one entry per sample in loader order, on the CPU, when
+    ``evaluate`` was asked to keep them; under ``reduce`` they cover this process's shard only.
+    """
 
     report: ClassificationReport
     loss: float | None
     count: int
     confusion: Tensor
+    calibration: Calibration | None = None
+    predictions: Tensor | None = None
+    confidences: Tensor | None = None
 
     @property
     def accuracy(self) -> float:
@@ -43,6 +51,10 @@ class EvalResult:
         """The report's JSON-ready dict plus ``loss`` (None when no loss function was given)."""
         payload = self.report.to_dict(class_names)
         payload["loss"] = self.loss
+        if self.calibration is not None:
+            payload["ece"] = self.calibration.ece
+            payload["mean_confidence"] = self.calibration.mean_confidence
+            payload["calibration"] = self.calibration.to_dict()
         return payload
 
 
@@ -82,6 +94,7 @@ def evaluate(
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     transform: Callable[[Tensor], Tensor] | None = None,
     reduce: bool = False,
+    keep_predictions: bool = False,
 ) -> EvalResult:
     """Run ``model`` over every batch of ``loader`` in eval mode and inference mode.
 
@@ -98,6 +111,9 @@ def evaluate(
     (exact counts, never an average of per-process accuracies). Every process of the group must
     call it; without an initialized group it changes nothing.
 
+    ``keep_predictions`` also returns each sample's predicted class and confidence (for the
+    report's gallery of mistakes); calibration is measured either way.
+
     Raises DataError for a malformed batch, a label outside ``[0, num_classes)`` or an empty
     loader, and UsageError when the model's output does not have ``num_classes`` columns.
     """
@@ -105,7 +121,7 @@ def evaluate(
     model.eval()
     try:
         with torch.inference_mode():
-            meter = _run(model, loader, num_classes, autocast, tta, loss_fn, transform)
+            meter, kept = _run(model, loader, num_classes, autocast, tta, loss_fn, transform, keep_predictions)
             if reduce:
                 # In inference mode still: the meter's tensors were made there, and stay there.
                 meter.all_reduce_()
@@ -116,7 +132,19 @@ def evaluate(
     count = meter.count
     if count == 0:
         raise DataError("the evaluation loader yielded no samples")
-    return EvalResult(report=meter.report(), loss=meter.mean_loss, count=count, confusion=meter.matrix.cpu())
+    predictions = confidences = None
+    if kept is not None:
+        predictions = torch.cat(kept[0]).cpu() if kept[0] else torch.zeros(0, dtype=torch.int64)
+        confidences = torch.cat(kept[1]).cpu() if kept[1] else torch.zeros(0)
+    return EvalResult(
+        report=meter.report(),
+        loss=meter.mean_loss,
+        count=count,
+        confusion=meter.matrix.cpu(),
+        calibration=meter.calibration(),
+        predictions=predictions,
+        confidences=confidences,
+    )
 
 
 def _run(
@@ -127,8 +155,10 @@ def _run(
     tta: bool,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None,
     transform: Callable[[Tensor], Tensor] | None,
-) -> ConfusionMeter:
+    keep_predictions: bool,
+) -> tuple[ConfusionMeter, tuple[list[Tensor], list[Tensor]] | None]:
     meter: ConfusionMeter | None = None
+    kept: tuple[list[Tensor], list[Tensor]] | None = ([], []) if keep_predictions else None
     for batch_index, batch in enumerate(loader):
         images, labels = _unpack(batch, batch_index)
         if meter is None:
@@ -143,12 +173,18 @@ def _run(
                 f"expected ({labels.numel()}, {num_classes}): does the checkpoint match the dataset's classes?"
             )
         mean_loss = loss_fn(logits, labels) if loss_fn is not None else None
-        meter.update(logits.argmax(dim=1), labels, mean_loss)
+        preds = logits.argmax(dim=1)
+        # The confidence of a prediction is its softmax probability (under TTA, of the averaged logits).
+        confidences = torch.softmax(logits, dim=1).gather(1, preds.unsqueeze(1)).squeeze(1)
+        meter.update(preds, labels, mean_loss, confidences)
+        if kept is not None:
+            kept[0].append(preds)
+            kept[1].append(confidences)
     if meter is None:
         # An empty shard still takes part in a reduction, on the model's device (NCCL needs CUDA).
         parameter = next(model.parameters(), None)
         meter = ConfusionMeter(num_classes, device=parameter.device if parameter is not None else None)
-    return meter
+    return meter, kept
 
 
 def _unpack(batch: object, batch_index: int) -> tuple[Tensor, Tensor]:

@@ -26,7 +26,11 @@ from torch import Tensor
 
 from resnet_cifar.errors import DataError
 
-__all__ = ["ClassificationReport", "ConfusionMeter", "confusion_matrix"]
+__all__ = ["CALIBRATION_BINS", "Calibration", "ClassificationReport", "ConfusionMeter", "calibration_totals", "confusion_matrix"]
+
+# Guo et al. 2017 ("On Calibration of Modern Neural Networks") and most papers after it report
+# ECE over 15 equal-width confidence bins; using the same number keeps ours comparable.
+CALIBRATION_BINS = 15
 
 
 def _check_num_classes(num_classes: object) -> int:
@@ -173,6 +177,72 @@ class ClassificationReport:
         }
 
 
+def calibration_totals(confidences: Tensor, correct: Tensor, num_bins: int = CALIBRATION_BINS) -> Tensor:
+    """Per-bin sums for calibration: float64 ``[3, num_bins]`` = (samples, summed confidence, hits).
+
+    Bin ``m`` (0-based) holds the confidences in ``(m / M, (m + 1) / M]``, the convention of Guo
+    et al.; a confidence of exactly 0 goes to the first bin. Sums, not means, so that totals from
+    several batches or processes add up exactly.
+    """
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be positive, got {num_bins}")
+    confidences = confidences.detach().to(torch.float64).reshape(-1)
+    correct = correct.detach().reshape(-1)
+    if confidences.shape != correct.shape:
+        raise DataError(f"confidences and correct differ in length: {confidences.numel()} vs {correct.numel()}")
+    bins = (torch.ceil(confidences * num_bins) - 1).clamp_(0, num_bins - 1).to(torch.int64)
+    totals = torch.zeros(3, num_bins, dtype=torch.float64, device=confidences.device)
+    totals[0].index_add_(0, bins, torch.ones_like(confidences))
+    totals[1].index_add_(0, bins, confidences)
+    totals[2].index_add_(0, bins, correct.to(torch.float64))
+    return totals
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How far confidence (the top softmax probability) is from accuracy, from per-bin totals.
+
+    ``ece`` is the expected calibration error: the sample-weighted mean over the bins of
+    |accuracy - mean confidence| (0 for a calibrated model, up to 1). Empty bins have accuracy
+    and confidence 0.0 and weigh nothing.
+    """
+
+    counts: tuple[int, ...]
+    accuracy: tuple[float, ...]  # per bin: hits / samples
+    confidence: tuple[float, ...]  # per bin: mean confidence
+    ece: float
+    mean_confidence: float
+
+    @classmethod
+    def from_totals(cls, totals: Tensor) -> Calibration:
+        totals = totals.detach().to("cpu", torch.float64)
+        if totals.ndim != 2 or totals.shape[0] != 3 or totals.shape[1] == 0:
+            raise ValueError(f"calibration totals must have shape [3, bins], got {tuple(totals.shape)}")
+        counts, confidence_sums, hits = totals
+        total = float(counts.sum())
+        # sum_b n_b/N * |hits_b/n_b - conf_b/n_b| = sum_b |hits_b - conf_b| / N: no division per bin.
+        ece = float((hits - confidence_sums).abs().sum()) / total if total else 0.0
+        return cls(
+            counts=tuple(int(round(value)) for value in counts.tolist()),
+            accuracy=tuple(_ratio(hits, counts).tolist()),
+            confidence=tuple(_ratio(confidence_sums, counts).tolist()),
+            ece=ece,
+            mean_confidence=float(confidence_sums.sum()) / total if total else 0.0,
+        )
+
+    @property
+    def num_bins(self) -> int:
+        return len(self.counts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bins": self.num_bins,
+            "count": list(self.counts),
+            "accuracy": list(self.accuracy),
+            "confidence": list(self.confidence),
+        }
+
+
 class ConfusionMeter:
     """Streams batches into one confusion matrix and a running loss sum, on the batches' device.
 
@@ -188,14 +258,26 @@ class ConfusionMeter:
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=self.device)
         # float64 so summing millions of per-batch losses loses nothing worth mentioning.
         self.loss_totals = torch.zeros(2, dtype=torch.float64, device=self.device)
+        # Per confidence bin: samples, summed confidence, hits (see calibration_totals).
+        self.calibration_totals = torch.zeros(3, CALIBRATION_BINS, dtype=torch.float64, device=self.device)
 
-    def update(self, preds: Tensor, targets: Tensor, mean_loss: Tensor | float | None = None) -> None:
-        """Add a batch: predicted and true class ids, and optionally the batch's *mean* loss.
+    def update(
+        self,
+        preds: Tensor,
+        targets: Tensor,
+        mean_loss: Tensor | float | None = None,
+        confidences: Tensor | None = None,
+    ) -> None:
+        """Add a batch: predicted and true class ids, optionally the batch's *mean* loss and each
+        prediction's confidence (its softmax probability, for calibration).
 
         The mean is weighted by the batch size, so :attr:`mean_loss` is the per-sample mean
         over everything seen even when the last batch is smaller.
         """
         self.matrix += confusion_matrix(targets.to(self.device), preds.to(self.device), self.num_classes)
+        if confidences is not None:
+            hits = preds.to(self.device) == targets.to(self.device)
+            self.calibration_totals += calibration_totals(confidences.to(self.device), hits)
         if mean_loss is not None:
             batch_size = targets.numel()
             loss = torch.as_tensor(mean_loss).detach().to(self.device, torch.float64)
@@ -216,6 +298,12 @@ class ConfusionMeter:
     def report(self) -> ClassificationReport:
         return ClassificationReport.from_confusion(self.matrix)
 
+    def calibration(self) -> Calibration | None:
+        """The calibration of the confidences given to :meth:`update`; None if none were given."""
+        if float(self.calibration_totals[0].sum()) == 0:
+            return None
+        return Calibration.from_totals(self.calibration_totals)
+
     def all_reduce_(self) -> None:
         """Sum the state over all processes of the default group (exact: counts, not averages)."""
         import torch.distributed as dist
@@ -223,3 +311,4 @@ class ConfusionMeter:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
             dist.all_reduce(self.loss_totals, op=dist.ReduceOp.SUM)
+            dist.all_reduce(self.calibration_totals, op=dist.ReduceOp.SUM)
