@@ -98,8 +98,8 @@ def line_chart(
     marker_x: float | None = None,
     marker_label: str = "",
 ) -> str:
-    # Long on purpose: one SVG picture, drawn top to bottom (frame, axes, marks, legend).
     """One SVG line chart; non-finite points are left out. ``marker_x`` draws a vertical dashed line."""
+    # Long on purpose: one SVG picture, drawn top to bottom (frame, axes, marks, legend).
     points = [
         [(float(x), float(y)) for x, y in zip(item.xs, item.ys) if math.isfinite(x) and math.isfinite(y)]
         for item in series
@@ -174,9 +174,9 @@ def reliability_diagram(
     width: int = 460,
     height: int = 400,
 ) -> str:
-    # Long on purpose: one SVG picture, drawn top to bottom (frame, axes, marks, legend).
     """Accuracy per equal-width confidence bin (bars) against the diagonal of perfect calibration,
     with the gap to each bin's mean confidence shaded, and the share of samples per bin below."""
+    # Long on purpose: one SVG picture, drawn top to bottom (frame, axes, marks, legend).
     bins = len(counts)
     total = sum(counts) or 1
     hist_h = 60  # the sample-share strip under the diagram
