@@ -1,4 +1,5 @@
-"""`resnet-cifar info`: versions, devices and whether DALI is usable."""
+"""`resnet-cifar info`: versions, devices, whether DALI is usable, and which named ImageNet
+weights are in torchvision's cache (usable offline)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 
 
 def info(json_output: JsonOption = False) -> None:
-    """Print versions, devices and whether DALI is usable."""
+    """Print versions, devices, whether DALI is usable and which named weights work offline."""
     import numpy
     import torch
 
+    from resnet_cifar.models import offline_weights
 
     cuda = torch.cuda.is_available()
     report = {
@@ -29,12 +31,22 @@ def info(json_output: JsonOption = False) -> None:
         "cuda_available": cuda,
         "devices": ["cpu"] + [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())],
         "dali": _dali_status(),
+        # Each cached file is hashed, so "ok" means a load would use it without the network.
+        "pretrained_offline": {
+            cached.name: {"available": cached.available, "status": cached.status, "file": str(cached.file)}
+            for cached in offline_weights()
+        },
     }
     out = Output(json_mode=json_output)
     if json_output:
         out.json(report)
         return
     for key, value in report.items():
+        if key == "pretrained_offline":
+            for name, entry in value.items():
+                state = "available offline" if entry["available"] else entry["status"]
+                out.line(f"weights {name}: {state} ({entry['file']})")
+            continue
         shown = ", ".join(value) if isinstance(value, list) else ("not installed" if value is None else value)
         out.line(f"{key}: {shown}")
 

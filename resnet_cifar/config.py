@@ -479,7 +479,9 @@ class RunConfig(_Section):
     seed: int = setting(0, "Seed of the run and of the data (split, order, augmentation).")
     resume: Path | None = setting(None, "Continue from a checkpoint (last.pt) with its own settings.", shown="none")
     preset: str = setting(
-        "default", "Recipe: default (>= 94% in 30 epochs), fast (94% in the fewest seconds), long (>= 96%), smoke."
+        "default",
+        "Recipe: default (>= 94% in 30 epochs), fast (94% in the fewest seconds), long (>= 96%), "
+        "finetune (ImageNet weights, 6 epochs at 128 px), smoke (a quick CPU check).",
     )
     checkpoint_every: int = setting(1, "Write last.pt every N epochs (and at the end and on a stop request).")
     eval_from: int = setting(1, "Validate from epoch N on (earlier epochs train only).")
@@ -565,10 +567,11 @@ class TrainConfig:
 # Recipes, as partial nested dicts laid over the dataclass defaults, which ARE the default recipe
 # (>= 94% test accuracy from scratch with the cifar-stem ResNet-50 in 30 epochs of one-cycle SGD).
 # A preset states only what differs; docs/recipes.md gives the reasons and sources for each value.
-# A preset never sets a field that may be None (TOML has no null, so a saved config leaves None
-# fields out, and reloading it must not pick up a preset value): it states its learning rate as
-# lr_base at lr_base_batch_size and its warm-up as warmup_fraction, so both follow --batch-size
-# and --epochs.
+# TOML has no null, so a saved config leaves None fields out, and reloading it must not pick up a
+# preset value there. So a preset states its learning rate as lr_base at lr_base_batch_size and its
+# warm-up as warmup_fraction (both follow --batch-size and --epochs), and sets a field that may be
+# None only where no ratio can replace it (finetune's weights and image size); resolve_config then
+# refuses a null for that field (a YAML file's), so its resolved value is never None and round-trips.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
     # 94% in the fewest seconds on one GPU (docs/recipes.md): a third fewer epochs than the default,
@@ -589,6 +592,21 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # Zero-initialized residual branches learn slowly in the first steps: off for a 2-epoch check.
         "model": {"depth": 18, "zero_init_residual": False},
         "optim": {"lr_base": 0.05, "lr_base_batch_size": 64, "epochs": 2, "warmup_fraction": 0.25},
+    },
+    # Fine-tuning torchvision's ImageNet ResNet-50 (docs/recipes.md, "finetune"): BiT's HyperRule
+    # rate 0.003 at batch 512 for the pretrained backbone (0.03 x 0.1), ten times that for the new
+    # 10-class top, its ~500-step budget (6 epochs of 87 steps), ~100 steps of warm-up, no weight
+    # decay, plain momentum, and its 128 px for small images (the cifar-stem model's cost at 32 px).
+    "finetune": {
+        "model": {"stem": "imagenet", "pretrained": "imagenet1k-v2", "image_size": 128, "backbone_lr_mult": 0.1},
+        "optim": {
+            "lr_base": 0.03,
+            "nesterov": False,
+            "weight_decay": 0.0,
+            "schedule": "cosine",
+            "epochs": 6,
+            "warmup_fraction": 0.2,
+        },
     },
 }
 
@@ -660,6 +678,7 @@ def resolve_config(
                     from_file.discard(key)
     merged["run"]["preset"] = chosen
     try:
+        _refuse_null_over_preset(chosen, merged)
         cfg = TrainConfig.from_dict(merged)
         if "lr" not in merged["optim"] and world_size != 1:
             lr = scaled_lr(cfg.optim, cfg.data.batch_size * world_size)
@@ -669,6 +688,18 @@ def resolve_config(
         if error.key in from_file:
             raise ConfigValueError(error.key, f"{error} ({error.key} in {file_path})") from None
         raise
+
+
+def _refuse_null_over_preset(chosen: str, merged: Mapping[str, Mapping[str, Any]]) -> None:
+    """A null (a YAML file's) for a setting the preset sets: a saved TOML would leave it out and its
+    reload would bring the preset's value back, so the run could not be repeated from its config."""
+    for section, entries in PRESETS[chosen].items():
+        for name, value in entries.items():
+            if name in merged.get(section, {}) and merged[section][name] is None:
+                key = f"{section}.{name}"
+                raise ConfigValueError(
+                    key, f"{flag_for(key)} cannot be null with --preset {chosen}, which sets it to {_show(value)}"
+                )
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:

@@ -104,6 +104,8 @@ class TrainedModel:
     precision: Precision
     weights: str  # "ema" or "model": which weights of the checkpoint were loaded
     epoch: int | None
+    # The weights training started from (name, file, sha256), as the checkpoint records them.
+    pretrained: dict[str, str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -164,6 +166,15 @@ def _checked_config(value: Any, path: Path) -> TrainConfig:
     except UsageError as error:
         # A bad config inside the file is bad data, not a bad command line.
         raise DataError(f"{path}: its config is invalid: {error}") from None
+
+
+def _checked_pretrained(value: Any, path: Path) -> dict[str, str] | None:
+    """The checkpoint's record of its starting weights: None (random, or an older checkpoint) or strings."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+        raise DataError(f"{path}: 'pretrained' must be a table of strings (name, file, sha256)")
+    return {str(key): text for key, text in value.items()}
 
 
 def _weights_mismatch(expected: Mapping[str, Tensor], weights: Mapping[str, Tensor]) -> str:
@@ -231,6 +242,7 @@ def load_trained_model(path: Path, *, device: str = "auto") -> TrainedModel:
         precision=precision,
         weights=which,
         epoch=int(epoch) if isinstance(epoch, int) else None,
+        pretrained=_checked_pretrained(payload.get("pretrained"), path),
     )
 
 
@@ -380,6 +392,7 @@ def evaluate_checkpoint(
         "checkpoint": str(checkpoint),
         "weights": trained.weights,
         "epoch": trained.epoch,
+        "pretrained": trained.pretrained,
         "tta": tta,
         "accuracy_without_tta": plain_accuracy,
         "limit": limit,

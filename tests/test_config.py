@@ -151,7 +151,7 @@ def test_every_section_is_valid_with_its_defaults(data_dir: Path) -> None:
         (EarlyStoppingConfig, {"patience": -1}, "--patience must be at least 0"),
         (EarlyStoppingConfig, {"min_delta": -0.01}, "--min-delta must be at least 0, got -0.01"),
         (RunConfig, {"seed": 2**32}, "--seed must be in [0, 2**32), got 4294967296"),
-        (RunConfig, {"preset": "fast"}, "--preset must be one of default, long, smoke, got 'fast'"),
+        (RunConfig, {"preset": "fast"}, "--preset must be one of default, long, smoke, finetune, got 'fast'"),
         # Wrong types name the flag too.
         (OptimConfig, {"lr": "fast"}, "--lr must be a number, got 'fast'"),
         (OptimConfig, {"lr": True}, "--lr must be a number, got True"),
@@ -270,18 +270,34 @@ def test_presets_only_name_known_settings_and_resolve_to_valid_configs(data_dir:
                 assert getattr(getattr(cfg, section), key) == value, (name, section, key)
 
 
-def test_presets_never_set_a_field_that_may_be_none() -> None:
-    # TOML has no null: a saved config leaves None fields out, so a preset value there would win on reload.
+def test_a_preset_value_for_a_field_that_may_be_none_can_never_be_nulled(data_dir: Path, tmp_path: Path) -> None:
+    # TOML has no null: a saved config leaves None fields out, so a preset value there would win on
+    # reload. Presets state rates and warm-ups as lr_base and warmup_fraction; where one must set a
+    # field that may be None (finetune's weights and image size), a null for it is refused, so the
+    # resolved value is never None and the saved config round-trips.
     defaults_none = {
         f"{name}.{item.name}"
         for name, cls in SECTIONS.items()
         for item in dataclasses.fields(cls)
         if "None" in str(item.type)
     }
-    assert defaults_none  # the check below looks at something
-    for preset in PRESETS.values():
-        for section, entries in preset.items():
-            assert not defaults_none & {f"{section}.{key}" for key in entries}
+    assert {"optim.lr", "optim.warmup_epochs"} <= defaults_none
+    set_by_presets = [
+        (name, section, key)
+        for name, preset in PRESETS.items()
+        for section, entries in preset.items()
+        for key in entries
+        if f"{section}.{key}" in defaults_none
+    ]
+    assert ("finetune", "model", "pretrained") in set_by_presets  # the check below looks at something
+    for name, section, key in set_by_presets:
+        assert key not in ("lr", "warmup_epochs"), (name, key)  # those follow the batch and the epochs
+        config = write(tmp_path / f"{name}-{key}.yaml", f"{section}:\n  {key}: null\n")
+        with pytest.raises(UsageError) as caught:
+            resolve(data_dir, preset=name, file=config)
+        message = str(caught.value)
+        assert f"{flag_for(f'{section}.{key}')} cannot be null with --preset {name}" in message
+        assert str(config) in message and "\n" not in message
 
 
 def test_default_recipe_meets_the_issue_constraints(data_dir: Path) -> None:
@@ -296,7 +312,7 @@ def test_default_recipe_meets_the_issue_constraints(data_dir: Path) -> None:
 
 
 def test_unknown_preset_lists_the_known_ones(data_dir: Path) -> None:
-    with pytest.raises(UsageError, match="--preset must be one of default, long, smoke, got 'turbo'"):
+    with pytest.raises(UsageError, match="--preset must be one of default, long, smoke, finetune, got 'turbo'"):
         resolve(data_dir, preset="turbo")
 
 

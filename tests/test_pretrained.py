@@ -82,8 +82,14 @@ def test_imagenet_file_loads_fully_into_an_imagenet_model(imagenet_file: Path, i
     model = resnet50(num_classes=1000, stem="imagenet")
     report = load_pretrained(model, imagenet_file)
     assert report == LoadReport(
-        source=str(imagenet_file), file=imagenet_file, loaded=len(imagenet_state), dropped=(), reinitialized=()
+        source=str(imagenet_file),
+        file=imagenet_file,
+        loaded=len(imagenet_state),
+        dropped=(),
+        reinitialized=(),
+        sha256=hashlib.sha256(imagenet_file.read_bytes()).hexdigest(),
     )
+    assert report.provenance() == {"name": str(imagenet_file), "file": str(imagenet_file), "sha256": report.sha256}
     assert_model_holds(model, imagenet_state)
 
 

@@ -34,7 +34,7 @@ from resnet_cifar.engine.precision import (
     unwrap_model,
 )
 from resnet_cifar.engine.step import LossFn, TrainStep, build_ema, build_loss
-from resnet_cifar.models import RESNET_BUILDERS, freeze_backbone, load_pretrained, resize_batch
+from resnet_cifar.models import RESNET_BUILDERS, LoadReport, freeze_backbone, load_pretrained, resize_batch
 
 
 @dataclass
@@ -57,6 +57,8 @@ class RunParts:
     loss_fn: LossFn
     step: TrainStep
     pretrained_note: str | None
+    # What the weights came from (LoadReport.provenance: name, file, sha256), for checkpoints.
+    pretrained: dict[str, str] | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -89,8 +91,11 @@ def run_precision(cfg: PrecisionConfig, device: torch.device, *, fp32_fallback: 
     return resolve_precision(device, amp=amp, amp_dtype=cfg.amp_dtype, channels_last=channels_last)
 
 
-def build_model(cfg: TrainConfig, num_classes: int, *, load_weights: bool = True) -> tuple[nn.Module, str | None]:
-    """The configured ResNet with its pretrained weights and frozen parts; returns (model, load note).
+def build_model(
+    cfg: TrainConfig, num_classes: int, *, load_weights: bool = True
+) -> tuple[nn.Module, LoadReport | None]:
+    """The configured ResNet with its pretrained weights and frozen parts; returns (model, what
+    ``load_pretrained`` loaded, or None when no weights were read).
 
     ``load_weights=False`` builds the architecture only, for a checkpoint that brings every weight.
     """
@@ -101,13 +106,12 @@ def build_model(cfg: TrainConfig, num_classes: int, *, load_weights: bool = True
         dropout=model_cfg.dropout,
         zero_init_residual=model_cfg.zero_init_residual,
     )
-    note = None
+    report = None
     if load_weights and model_cfg.pretrained is not None:
         report = load_pretrained(model, model_cfg.pretrained, reinit_conv1=model_cfg.reinit_conv1)
-        note = f"loaded {report.loaded} tensors from {report.source}"
     if model_cfg.freeze_backbone:
         freeze_backbone(model)
-    return model, note
+    return model, report
 
 
 class GlobalMeanLoss:
@@ -179,7 +183,7 @@ def build_run(cfg: TrainConfig, *, loaders: Loaders | None = None, distributed: 
                 shard_id=distributed.rank,
                 num_shards=distributed.world_size,
             )
-    plain, note = build_model(cfg, len(loaders.classes))
+    plain, loaded = build_model(cfg, len(loaders.classes))
     if cfg.model.sync_bn:
         plain = sync_batchnorm(plain, distributed, device)
     model = _wrapped(plain, precision, cfg, distributed, device)
@@ -215,5 +219,6 @@ def build_run(cfg: TrainConfig, *, loaders: Loaders | None = None, distributed: 
     return RunParts(
         cfg=cfg, device=device, precision=precision, loaders=loaders, model=model, module=module,
         optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, loss_fn=loss_fn, step=step,
-        pretrained_note=note,
+        pretrained_note=None if loaded is None else f"loaded {loaded.loaded} tensors from {loaded.source}",
+        pretrained=None if loaded is None else loaded.provenance(),
     )  # fmt: skip

@@ -16,8 +16,9 @@ AveragedModel state dict), optimizer, scheduler, scaler, best (the BestTracker's
 early_stopping (None or the EarlyStopping's state), rng (this process's RNG state), rng_by_rank
 (every rank's, in rank order, or None in one process), world_size, epoch (the 0-based epoch to
 continue with), batches_done_in_epoch, partial_epoch (the running sums of an interrupted epoch),
-global_step, loader_seed, history (the epoch records), classes, and config (plain types). It
-loads with ``torch.load(weights_only=True)``.
+global_step, loader_seed, history (the epoch records), classes, config (plain types), and
+pretrained (None, or the name, file and sha256 of the weights the run started from). It loads
+with ``torch.load(weights_only=True)``.
 
 Checkpoints are written off the loop's path. The loop blocks only to *snapshot* the state: on
 CUDA a device-to-host copy into pinned buffers that are reused from one checkpoint to the next, on

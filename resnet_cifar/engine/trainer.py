@@ -276,6 +276,7 @@ class Trainer:
             "history": [record.to_dict() for record in self.history],
             "classes": list(self.classes),
             "config": self.cfg.to_dict(),
+            "pretrained": parts.pretrained,  # name, file and sha256 of the starting weights, or None
         }
 
     def _restore(self, checkpoint: dict[str, Any], path: Path) -> None:

@@ -1,7 +1,14 @@
 """Models: the hand-written ResNet family and pretrained-weight loading."""
 
 from resnet_cifar.models.finetune import finetune_param_groups, freeze_backbone, resize_batch, set_train_mode
-from resnet_cifar.models.pretrained import PRETRAINED_FILES, LoadReport, load_pretrained
+from resnet_cifar.models.pretrained import (
+    PRETRAINED_FILES,
+    CachedWeights,
+    LoadReport,
+    load_pretrained,
+    offline_weights,
+    weights_cache_dir,
+)
 from resnet_cifar.models.resnet import (
     RESNET_BUILDERS,
     BasicBlock,
@@ -19,11 +26,13 @@ __all__ = [
     "RESNET_BUILDERS",
     "BasicBlock",
     "Bottleneck",
+    "CachedWeights",
     "LoadReport",
     "ResNet",
     "finetune_param_groups",
     "freeze_backbone",
     "load_pretrained",
+    "offline_weights",
     "resize_batch",
     "resnet18",
     "resnet34",
@@ -31,4 +40,5 @@ __all__ = [
     "resnet101",
     "resnet152",
     "set_train_mode",
+    "weights_cache_dir",
 ]

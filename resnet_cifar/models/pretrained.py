@@ -2,7 +2,11 @@
 
 Sources:
 - ``"imagenet1k-v1"`` / ``"imagenet1k-v2"``: torchvision's published ResNet-50 files, downloaded
-  once into ``<torch hub dir>/checkpoints`` and checked against the hash in their file name;
+  once into ``<torch hub dir>/checkpoints`` and checked against the hash in their file name. That
+  folder is torchvision's own download cache (``torch.hub.get_dir()``: ``$TORCH_HOME/hub``, with
+  TORCH_HOME defaulting to ``$XDG_CACHE_HOME/torch`` or ``~/.cache/torch``), so a file torchvision
+  already fetched is used offline, without any network access, once its hash prefix checks out;
+  ``offline_weights`` says which named files are there;
 - an ``http(s)://`` URL whose file name carries a hash the same way (``name-<sha256 prefix>.pth``);
 - a local ``.pth``/``.pt`` file (a bare state dict, or this project's checkpoint: a dict whose
   ``"model"`` entry is the state dict) or a ``.safetensors`` file.
@@ -58,6 +62,7 @@ class LoadReport:
         loaded: number of the model's state-dict entries copied from the file.
         dropped: keys of the file that were not loaded (the replaced top, a 7x7 conv1).
         reinitialized: keys of the model given fresh values instead of the file's.
+        sha256: the hex sha256 of the file read, so a run can say exactly which weights it started from.
     """
 
     source: str
@@ -65,6 +70,26 @@ class LoadReport:
     loaded: int
     dropped: tuple[str, ...]
     reinitialized: tuple[str, ...]
+    sha256: str
+
+    def provenance(self) -> dict[str, str]:
+        """Plain strings for checkpoints and reports: the source as given (a name such as
+        ``"imagenet1k-v2"``, a URL or a path), the file it resolved to, and that file's sha256."""
+        return {"name": self.source, "file": str(self.file), "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class CachedWeights:
+    """One named weights file in the hub cache: ``status`` is ``"ok"`` (present, hash prefix
+    matches: usable offline), ``"not cached"``, ``"hash mismatch"`` or ``"unreadable"``."""
+
+    name: str
+    file: Path
+    status: str
+
+    @property
+    def available(self) -> bool:
+        return self.status == "ok"
 
 
 def load_pretrained(
@@ -113,7 +138,35 @@ def load_pretrained(
         loaded=len(plan.tensors),
         dropped=plan.dropped,
         reinitialized=plan.reinitialized,
+        # Hashed again (a cached file was hashed by its check too): a fraction of a second for
+        # 100 MB, and it covers local files, which no check hashes.
+        sha256=_sha256_of(path),
     )
+
+
+def weights_cache_dir(hub_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where named and URL weights are cached: ``<hub_dir>/checkpoints``, by default
+    ``torch.hub.get_dir()/checkpoints``, the folder torchvision downloads its weights into."""
+    return Path(hub_dir if hub_dir is not None else torch.hub.get_dir()) / "checkpoints"
+
+
+def offline_weights(hub_dir: str | os.PathLike[str] | None = None) -> tuple[CachedWeights, ...]:
+    """For each named source, whether its file is in the cache with a matching hash prefix (so
+    loading it needs no network). Each present file is hashed: the answer is what a load would meet."""
+    folder = weights_cache_dir(hub_dir)
+    found = []
+    for name, file_name in PRETRAINED_FILES.items():
+        path = folder / file_name
+        if not path.is_file():
+            status = "not cached"
+        else:
+            try:
+                matches = _sha256_of(path).startswith(_hash_prefix(file_name, file_name))
+                status = "ok" if matches else "hash mismatch"
+            except OSError:
+                status = "unreadable"
+        found.append(CachedWeights(name=name, file=path, status=status))
+    return tuple(found)
 
 
 def resolve_weights_file(
@@ -142,7 +195,7 @@ def download_checked(url: str, *, hub_dir: str | os.PathLike[str] | None = None)
     """
     file_name = Path(urllib.parse.urlparse(url).path).name
     expected = _hash_prefix(file_name, url)
-    cache_dir = Path(hub_dir if hub_dir is not None else torch.hub.get_dir()) / "checkpoints"
+    cache_dir = weights_cache_dir(hub_dir)
     cached = cache_dir / file_name
     if cached.is_file():
         actual = file_digest(cached, "sha256")
