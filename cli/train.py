@@ -176,6 +176,12 @@ def register(app: typer.Typer) -> None:
         crop: Annotated[Optional[bool], typer.Option("--crop/--no-crop", show_default=False)] = None,
         flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", show_default=False)] = None,
         cutout: Annotated[Optional[int], typer.Option(help="Cutout square side in pixels (0 = off).", show_default=False)] = None,
+        augment: Annotated[Optional[str], typer.Option(help="Per-image policy: none, autoaugment (CIFAR-10 policy), randaugment or trivialaugment (Wide).", show_default=False)] = None,
+        randaugment_ops: Annotated[Optional[int], typer.Option(help="RandAugment: ops per image (1-10). [default: 2]", show_default=False)] = None,
+        randaugment_magnitude: Annotated[Optional[int], typer.Option(help="RandAugment: magnitude bin (0-30). [default: 9]", show_default=False)] = None,
+        mixup: Annotated[Optional[float], typer.Option(help="Mixup Beta alpha, soft targets (0 = off).", show_default=False)] = None,
+        cutmix: Annotated[Optional[float], typer.Option(help="CutMix Beta alpha, soft targets (0 = off).", show_default=False)] = None,
+        mix_prob: Annotated[Optional[float], typer.Option(help="Chance that a batch is mixed (mixup/cutmix). [default: 1]", show_default=False)] = None,
         no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the md5 check of the official release files.")] = False,
         no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode image folders without the decoded cache.")] = False,
         json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object with the result on stdout.")] = False,
@@ -278,7 +284,9 @@ def setting_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
         "run.seed": get("seed"), "data.seed": get("seed"), "precision.deterministic": get("deterministic"),
         "data.val_fraction": get("val_fraction"), "data.limit_train": get("limit_train"),
         "data.limit_val": get("limit_val"), "data.limit_test": get("limit_test"), "data.crop": get("crop"),
-        "data.flip": get("flip"), "data.cutout": get("cutout"),
+        "data.flip": get("flip"), "data.cutout": get("cutout"), "data.augment": get("augment"),
+        "data.randaugment_ops": get("randaugment_ops"), "data.randaugment_magnitude": get("randaugment_magnitude"),
+        "data.mixup": get("mixup"), "data.cutmix": get("cutmix"), "data.mix_prob": get("mix_prob"),
         "data.verify": False if get("no_verify") else None, "run.preset": get("preset"),
     }  # fmt: skip
     return {key: value for key, value in given.items() if value is not None}

@@ -36,6 +36,11 @@ from typing import Any, ClassVar, NoReturn, Union
 from resnet_cifar.errors import UsageError
 
 LOADER_KINDS = ("auto", "tensor", "dali")
+# resnet_cifar.data.augment.POLICIES, repeated so reading a config never imports torch; a test
+# keeps the two lists equal.
+AUGMENT_POLICIES = ("none", "autoaugment", "randaugment", "trivialaugment")
+RANDAUGMENT_MAX_OPS = 10
+RANDAUGMENT_BINS = 31
 DEPTHS = (18, 34, 50, 101, 152)
 STEMS = ("cifar", "imagenet")
 # The named sources of resnet_cifar.models.pretrained (torchvision's ResNet-50 ImageNet weights),
@@ -131,7 +136,12 @@ class DataConfig(_Section):
     Augmentation applies to training batches only: ``crop`` is a random 32x32 crop of the image
     padded by 4 pixels, ``flip`` a random horizontal flip, ``cutout`` the side in pixels of one
     square, centred anywhere in the image and clipped at its border, set to 0 after normalization
-    (the dataset mean), as DeVries & Taylor 2017 do; 0 turns cutout off.
+    (the dataset mean), as DeVries & Taylor 2017 do; 0 turns cutout off. ``augment`` is a per-sample
+    policy on the cropped and flipped image, before normalization and cutout: AutoAugment's
+    CIFAR-10 policy, RandAugment (``randaugment_ops`` ops at magnitude bin ``randaugment_magnitude``
+    of 31) or TrivialAugment Wide, with torchvision's op set and ranges. ``mixup`` and ``cutmix``
+    are Beta alphas (0 = off) for batch mixing with soft targets; with both on, a mixed batch is
+    one or the other with equal odds; ``mix_prob`` is the chance that a batch is mixed.
     """
 
     section: ClassVar[str] = "data"
@@ -152,6 +162,12 @@ class DataConfig(_Section):
     crop: bool = True
     flip: bool = True
     cutout: int = 0
+    augment: str = "none"
+    randaugment_ops: int = 2
+    randaugment_magnitude: int = 9
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
 
     def __post_init__(self) -> None:
         self._normalize()
@@ -178,6 +194,24 @@ class DataConfig(_Section):
             )
         if not 0 <= self.cutout <= IMAGE_SIDE:
             self._fail("cutout", f"--cutout must be a square side in [0, {IMAGE_SIDE}] pixels, got {self.cutout}")
+        if self.augment not in AUGMENT_POLICIES:
+            self._fail("augment", f"--augment must be one of {_choices(AUGMENT_POLICIES)}, got {self.augment!r}")
+        if not 1 <= self.randaugment_ops <= RANDAUGMENT_MAX_OPS:
+            self._fail(
+                "randaugment_ops",
+                f"--randaugment-ops must be in [1, {RANDAUGMENT_MAX_OPS}], got {self.randaugment_ops}",
+            )
+        if not 0 <= self.randaugment_magnitude < RANDAUGMENT_BINS:
+            self._fail(
+                "randaugment_magnitude",
+                f"--randaugment-magnitude must be in [0, {RANDAUGMENT_BINS - 1}], got {self.randaugment_magnitude}",
+            )
+        for name in ("mixup", "cutmix"):
+            alpha = getattr(self, name)
+            if not (math.isfinite(alpha) and alpha >= 0.0):
+                self._fail(name, f"{self._flag(name)} must be a Beta alpha >= 0 (0 = off), got {_show(alpha)}")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            self._fail("mix_prob", f"--mix-prob must be in [0, 1], got {_show(self.mix_prob)}")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ Imported only by the DALI loader, after DALI itself.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from resnet_cifar.data.augment.policies import CIFAR10_POLICY, IMAGE_SIDE, RANDAUGMENT_BINS, TRIVIALAUGMENT_BINS
@@ -65,7 +66,11 @@ def apply_dali_policy(
     if policy == "autoaugment":
         suite = _suite(False)
         sub_policies = [[(suite[name], p, magnitude) for name, p, magnitude in steps] for steps in CIFAR10_POLICY]
-        return auto_augment.apply_auto_augment(Policy("torchvision-cifar10", 10, sub_policies), images, **options)
+        with warnings.catch_warnings():
+            # The policy's ("Invert", 0.0) step is the paper's (and torchvision's): no news to a user.
+            warnings.filterwarnings("ignore", message=".*used with probability 0.*")
+            policy_spec = Policy("torchvision-cifar10", 10, sub_policies)
+        return auto_augment.apply_auto_augment(policy_spec, images, **options)
     if policy == "randaugment":
         suite = _suite(False)
         ops = [suite[name] for name in suite if name != "Invert"]
