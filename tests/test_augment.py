@@ -80,6 +80,19 @@ def test_each_op_matches_torchvision_v2_exactly(fixed_images: torch.Tensor, name
     assert changed > 0, name  # the comparison looked at images the op really changed
 
 
+def test_histogram_ops_match_torchvision_on_flat_and_two_level_channels(fixed_images: torch.Tensor) -> None:
+    # The corner cases of equalize (step 0: left as is) and autocontrast (max == min).
+    flat = torch.full((2, 3, 32, 32), 77, dtype=torch.uint8)
+    two_level = fixed_images[:2].clone()
+    two_level[:, 1] = torch.where(two_level[:, 1] > 128, 200, 3).to(torch.uint8)
+    two_level[0, 2, :31] = 9  # one channel with a single pixel of another value
+    images = torch.cat([flat, two_level])
+    for name in ("Equalize", "AutoContrast"):
+        ops = torch.full((4,), OP_ID[name])
+        zeros = torch.zeros(4)
+        assert torch.equal(apply_ops(images, ops, zeros), reference(images, ops, zeros)), name
+
+
 def test_mixed_ops_in_one_batch_match_per_image_reference_and_leave_input(fixed_images: torch.Tensor) -> None:
     generator = torch.Generator().manual_seed(5)
     plan = draw_policy("trivialaugment", len(fixed_images), generator)

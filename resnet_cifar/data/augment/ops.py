@@ -129,12 +129,20 @@ def contrast(images: Tensor, factor: Tensor) -> Tensor:
 
 
 def sharpness(images: Tensor, factor: Tensor) -> Tensor:
-    """A blend with a 3x3 smoothing (1s around a 5, / 13) of the interior; the border is kept."""
-    channels = images.shape[1]
-    a, b = 1.0 / 13.0, 5.0 / 13.0
-    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=torch.float32, device=images.device)
+    """A blend with a 3x3 smoothing (1s around a 5, / 13) of the interior; the border is kept.
+
+    torchvision convolves in float32 and rounds. Here the 3x3 sum is exact in int16 and rounded
+    as an integer: S / 13 is never within 1/26 of a half, far beyond float32's error, so both
+    roundings agree, and eight shifted adds are several times faster than a grouped conv2d on CPU.
+    """
+    wide = images.to(torch.int16)
+    height, width = images.shape[-2:]
+    total = 4 * wide[..., 1:-1, 1:-1]  # 5 x the centre, with the centre itself among the nine
+    for dy in range(3):
+        for dx in range(3):
+            total += wide[..., dy : height - 2 + dy, dx : width - 2 + dx]
+    blurred = torch.div(2 * total + 13, 26, rounding_mode="floor").to(torch.float32)
     output = images.to(torch.float32)
-    blurred = torch.nn.functional.conv2d(output, kernel.expand(channels, 1, 3, 3), groups=channels).round_()
     interior = output[..., 1:-1, 1:-1]
     # torchvision: interior.add_(blurred - interior, alpha=1 - factor), a fused multiply-add.
     alpha32 = _per_image((1.0 - factor.double()).to(torch.float32))
@@ -150,9 +158,12 @@ def posterize(images: Tensor, bits: Tensor) -> Tensor:
 
 
 def solarize(images: Tensor, threshold: Tensor) -> Tensor:
-    """Invert the values >= threshold (a uint8 level; torchvision compares in float32)."""
-    limit = _per_image(threshold.to(torch.float32))
-    return torch.where(images.to(torch.float32) >= limit, images.bitwise_not(), images)
+    """Invert the values >= threshold. torchvision compares with the float32 threshold; for
+    integer values that is a comparison with its ceiling, done here without a float copy."""
+    # The threshold is 255 * a fraction in [0, 1], so its ceiling fits uint8: no promoted copy.
+    limit = _per_image(torch.ceil(threshold.to(torch.float32)).clamp_(0, 255).to(torch.uint8))
+    # x ^ 255 is 255 - x; an xor with a 0/255 mask is ~20x faster than torch.where on uint8 (CPU).
+    return images ^ (images >= limit).to(torch.uint8).mul_(255)
 
 
 def autocontrast(images: Tensor) -> Tensor:
@@ -177,11 +188,13 @@ def equalize(images: Tensor) -> Tensor:
     # PIL: step = (pixels not of the image's largest value) // 255; lut[k] = (cum[k-1] + step // 2) // step.
     last = cum_hist.argmax(dim=-1, keepdim=True)
     step = (flat.shape[-1] - hist.gather(dim=-1, index=last)).div_(255, rounding_mode="floor")
-    valid = step.ne(0).unsqueeze(-1)
     lut = cum_hist[..., :-1].add_(step // 2).div_(step.clamp(min=1), rounding_mode="floor").clamp_(0, 255)
-    lut = torch.cat([lut.new_zeros(batch_shape + (1,)), lut], dim=-1).to(torch.uint8)
-    equalized = lut.gather(dim=-1, index=flat).view_as(images)
-    return torch.where(valid, equalized, images)
+    lut = torch.cat([lut.new_zeros(batch_shape + (1,)), lut], dim=-1)
+    # A channel with step 0 (nearly one value) is left as it is: the identity table, rather than
+    # torchvision's torch.where over the pixels, which is slow on uint8.
+    identity = torch.arange(256, dtype=lut.dtype, device=lut.device).expand_as(lut)
+    lut = torch.where(step.ne(0), lut, identity).to(torch.uint8)
+    return lut.gather(dim=-1, index=flat).view_as(images)
 
 
 def invert(images: Tensor) -> Tensor:
