@@ -328,3 +328,20 @@ def test_plan_is_a_policy_plan_per_sample(small_split: CifarSplit) -> None:
     loader = TensorLoader(small_split, batch_size=128, train=True, augmentation=Augmentation(policy="autoaugment"))
     plan = loader._next_plan()[1]
     assert isinstance(plan.policy, PolicyPlan) and plan.policy.ops.shape == (384, 2) and plan.mix is None
+
+
+def test_channels_last_and_bf16_batches_carry_the_same_augmented_values(small_split: CifarSplit) -> None:
+    options = Augmentation(policy="autoaugment", mixup=1.0, cutmix=1.0)
+    base = list(TensorLoader(small_split, batch_size=128, train=True, seed=6, cutout=8, augmentation=options))
+    nhwc = list(
+        TensorLoader(small_split, batch_size=128, train=True, seed=6, cutout=8, augmentation=options, channels_last=True)
+    )
+    half = list(
+        TensorLoader(small_split, batch_size=128, train=True, seed=6, cutout=8, augmentation=options, dtype=torch.bfloat16)
+    )
+    for (images, targets), (last, last_targets), (low, low_targets) in zip(base, nhwc, half):
+        assert last.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(images, last) and torch.equal(targets, last_targets)
+        # bf16: mixed in fp32, rounded once.
+        assert low.dtype == torch.bfloat16 and torch.equal(low, images.to(torch.bfloat16))
+        assert torch.equal(low_targets, targets)
