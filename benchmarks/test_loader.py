@@ -7,6 +7,13 @@ normalize; batch 512, last partial batch dropped; test_tensor_loader_cutout adds
 16-pixel cutout square) after one untimed warm-up epoch, and
 records images_per_sec, device, dtype and batch_size in extra_info. The baseline is the
 usual torchvision recipe: ImageFolder + transforms + DataLoader(num_workers=2).
+
+The per-sample policies (issue 16): test_tensor_loader_policy[<policy>] adds AutoAugment,
+RandAugment or TrivialAugment Wide (and test_tensor_loader_trivialaugment_cutmix batch cutmix)
+to crop and flip; each is compared (extra_info "baseline", the summary's x base) with
+test_torchvision_autoaugment_dataloader: the same images in memory through torchvision v2's
+RandomCrop + RandomHorizontalFlip + AutoAugment(CIFAR10) + ToDtype + Normalize per sample in a
+DataLoader(num_workers=2), so the ratio is the cost of augmenting, not of decoding JPEGs.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from resnet_cifar.data.augment import Augmentation
 from resnet_cifar.data.dali_loader import DaliLoader
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CIFAR10_MEAN, CIFAR10_STD, CifarSplit
@@ -92,3 +100,66 @@ def test_baseline_torchvision_imagefolder_dataloader(benchmark, real_train_dir: 
     )
     # The baseline yields CPU tensors; a GPU run would add the host-to-device copy on top.
     measure(benchmark, loader, rounds=1, device="cpu", dtype=torch.float32)
+
+
+AUGMENT_REFERENCE = "test_torchvision_autoaugment_dataloader"
+
+
+@pytest.mark.benchmark(group="loader")
+@pytest.mark.parametrize("policy", ["autoaugment", "randaugment", "trivialaugment"])
+def test_tensor_loader_policy(benchmark, real_train_split: CifarSplit, policy: str) -> None:
+    """Crop, flip and the policy, batched on the device (RandAugment at torchvision's N=2, M=9)."""
+    augmentation = Augmentation(policy=policy)
+    loader = TensorLoader(real_train_split, batch_size=BATCH_SIZE, train=True, device=DEVICE, augmentation=augmentation)
+    measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32)
+    benchmark.extra_info.update(augment=policy, baseline=AUGMENT_REFERENCE)
+
+
+@pytest.mark.benchmark(group="loader")
+def test_tensor_loader_trivialaugment_cutmix(benchmark, real_train_split: CifarSplit) -> None:
+    """TrivialAugment Wide then cutmix (alpha 1) on every batch: soft targets [N, 10]."""
+    augmentation = Augmentation(policy="trivialaugment", cutmix=1.0)
+    loader = TensorLoader(real_train_split, batch_size=BATCH_SIZE, train=True, device=DEVICE, augmentation=augmentation)
+    measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32)
+    benchmark.extra_info.update(augment="trivialaugment", cutmix=1.0, baseline=AUGMENT_REFERENCE)
+
+
+class _InMemoryDataset(torch.utils.data.Dataset):
+    """uint8 CHW tensors through a torchvision v2 transform, one sample at a time (the usual recipe)."""
+
+    def __init__(self, split: CifarSplit, transform) -> None:
+        self.images = torch.from_numpy(split.images).permute(0, 3, 1, 2).contiguous()
+        self.labels = torch.from_numpy(split.labels)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[index]), self.labels[index]
+
+
+@pytest.mark.benchmark(group="loader")
+def test_torchvision_autoaugment_dataloader(benchmark, real_train_split: CifarSplit) -> None:
+    """The reference of the policy benchmarks (not named "baseline": the group keeps one)."""
+    from torchvision.transforms import v2
+
+    transform = v2.Compose(
+        [
+            v2.RandomCrop(32, padding=4),
+            v2.RandomHorizontalFlip(),
+            v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(CIFAR10_MEAN, CIFAR10_STD),
+        ]
+    )
+    loader = torch.utils.data.DataLoader(
+        _InMemoryDataset(real_train_split, transform),
+        batch_size=BATCH_SIZE,
+        shuffle=True,
+        drop_last=True,
+        num_workers=2,
+        persistent_workers=True,
+    )
+    measure(benchmark, loader, rounds=1, device="cpu", dtype=torch.float32)
+    benchmark.extra_info["augment"] = "torchvision v2 AutoAugment(CIFAR10)"

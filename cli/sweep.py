@@ -39,7 +39,7 @@ TRAIN_ONLY = ("run.out_dir", "run.resume")
 def _sweep_options(
     trials: Annotated[int, typer.Option("--trials", help="Trials in the study in all: a study that has some already is topped up to this many.")] = 20,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Start no trial after this many seconds.", show_default=False)] = None,
-    space: Annotated[Optional[Path], typer.Option("--space", help="A TOML or YAML search space (default: lr, batch size, weight decay, optimizer, schedule, crop, flip, cutout, label smoothing, dropout; see resnet_cifar/tuning/space.py).", show_default=False)] = None,
+    space: Annotated[Optional[Path], typer.Option("--space", help="A TOML or YAML search space (default: lr, batch size, weight decay, optimizer, schedule, crop, flip, cutout, augment policy, mixup, cutmix, label smoothing, dropout; see resnet_cifar/tuning/space.py).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Sweep folder: study.db, trials/<number>/, trials.csv and the best config. [default: runs/sweep]", show_default=False)] = None,
     study_name: Annotated[str, typer.Option("--study-name", help="The study's name in its storage.")] = "resnet-cifar",
     storage: Annotated[Optional[str], typer.Option("--storage", help="An Optuna RDB URL shared by several machines (default: sqlite:///<out>/study.db).", show_default=False)] = None,

@@ -35,6 +35,11 @@ from resnet_cifar.errors import UsageError
 from resnet_cifar.files import atomic_write, one_line
 
 LOADER_KINDS = ("auto", "tensor", "dali")
+# resnet_cifar.data.augment.POLICIES, repeated so reading a config never imports torch; a test
+# keeps the two lists equal.
+AUGMENT_POLICIES = ("none", "autoaugment", "randaugment", "trivialaugment")
+RANDAUGMENT_MAX_OPS = 10
+RANDAUGMENT_BINS = 31
 DEPTHS = (18, 34, 50, 101, 152)
 STEMS = ("cifar", "imagenet")
 # The named sources of resnet_cifar.models.pretrained (torchvision's ResNet-50 ImageNet weights),
@@ -151,7 +156,12 @@ class DataConfig(_Section):
     Augmentation applies to training batches only: ``crop`` is a random 32x32 crop of the image
     padded by 4 pixels, ``flip`` a random horizontal flip, ``cutout`` the side in pixels of one
     square, centred anywhere in the image and clipped at its border, set to 0 after normalization
-    (the dataset mean), as DeVries & Taylor 2017 do; 0 turns cutout off.
+    (the dataset mean), as DeVries & Taylor 2017 do; 0 turns cutout off. ``augment`` is a per-sample
+    policy on the cropped and flipped image, before normalization and cutout: AutoAugment's
+    CIFAR-10 policy, RandAugment (``randaugment_ops`` ops at magnitude bin ``randaugment_magnitude``
+    of 31) or TrivialAugment Wide, with torchvision's op set and ranges. ``mixup`` and ``cutmix``
+    are Beta alphas (0 = off) for batch mixing with soft targets; with both on, a mixed batch is
+    one or the other with equal odds; ``mix_prob`` is the chance that a batch is mixed.
     """
 
     section: ClassVar[str] = "data"
@@ -174,6 +184,12 @@ class DataConfig(_Section):
     crop: bool = setting(True, "Random 32x32 crop of the image padded by 4 pixels.")
     flip: bool = setting(True, "Random horizontal flip.")
     cutout: int = setting(0, "Cutout square side in pixels (0 = off).")
+    augment: str = setting("none", "Per-image policy after crop and flip: none, autoaugment, randaugment or trivialaugment.")
+    randaugment_ops: int = setting(2, "RandAugment: ops per image.")
+    randaugment_magnitude: int = setting(9, "RandAugment: magnitude bin, in [0, 30].")
+    mixup: float = setting(0.0, "Mixup's Beta alpha (0 = off); soft targets.")
+    cutmix: float = setting(0.0, "CutMix's Beta alpha (0 = off); soft targets.")
+    mix_prob: float = setting(1.0, "Share of training batches mixed when --mixup or --cutmix is on.")
 
     def __post_init__(self) -> None:
         self._normalize()
@@ -199,6 +215,24 @@ class DataConfig(_Section):
                 "so no full training batch would remain",
             )
         check_cutout(self.cutout)
+        if self.augment not in AUGMENT_POLICIES:
+            self._fail("augment", f"--augment must be one of {_choices(AUGMENT_POLICIES)}, got {self.augment!r}")
+        if not 1 <= self.randaugment_ops <= RANDAUGMENT_MAX_OPS:
+            self._fail(
+                "randaugment_ops",
+                f"--randaugment-ops must be in [1, {RANDAUGMENT_MAX_OPS}], got {self.randaugment_ops}",
+            )
+        if not 0 <= self.randaugment_magnitude < RANDAUGMENT_BINS:
+            self._fail(
+                "randaugment_magnitude",
+                f"--randaugment-magnitude must be in [0, {RANDAUGMENT_BINS - 1}], got {self.randaugment_magnitude}",
+            )
+        for name in ("mixup", "cutmix"):
+            alpha = getattr(self, name)
+            if not (math.isfinite(alpha) and alpha >= 0.0):
+                self._fail(name, f"{self._flag(name)} must be a Beta alpha >= 0 (0 = off), got {_show(alpha)}")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            self._fail("mix_prob", f"--mix-prob must be in [0, 1], got {_show(self.mix_prob)}")
 
 
 @dataclass(frozen=True)
@@ -580,10 +614,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "optim": {"epochs": 20, "warmup_fraction": 0.2},
         "run": {"eval_from": 15, "test_tta": True},
     },
-    # >= 96%: the default recipe's model and SGD, for 200 epochs of cosine annealing with cutout
-    # (5 of the 200 epochs of linear warm-up).
+    # >= 96%: the default recipe's model and SGD, for 200 epochs of cosine annealing (5 of them of
+    # linear warm-up) with AutoAugment's CIFAR-10 policy then cutout 16, as Cubuk et al. 2019 train.
     "long": {
-        "data": {"cutout": 16},
+        "data": {"cutout": 16, "augment": "autoaugment"},
         "optim": {"schedule": "cosine", "epochs": 200, "warmup_fraction": 0.025},
     },
     # A quick CPU check that the pipeline trains, not a recipe: pair it with --limit-train/--limit-val.

@@ -61,6 +61,7 @@ def test_default_space_searches_the_issue_settings_and_validates() -> None:
     assert set(space.keys) == {
         "optim.lr", "data.batch_size", "optim.weight_decay", "optim.optimizer", "optim.schedule",
         "data.crop", "data.flip", "data.cutout", "optim.label_smoothing", "model.dropout",
+        "data.augment", "data.mixup", "data.cutmix",  # issue 16: the policy and the mixing alphas
     }  # fmt: skip
     lr = next(parameter for parameter in space.parameters if parameter.key == "optim.lr")
     assert lr.kind == "float" and lr.log

@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 
 from resnet_cifar.config import DataConfig
+from resnet_cifar.data.augment import Augmentation
 from resnet_cifar.data.dali_loader import DaliLoader, dali_available
 from resnet_cifar.data.load import load_cifar10
 from resnet_cifar.data.split import limit_split, train_val_split
@@ -24,7 +25,8 @@ from resnet_cifar.errors import UsageError
 
 class BatchLoader(Protocol):
     """(images, labels) batches: images normalized float [N,3,H,W] (NCHW or channels_last) on the
-    device, labels int64 [N]. Train drops the last partial batch; eval yields every sample once."""
+    device, labels int64 [N], or soft targets float32 [N, C] from a train loader with mixup or
+    cutmix. Train drops the last partial batch; eval yields every sample once."""
 
     num_samples: int
 
@@ -85,6 +87,15 @@ def build_loaders(
             + (f" shared by {num_shards} processes" if num_shards > 1 else "")
         )
     loader_class = DaliLoader if kind == "dali" else TensorLoader
+    # Used by the train loader only: evaluation loaders never augment.
+    augmentation = Augmentation(
+        policy=cfg.augment,
+        randaugment_ops=cfg.randaugment_ops,
+        randaugment_magnitude=cfg.randaugment_magnitude,
+        mixup=cfg.mixup,
+        cutmix=cfg.cutmix,
+        mix_prob=cfg.mix_prob,
+    )
 
     def make(split: CifarSplit, *, train_mode: bool, batch_size: int) -> BatchLoader:
         return loader_class(
@@ -100,6 +111,7 @@ def build_loaders(
             crop=cfg.crop,
             flip=cfg.flip,
             cutout=cfg.cutout,
+            augmentation=augmentation,
         )
 
     return Loaders(

@@ -12,6 +12,10 @@ implementation of the same one elementwise pass over a batch already in memory.
 The randomness is not DALI's: the loader executes the same EpochPlan as TensorLoader (order,
 shards, crop offsets, flips, cutout squares, all from the seed and epoch), fed to DALI as
 per-sample arguments.
+The one exception is a per-sample policy (`--augment`): DALI's own nvidia.dali.auto_aug runs it
+(on the GPU on CUDA), with torchvision's op set and ranges (resnet_cifar.data.augment.dali), and
+draws its choices with DALI's random operators seeded from (seed, epoch, shard). Mixup/cutmix
+come from the plan and are applied to the output batch by TensorLoader's torch code, like cutout.
 So an epoch is reproducible from (seed, epoch, shard) alone, whatever ran before, and both
 loaders yield the same batches for the same seed. A fresh pipeline is built per epoch (about
 10 ms from memory, a few hundred ms for a 50k-file folder) so an abandoned epoch never leaks
@@ -32,6 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from resnet_cifar.data.augment import NO_AUGMENTATION, Augmentation, apply_mix
+from resnet_cifar.data.augment.dali import apply_dali_policy
 from resnet_cifar.data.sources import list_image_folder_split
 from resnet_cifar.data.tensor_loader import (
     Batch,
@@ -47,6 +53,7 @@ from resnet_cifar.files import one_line
 
 DALI_MISSING = "DALI is not installed: pip install nvidia-dali-cuda120"
 _PIPELINE_SEED_STREAM = 2
+_DALI_POLICY_STREAM = 5
 
 
 def dali_available() -> bool:
@@ -61,7 +68,7 @@ def dali_available() -> bool:
 def _import_dali() -> SimpleNamespace:
     try:
         from nvidia.dali import fn, types
-        from nvidia.dali.pipeline import Pipeline
+        from nvidia.dali.pipeline import Pipeline, pipeline_def
         from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
     except ImportError:
         raise UsageError(DALI_MISSING) from None
@@ -69,7 +76,12 @@ def _import_dali() -> SimpleNamespace:
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise UsageError(f"DALI cannot be imported ({reason})") from None
     return SimpleNamespace(
-        fn=fn, types=types, Pipeline=Pipeline, feed_ndarray=feed_ndarray, to_torch_type=to_torch_type
+        fn=fn,
+        types=types,
+        Pipeline=Pipeline,
+        pipeline_def=pipeline_def,
+        feed_ndarray=feed_ndarray,
+        to_torch_type=to_torch_type,
     )
 
 
@@ -102,6 +114,7 @@ class DaliLoader(PlannedLoader):
         crop: bool = True,
         flip: bool = True,
         cutout: int = 0,
+        augmentation: Augmentation = NO_AUGMENTATION,
     ) -> None:
         self._setup(
             num_total=len(split),
@@ -121,6 +134,7 @@ class DaliLoader(PlannedLoader):
             crop=crop,
             flip=flip,
             cutout=cutout,
+            augmentation=augmentation,
         )
 
     @classmethod
@@ -140,6 +154,7 @@ class DaliLoader(PlannedLoader):
         crop: bool = True,
         flip: bool = True,
         cutout: int = 0,
+        augmentation: Augmentation = NO_AUGMENTATION,
     ) -> DaliLoader:
         """Read SPLIT_DIR/<class>/*.{jpg,jpeg,png} with DALI's file reader and image decoder.
 
@@ -165,6 +180,7 @@ class DaliLoader(PlannedLoader):
             crop=crop,
             flip=flip,
             cutout=cutout,
+            augmentation=augmentation,
         )
         return loader
 
@@ -188,6 +204,7 @@ class DaliLoader(PlannedLoader):
         crop: bool,
         flip: bool,
         cutout: int,
+        augmentation: Augmentation,
     ) -> None:
         self._dali = _import_dali()
         self._init_plan(
@@ -202,6 +219,8 @@ class DaliLoader(PlannedLoader):
             crop=crop,
             flip=flip,
             cutout=cutout,
+            augmentation=augmentation,
+            num_classes=len(classes),
         )
         if num_threads is not None and num_threads < 1:
             raise UsageError(f"num_threads must be at least 1, got {num_threads}")
@@ -228,7 +247,7 @@ class DaliLoader(PlannedLoader):
         boxes = boxes.to(self.device) if boxes is not None else None
         pipeline, outputs = self._build_pipeline(plan, epoch)
         try:
-            for start, stop in self.layout.batch_bounds():
+            for batch, (start, stop) in enumerate(self.layout.batch_bounds()):
                 try:
                     produced = pipeline.run()
                 except RuntimeError as exc:
@@ -240,32 +259,26 @@ class DaliLoader(PlannedLoader):
                 images = self._to_torch(produced[outputs["images"]], stop - start)
                 if boxes is not None:  # on torch's current stream, after the copy out of DALI
                     apply_cutout(images, boxes, start, stop)
-                yield images, labels[start:stop]
+                if plan.mix is not None:
+                    yield apply_mix(images, labels[start:stop], self.num_classes, plan.mix, batch)
+                else:
+                    yield images, labels[start:stop]
         finally:
             # Dropping the pipeline (on exhaustion or an abandoned epoch) stops its threads.
             del pipeline
 
     def _build_pipeline(self, plan: EpochPlan, epoch: int) -> tuple[Any, dict[str, int]]:
-        # Long on purpose: a DALI pipeline is one graph defined inside its `with pipeline:` block,
-        # read top to bottom as the data flows; split into helpers it would be harder to follow.
         dali = self._dali
         fn, types = dali.fn, dali.types
         on_gpu = self.device.type == "cuda"
         bounds = self.layout.batch_bounds()
         order = plan.indices.numpy()
-        pipeline = dali.Pipeline(
-            batch_size=self.batch_size,
-            num_threads=self.num_threads,
-            device_id=self.device.index if on_gpu else None,
-            seed=derive_seed(self.seed, epoch, self.shard_id, _PIPELINE_SEED_STREAM),
-            prefetch_queue_depth=2,
-            # Not the dynamic executor: in DALI 2.4 it can segfault in the image decoder's
-            # threads after a corrupt file fails a batch. The classic executor reuses its output
-            # buffers, so each batch is copied out (a memcpy; cheap next to the augmentation).
-            exec_dynamic=False,
-        )
+        policy = self.augmentation.policy if self.train else "none"
         outputs: dict[str, int] = {}
-        with pipeline:
+
+        def graph() -> tuple[Any, ...]:
+            # Long on purpose: a DALI pipeline is one graph, read top to bottom as the data flows;
+            # split into helpers it would be harder to follow.
             nodes = []
             if self._files is None:
                 images = fn.external_source(
@@ -310,6 +323,17 @@ class DaliLoader(PlannedLoader):
                     out_of_bounds_policy="pad",
                     fill_values=0,
                 )
+            if policy != "none":
+                # The policy sees the cropped and flipped image, as in the tensor loader.
+                images = fn.flip(images, horizontal=mirror)
+                mirror = 0
+                images = apply_dali_policy(
+                    images,
+                    policy,
+                    seed=derive_seed(self.seed, epoch, self.shard_id, self.num_shards, _DALI_POLICY_STREAM),
+                    randaugment_ops=self.augmentation.randaugment_ops,
+                    randaugment_magnitude=self.augmentation.randaugment_magnitude,
+                )
             images = fn.crop_mirror_normalize(
                 images,
                 mirror=mirror,
@@ -320,7 +344,22 @@ class DaliLoader(PlannedLoader):
             )
             outputs["images"] = len(nodes)
             nodes.append(images)
-            pipeline.set_outputs(*nodes)
+            return tuple(nodes)
+
+        pipeline = dali.pipeline_def(
+            graph,
+            # DALI's auto_aug chooses ops per sample with `if`s on DataNodes.
+            enable_conditionals=policy != "none",
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            device_id=self.device.index if on_gpu else None,
+            seed=derive_seed(self.seed, epoch, self.shard_id, _PIPELINE_SEED_STREAM),
+            prefetch_queue_depth=2,
+            # Not the dynamic executor: in DALI 2.4 it can segfault in the image decoder's
+            # threads after a corrupt file fails a batch. The classic executor reuses its output
+            # buffers, so each batch is copied out (a memcpy; cheap next to the augmentation).
+            exec_dynamic=False,
+        )()
         pipeline.build()
         return pipeline, outputs
 

@@ -7,7 +7,10 @@ worker processes and no per-image Python code.
 
 This module also owns the *epoch plan* (sample order, shards, crop offsets, flips and cutout
 squares), which the DALI loader executes too, so both loaders yield the same samples with the
-same augmentation for the same seed, epoch, shard and augmentation options.
+same augmentation for the same seed, epoch, shard and augmentation options. The plan also holds
+the draws of a per-sample policy (AutoAugment, RandAugment, TrivialAugment: applied here to the
+uint8 pixels after crop and flip, before normalization and cutout) and of mixup/cutmix (applied
+to the normalized batch, which then carries soft targets [N, C]); see resnet_cifar.data.augment.
 """
 
 from __future__ import annotations
@@ -19,6 +22,16 @@ import numpy as np
 import torch
 
 from resnet_cifar.config import check_cutout
+from resnet_cifar.data.augment import (
+    NO_AUGMENTATION,
+    Augmentation,
+    MixPlan,
+    PolicyPlan,
+    apply_mix,
+    apply_policy,
+    draw_mix,
+    draw_policy,
+)
 from resnet_cifar.data.types import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SHAPE, CifarSplit
 from resnet_cifar.errors import UsageError
 
@@ -32,6 +45,10 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # Independent random streams drawn from one user seed.
 _SHUFFLE_STREAM = 0
 _AUGMENT_STREAM = 1
+# 2 is the DALI pipeline's seed; the policy and mixing draws get streams of their own, so
+# turning them on never changes the order, crops, flips or cutout squares of a seed.
+_POLICY_STREAM = 3
+_MIX_STREAM = 4
 
 
 def derive_seed(*parts: int) -> int:
@@ -182,6 +199,8 @@ class EpochPlan:
     # int64 [num_samples]: each square's centre (row, column) in output pixels; empty when cutout == 0
     cutout_y: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     cutout_x: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    policy: PolicyPlan | None = None  # per-sample policy ops and magnitudes; None: no policy
+    mix: MixPlan | None = None  # per-batch mixup/cutmix; None: hard labels
 
     def cutout_boxes(self) -> CutoutBoxes | None:
         """The squares clipped to the image, or None without cutout.
@@ -210,6 +229,7 @@ def plan_epoch(
     crop: bool = True,
     flip: bool = True,
     cutout: int = 0,
+    augmentation: Augmentation = NO_AUGMENTATION,
 ) -> EpochPlan:
     """The plan for one epoch of one shard, as CPU tensors (the same on every device).
 
@@ -238,13 +258,28 @@ def plan_epoch(
     if not flip:
         flips.zero_()
     plan = EpochPlan(permutation[start : start + n], shift_y, shift_x, flips)
-    if cutout == 0:
-        return plan
-    height, width = IMAGE_SHAPE[:2]
-    # The centre is uniform over the whole image, so near a border part of the square falls outside.
-    cutout_y = torch.randint(0, height, (n,), generator=augment)
-    cutout_x = torch.randint(0, width, (n,), generator=augment)
-    return replace(plan, cutout=cutout, cutout_y=cutout_y, cutout_x=cutout_x)
+    if cutout != 0:
+        height, width = IMAGE_SHAPE[:2]
+        # The centre is uniform over the whole image, so near a border part of the square falls outside.
+        cutout_y = torch.randint(0, height, (n,), generator=augment)
+        cutout_x = torch.randint(0, width, (n,), generator=augment)
+        plan = replace(plan, cutout=cutout, cutout_y=cutout_y, cutout_x=cutout_x)
+    streams = (seed, epoch, layout.shard_id, layout.num_shards)
+    policy = draw_policy(
+        augmentation.policy,
+        n,
+        torch.Generator().manual_seed(derive_seed(*streams, _POLICY_STREAM)),
+        randaugment_ops=augmentation.randaugment_ops,
+        randaugment_magnitude=augmentation.randaugment_magnitude,
+    )
+    mix = draw_mix(
+        layout.num_batches,
+        mixup=augmentation.mixup,
+        cutmix=augmentation.cutmix,
+        prob=augmentation.mix_prob,
+        seed=derive_seed(*streams, _MIX_STREAM),
+    )
+    return replace(plan, policy=policy, mix=mix)
 
 
 def normalization_affine(device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,6 +319,8 @@ class PlannedLoader:
         crop: bool,
         flip: bool,
         cutout: int,
+        augmentation: Augmentation = NO_AUGMENTATION,
+        num_classes: int = 10,
     ) -> None:
         check_loader_args(
             batch_size=batch_size, dtype=dtype, seed=seed, shard_id=shard_id, num_shards=num_shards, cutout=cutout
@@ -300,6 +337,8 @@ class PlannedLoader:
         self.crop = crop
         self.flip = flip
         self.cutout = cutout
+        self.augmentation = augmentation
+        self.num_classes = num_classes
         self._epoch = 0
 
     @property
@@ -323,7 +362,15 @@ class PlannedLoader:
         """This epoch's plan; advances the epoch. Called in __iter__ itself, not lazily in a
         generator, so `iter()` alone advances the epoch."""
         epoch = self._epoch
-        plan = plan_epoch(self.layout, seed=self.seed, epoch=epoch, crop=self.crop, flip=self.flip, cutout=self.cutout)
+        plan = plan_epoch(
+            self.layout,
+            seed=self.seed,
+            epoch=epoch,
+            crop=self.crop,
+            flip=self.flip,
+            cutout=self.cutout,
+            augmentation=self.augmentation,
+        )
         self._epoch += 1
         return epoch, plan
 
@@ -335,9 +382,10 @@ class TensorLoader(PlannedLoader):
     labels: int64 [N]. Train: reshuffled each epoch, last partial batch dropped, and augmented
     as asked: `crop` (random 32 x 32 crop of the image zero-padded by 4 pixels), `flip`
     (horizontal, p = 0.5), `cutout` (side of one square per image, centre uniform over the
-    image, set to zero after normalization; 0 = off). Eval: in order, every sample of the shard
-    once, never augmented. Like DistributedSampler, `set_epoch` picks the epoch; each `iter()`
-    then advances it by one.
+    image, set to zero after normalization; 0 = off) and `augmentation` (a per-sample policy on
+    the uint8 pixels after crop and flip; mixup/cutmix, under which labels are soft targets
+    float32 [N, C]). Eval: in order, every sample of the shard once, never augmented. Like
+    DistributedSampler, `set_epoch` picks the epoch; each `iter()` then advances it by one.
     """
 
     def __init__(
@@ -355,6 +403,7 @@ class TensorLoader(PlannedLoader):
         crop: bool = True,
         flip: bool = True,
         cutout: int = 0,
+        augmentation: Augmentation = NO_AUGMENTATION,
     ) -> None:
         self._init_plan(
             num_total=len(split),
@@ -368,6 +417,8 @@ class TensorLoader(PlannedLoader):
             crop=crop,
             flip=flip,
             cutout=cutout,
+            augmentation=augmentation,
+            num_classes=len(split.classes),
         )
         self.device = resolve_device(device)
         self.classes = split.classes
@@ -408,12 +459,26 @@ class TensorLoader(PlannedLoader):
         indices = plan.indices.to(self.device)
         boxes = plan.cutout_boxes()
         boxes = boxes.to(self.device) if boxes is not None else None
-        for start, stop in self.layout.batch_bounds():
+        policy = plan.policy.to(self.device) if plan.policy is not None else None
+        for batch, (start, stop) in enumerate(self.layout.batch_bounds()):
             columns = torch.where(flips[start:stop], last_column - self._columns, self._columns)
             gather = corners[start:stop].view(-1, 1, 1) + self._row_offsets + columns.unsqueeze(1)
             words = torch.index_select(self._pixel_words, 0, gather.view(-1))
             pixels = words.view(torch.uint8).view(stop - start, *IMAGE_SHAPE[:2], 4)
-            yield self._normalize(pixels, boxes, start, stop), self._labels[indices[start:stop]]
+            labels = self._labels[indices[start:stop]]
+            if policy is not None:
+                # The policy ops work on uint8 NCHW (torchvision's layout); _normalize reads the
+                # result back through an NHWC view.
+                planar = apply_policy(pixels[..., :3].permute(0, 3, 1, 2).contiguous(), policy, start, stop)
+                pixels = planar.permute(0, 2, 3, 1)
+            if plan.mix is None:
+                yield self._normalize(pixels, boxes, start, stop), labels
+                continue
+            # Mixed in fp32, then rounded once to the batch dtype.
+            images, targets = apply_mix(
+                self._normalize(pixels, boxes, start, stop, cast=False), labels, self.num_classes, plan.mix, batch
+            )
+            yield (images if self.dtype == torch.float32 else images.to(self.dtype)), targets
 
     def _eval_batches(self) -> Iterator[Batch]:
         first = self.layout.eval_start
@@ -422,10 +487,16 @@ class TensorLoader(PlannedLoader):
             yield self._normalize(pixels), self._labels[first + start : first + stop]
 
     def _normalize(
-        self, pixels: torch.Tensor, boxes: CutoutBoxes | None = None, start: int = 0, stop: int = 0
+        self,
+        pixels: torch.Tensor,
+        boxes: CutoutBoxes | None = None,
+        start: int = 0,
+        stop: int = 0,
+        cast: bool = True,
     ) -> torch.Tensor:
-        """uint8 [B, H, W, 4] (RGB + pad byte) -> normalized [B, 3, H, W] in the requested format,
-        with the cutout squares of plan samples start..stop-1 zeroed when `boxes` is given."""
+        """uint8 [B, H, W, 4] (RGB + pad byte; or [B, H, W, 3]) -> normalized [B, 3, H, W] in the
+        requested format, with the cutout squares of plan samples start..stop-1 zeroed when
+        `boxes` is given; in fp32 when not `cast`."""
         count, height, width, _ = pixels.shape
         rgb = pixels[..., :3]
         if self.channels_last:
@@ -441,4 +512,4 @@ class TensorLoader(PlannedLoader):
         if boxes is not None:
             apply_cutout(out, boxes, start, stop)
         # Normalize in fp32 and round once: fp16/bf16 arithmetic on 0..255 would lose precision.
-        return out if self.dtype == torch.float32 else out.to(self.dtype)
+        return out if self.dtype == torch.float32 or not cast else out.to(self.dtype)

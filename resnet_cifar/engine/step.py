@@ -103,7 +103,9 @@ class TrainStep:
         if self.ema is not None:
             self.ema.update_parameters(unwrap_model(self.model))
         self.global_step += 1
-        correct = (logits.detach().argmax(dim=1) == labels).sum()
+        # Soft targets (mixup/cutmix): a hit is the dominant label's; cross-entropy takes them as they are.
+        hard = labels.argmax(dim=1) if labels.ndim == 2 else labels
+        correct = (logits.detach().argmax(dim=1) == hard).sum()
         return StepOutput(loss=loss.detach().float(), correct=correct, loss_value=loss_value)
 
 
@@ -120,7 +122,9 @@ def build_ema(model: nn.Module, decay: float) -> AveragedModel:
 
 
 def build_loss(label_smoothing: float = 0.0) -> nn.CrossEntropyLoss:
-    """Cross-entropy with optional label smoothing (``0 <= label_smoothing < 1``)."""
+    """Cross-entropy with optional label smoothing (``0 <= label_smoothing < 1``), for int64 labels
+    [N] or soft targets [N, C] (mixup/cutmix); with soft targets, smoothing mixes them with the
+    uniform distribution too, so the two compose."""
     # OptimConfig reports a bad --label-smoothing to users; this guards direct library callers.
     if not (math.isfinite(label_smoothing) and 0.0 <= label_smoothing < 1.0):
         raise UsageError(f"label smoothing must be in [0, 1), got {label_smoothing!r}")

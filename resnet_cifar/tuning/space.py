@@ -20,8 +20,8 @@ A space file is TOML or YAML and may write keys dotted or nested by section; the
       lr: {type: float, low: 0.01, high: 1.0, log: true}
 
 The default space (``DEFAULT_SPACE``) varies the learning rate (log scale), batch size, weight decay
-(log scale), optimizer, schedule, the augmentations (crop and flip on or off, cutout size), label
-smoothing and dropout. ``load_space`` checks a file as a whole: unknown keys, settings that cannot
+(log scale), optimizer, schedule, the augmentations (crop and flip on or off, cutout size, the
+per-image policy, the mixup and cutmix alphas), label smoothing and dropout. ``load_space`` checks a file as a whole: unknown keys, settings that cannot
 be searched (paths, the preset, the milestone list), a spec of the wrong kind for its setting (a
 float range for an integer), malformed bounds and choices of the wrong type are a one-line
 UsageError naming the file and the key. ``check_space`` then refuses, before any trial, a bound or
@@ -61,6 +61,10 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "data.crop": {"type": "categorical", "choices": [True, False]},
     "data.flip": {"type": "categorical", "choices": [True, False]},
     "data.cutout": {"type": "categorical", "choices": [0, 8, 16]},
+    "data.augment": {"type": "categorical", "choices": ["none", "autoaugment", "randaugment", "trivialaugment"]},
+    # 0 is off; 1.0 is the alpha mixup and cutmix use on CIFAR-10, 0.2 mixup's milder ImageNet one.
+    "data.mixup": {"type": "categorical", "choices": [0.0, 0.2, 1.0]},
+    "data.cutmix": {"type": "categorical", "choices": [0.0, 1.0]},
     "optim.label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
     "model.dropout": {"type": "float", "low": 0.0, "high": 0.3},
 }
