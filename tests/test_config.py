@@ -151,7 +151,7 @@ def test_every_section_is_valid_with_its_defaults(data_dir: Path) -> None:
         (EarlyStoppingConfig, {"patience": -1}, "--patience must be at least 0"),
         (EarlyStoppingConfig, {"min_delta": -0.01}, "--min-delta must be at least 0, got -0.01"),
         (RunConfig, {"seed": 2**32}, "--seed must be in [0, 2**32), got 4294967296"),
-        (RunConfig, {"preset": "fast"}, "--preset must be one of default, long, smoke, finetune, got 'fast'"),
+        (RunConfig, {"preset": "turbo"}, "--preset must be one of default, fast, long, smoke, finetune, got 'turbo'"),
         # Wrong types name the flag too.
         (OptimConfig, {"lr": "fast"}, "--lr must be a number, got 'fast'"),
         (OptimConfig, {"lr": True}, "--lr must be a number, got True"),
@@ -312,7 +312,7 @@ def test_default_recipe_meets_the_issue_constraints(data_dir: Path) -> None:
 
 
 def test_unknown_preset_lists_the_known_ones(data_dir: Path) -> None:
-    with pytest.raises(UsageError, match="--preset must be one of default, long, smoke, finetune, got 'turbo'"):
+    with pytest.raises(UsageError, match="--preset must be one of default, fast, long, smoke, finetune, got 'turbo'"):
         resolve(data_dir, preset="turbo")
 
 
