@@ -31,7 +31,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, Union
 
-from resnet_cifar.errors import UsageError
+from resnet_cifar.errors import ResnetCifarError, UsageError
 from resnet_cifar.files import atomic_write, one_line
 
 LOADER_KINDS = ("auto", "tensor", "dali")
@@ -780,7 +780,8 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike[str]) -> Path:
     try:
         atomic_write(path, text)
     except OSError as error:
-        raise UsageError(f"{path}: cannot write the config ({error.strerror or error})") from None
+        # A full or read-only disk is a failed run (exit 1), not a bad command line.
+        raise ResnetCifarError(f"{path}: cannot write the config ({error.strerror or error})") from None
     return path
 
 

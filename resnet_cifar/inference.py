@@ -54,7 +54,7 @@ from resnet_cifar.data.split import limit_split
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit
 from resnet_cifar.engine.build import build_model, run_precision
-from resnet_cifar.engine.checkpoint import load_checkpoint
+from resnet_cifar.engine.checkpoint import describe_mismatch, load_checkpoint
 from resnet_cifar.engine.checkpointer import CHECKPOINT_FORMAT
 from resnet_cifar.engine.precision import Precision, select_device
 from resnet_cifar.engine.step import build_loss
@@ -177,23 +177,6 @@ def _checked_pretrained(value: Any, path: Path) -> dict[str, str] | None:
     return {str(key): text for key, text in value.items()}
 
 
-def _weights_mismatch(expected: Mapping[str, Tensor], weights: Mapping[str, Tensor]) -> str:
-    """A one-line summary of how ``weights`` differ from the model's state dict ("" if they fit)."""
-    missing = [key for key in expected if key not in weights]
-    unexpected = [key for key in weights if key not in expected]
-    reshaped = [key for key in expected if key in weights and weights[key].shape != expected[key].shape]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (first {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
-    if reshaped:
-        key = reshaped[0]
-        shapes = f"{tuple(weights[key].shape)} instead of {tuple(expected[key].shape)}"
-        parts.append(f"{len(reshaped)} of another shape (first {key}: {shapes})")
-    return ", ".join(parts)
-
-
 def eval_precision(cfg: PrecisionConfig, device: torch.device) -> Precision:
     """The checkpoint's precision on ``device``: as training decides it (``run_precision``), except
     that an AMP dtype the device cannot run (fp16 on the CPU, bf16 on a GPU without it) falls back
@@ -220,7 +203,7 @@ def load_trained_model(path: Path, *, device: str = "auto") -> TrainedModel:
     model_cfg = config.model
     # Only the architecture: no pretrained source is read, every weight comes from the file.
     model, _ = build_model(config, len(classes), load_weights=False)
-    mismatch = _weights_mismatch(model.state_dict(), weights)
+    mismatch = describe_mismatch(model.state_dict(), weights)
     if mismatch:
         raise DataError(
             f"{path}: the {which} weights do not fit a ResNet-{model_cfg.depth} ({model_cfg.stem} stem, "

@@ -27,7 +27,7 @@ from resnet_cifar.config import (
     resolve_config,
     save_config,
 )
-from resnet_cifar.errors import UsageError
+from resnet_cifar.errors import ResnetCifarError, UsageError
 from resnet_cifar.models import PRETRAINED_FILES
 
 
@@ -605,8 +605,9 @@ def test_a_failed_save_keeps_the_previous_file(data_dir: Path, tmp_path: Path, m
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(UsageError, match=r"config.toml: cannot write the config \(No space left on device\)"):
+    with pytest.raises(ResnetCifarError, match=r"config.toml: cannot write the config \(No space left on device\)") as caught:
         save_config(resolve(data_dir, preset="long"), path)
+    assert not isinstance(caught.value, UsageError)  # a full disk is a failed run (exit 1), not bad usage
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar", "config.toml"]  # no temp file left
 

@@ -128,3 +128,18 @@ def test_no_function_body_over_60_lines_without_a_reason(name: str) -> None:
             if len(span) > LONG_BODY and not any(line.strip().startswith(LONG_REASON) for line in whole):
                 long.append(f"{node.name} ({len(span)} lines)")
     assert long == []
+
+
+def test_no_file_holds_a_merge_conflict_marker() -> None:
+    tracked = [
+        path
+        for pattern in ("*.py", "*.md", "*.toml", "*.sh", ".ci/run")
+        for path in REPO.rglob(pattern)
+        if ".venv" not in path.parts and ".git" not in path.parts
+    ]
+    marked = [
+        str(path.relative_to(REPO))
+        for path in tracked
+        if any(line.startswith(("<<<<<<< ", ">>>>>>> ")) for line in path.read_text(errors="replace").splitlines())
+    ]
+    assert tracked and marked == []

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from resnet_cifar.errors import DataError, ResnetCifarError, UsageError
 from resnet_cifar.files import atomic_write, first_line, weights_only_refusal
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6 is a zip archive
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -45,9 +49,11 @@ def write_checkpoint_bytes(path: Path, data: bytes | memoryview) -> None:
 def load_checkpoint(path: Path, *, require: Iterable[str] = ("model",)) -> dict[str, Any]:
     """Load a checkpoint onto the CPU without executing any code from the file.
 
-    Raises ``UsageError`` when the file is missing, ``DataError`` (one line naming the file) when
-    it is not a checkpoint: truncated, not a torch file, holding arbitrary objects (a pickle that
-    would run code is refused, never run) or lacking one of the ``require`` keys.
+    Raises ``UsageError`` when the file is missing, else ``DataError`` (exit 1, one line naming the
+    file) that says which of these it is: *refused* (a pickle that would import or run code: never
+    run), *truncated or corrupt* (a PyTorch zip cut short or damaged), *not a checkpoint of this
+    project* (random bytes, another kind of zip, a torch file holding something else than a
+    checkpoint dict, a dict without one of the ``require`` keys).
     """
     path = Path(path)
     if not path.is_file():
@@ -55,19 +61,51 @@ def load_checkpoint(path: Path, *, require: Iterable[str] = ("model",)) -> dict[
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a weights_only refusal, a bad zip, a truncated or foreign file, ...
-        refused = weights_only_refusal(error)
-        if refused is not None:
-            what = f"it references {refused}" if refused else "unsupported pickle content"
-            raise DataError(
-                f"{path} holds objects other than tensors and plain values ({what}); refused without running it"
-            ) from error
-        raise DataError(f"{path} is not a readable checkpoint: {first_line(error)}") from error
+        raise DataError(f"{path} {_why_unreadable(path, error)}") from error
     if not isinstance(payload, dict):
         raise DataError(f"{path} is not a checkpoint: it holds a {type(payload).__name__}, not a dict")
     missing = [key for key in require if key not in payload]
     if missing:
         raise DataError(f"{path} is not a checkpoint of this project: missing {', '.join(missing)}")
     return payload
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """What kind of file torch.load(weights_only=True) refused, from the error and the file's bytes."""
+    refused = weights_only_refusal(error)
+    if refused:  # the unpickler met a global it will not import: a pickle that would run code
+        return f"holds objects other than tensors and plain values (it references {refused}); refused without running it"
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head == _ZIP_MAGIC:
+        if not zipfile.is_zipfile(path):
+            return "is truncated or corrupt (a PyTorch zip file without its end): write it again or use another"
+        with zipfile.ZipFile(path) as archive:
+            is_torch = any(name.endswith("/data.pkl") for name in archive.namelist())
+        if not is_torch:
+            return "is not a checkpoint of this project: a zip file, but not a PyTorch one"
+        return f"is truncated or corrupt: {first_line(error)}"
+    if not head:
+        return "is empty: not a checkpoint"
+    # Neither a zip nor a pickle that names a global: random bytes, text, another format.
+    return "is not a checkpoint of this project: not a PyTorch file"
+
+
+def describe_mismatch(expected: Mapping[str, Tensor], weights: Mapping[str, Tensor]) -> str:
+    """How ``weights`` differ from a model's ``expected`` state dict, in one line ("" if they fit)."""
+    missing = [key for key in expected if key not in weights]
+    unexpected = [key for key in weights if key not in expected]
+    reshaped = [key for key in expected if key in weights and weights[key].shape != expected[key].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (first {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
+    if reshaped:
+        key = reshaped[0]
+        shapes = f"{tuple(weights[key].shape)} instead of {tuple(expected[key].shape)}"
+        parts.append(f"{len(reshaped)} of another shape (first {key}: {shapes})")
+    return ", ".join(parts)
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -30,19 +30,34 @@ lets the pinned buffers be reused. ``wait()`` joins the pending write and raises
 any, as the same one-line error a synchronous write gives; the trainer calls it before it
 reports, after a stop request, and on errors, so no run ends with a write still in flight.
 
+A run folder belongs to one process at a time: ``acquire()`` takes an exclusive ``flock`` on
+``OUT/.lock`` (holding the owner's pid) before anything is written, and it is held to the end of
+the run. A second run on the same folder is refused (exit 2) naming the folder and the holder's
+pid; the kernel drops the lock of a process that dies, so a crashed run never blocks the next
+one. The lock file itself stays (removing it would race with a process about to lock it). Taking
+the lock also removes the project's own stale temp files (``.last.pt.*.tmp`` and the like) that a
+killed process left behind.
+
+Every file goes through ``resnet_cifar.files.atomic_write``: a full or read-only disk is a one-line
+error (exit 1) naming the file and the reason, the temp file is removed and the previous file
+stays as it was.
+
 Under torchrun only rank 0 writes; ``keep_checkpoints=False`` writes everything but the .pt files
 (for a caller that wants metrics without checkpoints, e.g. a sweep trial that is never resumed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import math
+import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -52,7 +67,7 @@ import torch
 
 from resnet_cifar.engine.checkpoint import load_checkpoint, write_checkpoint_bytes
 from resnet_cifar.engine.early_stopping import METRIC_MODES, improves
-from resnet_cifar.errors import UsageError
+from resnet_cifar.errors import DataError, ResnetCifarError, UsageError
 from resnet_cifar.evaluation.plots import plot_training_curves
 from resnet_cifar.files import atomic_write
 
@@ -64,6 +79,8 @@ LAST = "last.pt"
 BEST = "best.pt"
 CURVES = "curves.png"
 RESULT = "result.json"
+LOCK = ".lock"
+RUN_FILES = (CONFIG_FILE, METRICS_JSONL, METRICS_CSV, LAST, BEST, CURVES, RESULT)
 # The keys a resume reads; anything else may be absent from an older or a foreign checkpoint.
 RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "history", "classes")
 
@@ -107,6 +124,35 @@ class Checkpointer:
         self._pinned: dict[str, torch.Tensor] = {}  # reused host buffers for CUDA snapshots
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._lock_fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the run folder (see the module notes); a no-op on ranks other than 0."""
+        if not self.is_main or self._lock_fd is not None:
+            return
+        with _reported_write(self.out_dir):
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path(LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UsageError(
+                f"{self.out_dir} is in use by another run (pid {holder}); wait for it to finish or use another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        for name in RUN_FILES:  # what a process killed in the middle of a write left behind
+            for stale in self.out_dir.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Let the folder go (after any pending write)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
 
     def path(self, name: str) -> Path:
         return self.out_dir / name
@@ -123,7 +169,7 @@ class Checkpointer:
         `train --config OUT/config.toml` starts the same run afresh."""
         if not self.is_main:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # save_config reports a failed write itself, as a one-line error of a failed run.
         save_config(replace(cfg, run=replace(cfg.run, resume=None)), self.path(CONFIG_FILE))
 
     def save(self, names: Sequence[str], payload: dict[str, Any], *, stamp_last_record: bool = False) -> float:
@@ -197,26 +243,106 @@ class Checkpointer:
         after the checkpoint a run resumed from never appears twice)."""
         if not self.is_main:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(dict(record)) + "\n" for record in history)
-        atomic_write(self.path(METRICS_JSONL), lines)
+        with _reported_write(self.path(METRICS_JSONL)):
+            atomic_write(self.path(METRICS_JSONL), lines)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(fields))
         writer.writeheader()
         for record in history:
             writer.writerow(dict(record))
-        atomic_write(self.path(METRICS_CSV), buffer.getvalue())
+        with _reported_write(self.path(METRICS_CSV)):
+            atomic_write(self.path(METRICS_CSV), buffer.getvalue())
 
     def write_curves(self, history: Sequence[Mapping[str, Any]]) -> None:
         if history and self.is_main:
-            plot_training_curves(list(history), self.path(CURVES))
+            with _reported_write(self.path(CURVES)):
+                plot_training_curves(list(history), self.path(CURVES))
 
     def write_result(self, summary: Mapping[str, Any]) -> None:
         if not self.is_main:
             return
-        atomic_write(self.path(RESULT), json.dumps(dict(summary), indent=2) + "\n")
+        with _reported_write(self.path(RESULT)):
+            atomic_write(self.path(RESULT), json.dumps(dict(summary), indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def _reported_write(path: Path) -> Iterator[None]:
+    """An OSError while writing a run file (a full or read-only disk, a folder that cannot be
+    made) as the one-line error of a failed run (exit 1)."""
+    try:
+        yield
+    except OSError as error:
+        raise ResnetCifarError(f"could not write {path}: {error.strerror or error}") from None
+
+
+def stored_config(payload: Mapping[str, Any], path: Path) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with; a bad one is bad data in the file (exit 1),
+    not a flag the user typed."""
+    try:
+        return TrainConfig.from_dict(payload["config"])
+    except UsageError as error:
+        raise DataError(f"{path}: its stored config is invalid: {error}") from None
+
+
+# A resume reads these as the loop's position: they must be what the trainer wrote.
+_RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "epoch": int,
+    "batches_done_in_epoch": int,
+    "global_step": int,
+    "history": list,
+    "classes": list,
+}
 
 
 def read_resume_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint to resume from, with the keys a resume needs (one-line errors otherwise)."""
-    return load_checkpoint(path, require=RESUME_KEYS)
+    """A checkpoint to resume from: the keys a resume needs, its position fields of the right
+    types and a valid stored config (one-line DataErrors otherwise)."""
+    payload = load_checkpoint(path, require=RESUME_KEYS)
+    for name, kind in _RESUME_FIELDS.items():
+        value = payload.get(name, 0 if kind is int else [])
+        if isinstance(value, bool) or not isinstance(value, kind) or (kind is int and value < 0):
+            raise DataError(f"{path}: its {name!r} field is malformed ({value!r})")
+    if not all(isinstance(record, Mapping) for record in payload["history"]):
+        raise DataError(f"{path}: its 'history' field is malformed (records must be tables)")
+    stored_config(payload, path)
+    return payload
+
+
+# Settings a resumed run may change: where things are and how fast they run, never what is
+# computed (README, "Resuming a run"). Every other setting must equal the checkpoint's.
+RESUME_MAY_CHANGE = (
+    "data.data_dir",
+    "data.cache_dir",
+    "data.verify",
+    "data.loader",
+    "data.eval_batch_size",
+    "precision.device",
+    "precision.compile",
+    "run.out_dir",
+    "run.resume",
+    "run.checkpoint_every",
+    "run.target_acc",
+    "run.tensorboard",
+)
+
+
+def check_resume_settings(cfg: TrainConfig, saved: TrainConfig, path: Path) -> None:
+    """Refuse (exit 2, naming the flag) a resumed run whose settings differ from the checkpoint's
+    in anything but RESUME_MAY_CHANGE: the optimizer state, the schedule's length and the data's
+    order were built for the saved ones, so a new value would be ignored or break the run."""
+    from resnet_cifar.config import flag_for
+
+    now, then = cfg.to_dict(), saved.to_dict()
+    for section, entries in now.items():
+        for name, value in entries.items():
+            key = f"{section}.{name}"
+            if key not in RESUME_MAY_CHANGE and value != then[section].get(name):
+                raise UsageError(
+                    f"{flag_for(key)} {_plain(value)} differs from the checkpoint's {_plain(then[section].get(name))}: "
+                    f"a resumed run keeps the settings {path} was trained with (start a new run to change it)"
+                )
+
+
+def _plain(value: Any) -> str:
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)

@@ -48,7 +48,16 @@ from resnet_cifar.data import Loaders
 from resnet_cifar.distributed import SINGLE_PROCESS, DistEnv
 from resnet_cifar.engine.build import RunParts, build_run
 from resnet_cifar.engine.checkpoint import capture_rng_state, restore_rng_state
-from resnet_cifar.engine.checkpointer import BEST, LAST, BestTracker, Checkpointer, read_resume_checkpoint
+from resnet_cifar.engine.checkpoint import describe_mismatch
+from resnet_cifar.engine.checkpointer import (
+    BEST,
+    LAST,
+    BestTracker,
+    Checkpointer,
+    check_resume_settings,
+    read_resume_checkpoint,
+    stored_config,
+)
 from resnet_cifar.engine.early_stopping import EarlyStopping
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation import EvalResult, evaluate
@@ -207,11 +216,22 @@ class Trainer:
         self.is_main = distributed.is_main
         self.out_dir = cfg.run.out_dir
         self.checkpointer = checkpointer or Checkpointer(self.out_dir, is_main=distributed.is_main)
+        # The run folder is this process's from here to the end of fit() (or of a failed start).
+        self.checkpointer.acquire()
+        try:
+            self._set_up(cfg, loaders, distributed)
+        except BaseException:
+            self.checkpointer.release()
+            raise
+
+    def _set_up(self, cfg: TrainConfig, loaders: Loaders | None, distributed: DistEnv) -> None:
         resume = cfg.run.resume
         if resume is None:
             self.checkpointer.check_new_run()
         checkpoint = read_resume_checkpoint(resume) if resume else None
         if checkpoint is not None:
+            # Before any data or model is built: a refused resume costs nothing and changes nothing.
+            check_resume_settings(cfg, stored_config(checkpoint, resume), resume)
             saved_world = int(checkpoint.get("world_size", 1))
             if saved_world != distributed.world_size:
                 # Steps per epoch, the schedule's length and the data shards all depend on it.
@@ -294,6 +314,13 @@ class Trainer:
         """The weights, optimizer, schedule, scaler, EMA, best/early-stopping progress, RNG states
         and step count of ``checkpoint``."""
         parts = self.parts
+        mismatch = describe_mismatch(parts.module.state_dict(), checkpoint["model"])
+        if mismatch:
+            saved = checkpoint["config"].get("model", {}) if isinstance(checkpoint.get("config"), dict) else {}
+            raise DataError(
+                f"{path} does not match this model (expected depth {self.cfg.model.depth}, the checkpoint has "
+                f"depth {saved.get('depth', 'unknown')}; {mismatch})"
+            )
         try:
             parts.module.load_state_dict(checkpoint["model"])
             parts.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -423,6 +450,8 @@ class Trainer:
             with contextlib.suppress(Exception):  # the first error is the one to report
                 self.checkpointer.wait()
             raise
+        finally:
+            self.checkpointer.release()
 
     def _fit(self) -> FitResult:
         cfg = self.cfg

@@ -34,10 +34,12 @@ lowered to warnings while a sweep runs.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -225,19 +227,22 @@ def run_sweep(
         started = time.monotonic()
         ran = 0
         interrupted: str | None = None
-        while stop.signal_name is None and _finished_count(study) < trials:
-            if timeout is not None and time.monotonic() - started >= timeout:
-                break
-            # TPE keeps no state but its random stream (the history is in the storage), so each
-            # trial gets a sampler seeded by the trials before it: reproducible, and a top-up or a
-            # second worker does not replay the random start-up draws of the first.
-            seed = (base.run.seed + len(study.get_trials(deepcopy=False))) % 2**32
-            study.sampler = optuna.samplers.TPESampler(seed=seed)
-            interrupted = _run_trial(study, base, space, trials_dir, emit, stop)
-            ran += 1
-            _write_reports(study, out_dir, best_format)
-            if interrupted is not None:
-                break
+        workers = _WorkerRegistry(out_dir, own_storage=storage is None)
+        workers.join(study)
+        try:
+            while stop.signal_name is None:
+                if timeout is not None and time.monotonic() - started >= timeout:
+                    break
+                trial = workers.ask_if_room(study, trials, base.run.seed)
+                if trial is None:
+                    break
+                interrupted = _run_trial(study, trial, base, space, trials_dir, emit, stop)
+                ran += 1
+                _write_reports(study, out_dir, best_format)
+                if interrupted is not None:
+                    break
+        finally:
+            workers.leave()
         if stop.signal_name is not None:
             interrupted = stop.signal_name
         summaries, best_path, trials_csv = _write_reports(study, out_dir, best_format)
@@ -318,17 +323,108 @@ def _finished_count(study: Any) -> int:
     from optuna.trial import TrialState
 
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-    return sum(not trial.user_attrs.get("interrupted", False) for trial in finished)
+    orphaned = set(study.user_attrs.get(ORPHANED_ATTR, []))
+    return sum(not trial.user_attrs.get("interrupted", False) and trial.number not in orphaned for trial in finished)
+
+
+class _WorkerRegistry:
+    """Keeps several workers on one sweep folder at exactly --trials trials.
+
+    Each worker holds a shared flock on ``.workers.lock`` while it runs, and counting the trials
+    and asking for a new one happen together under an exclusive flock on ``.ask.lock``, so two
+    workers never both take the last free place. Running trials count towards --trials. A trial
+    left RUNNING by a killed worker would count forever: a worker that finds no other worker alive
+    (its exclusive try on ``.workers.lock`` succeeds) marks such trials failed and interrupted,
+    so the top-up replaces them. That check sees only workers on this machine's folder, so it is
+    skipped for a shared ``--storage`` (other machines' workers may be running those trials).
+    """
+
+    def __init__(self, out_dir: Path, *, own_storage: bool) -> None:
+        self.out_dir = out_dir
+        self.own_storage = own_storage
+        self._presence: int | None = None
+
+    def join(self, study: Any) -> None:
+        import fcntl
+
+        self._presence = os.open(self.out_dir / ".workers.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        with self._asking():
+            try:
+                fcntl.flock(self._presence, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            except BlockingIOError:
+                alone = False
+            if alone and self.own_storage:
+                _fail_orphaned_trials(study)
+            fcntl.flock(self._presence, fcntl.LOCK_SH)  # present, with the others
+
+    def leave(self) -> None:
+        if self._presence is not None:
+            os.close(self._presence)
+            self._presence = None
+
+    def ask_if_room(self, study: Any, trials: int, seed: int) -> Any:
+        """A new trial, or None once finished and running trials reach ``trials``."""
+        import optuna
+
+        with self._asking():
+            if _counted(study) >= trials:
+                return None
+            # TPE keeps no state but its random stream (the history is in the storage), so each
+            # trial gets a sampler seeded by the trials before it: reproducible, and a top-up or a
+            # second worker does not replay the random start-up draws of the first.
+            study.sampler = optuna.samplers.TPESampler(seed=(seed + len(study.get_trials(deepcopy=False))) % 2**32)
+            return study.ask()
+
+    @contextlib.contextmanager
+    def _asking(self) -> Iterator[None]:
+        import fcntl
+
+        fd = os.open(self.out_dir / ".ask.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _counted(study: Any) -> int:
+    """Trials that count towards --trials: finished ones (see _finished_count) and running ones."""
+    from optuna.trial import TrialState
+
+    return _finished_count(study) + len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+# The study's user attribute listing the trials a killed worker left running (see _WorkerRegistry).
+ORPHANED_ATTR = "orphaned_trials"
+
+
+def _fail_orphaned_trials(study: Any) -> None:
+    from optuna.trial import TrialState
+
+    orphans = [trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    if not orphans:
+        return
+    # Recorded before they are told failed, so they never count towards --trials, even if this
+    # worker is killed between the two.
+    study.set_user_attr(ORPHANED_ATTR, sorted({*study.user_attrs.get(ORPHANED_ATTR, []), *orphans}))
+    for number in orphans:
+        study.tell(number, state=TrialState.FAIL)
 
 
 def _run_trial(
-    study: Any, base: TrainConfig, space: SearchSpace, trials_dir: Path, emit: SweepEventHandler, stop: StopRequest
+    study: Any,
+    trial: Any,
+    base: TrainConfig,
+    space: SearchSpace,
+    trials_dir: Path,
+    emit: SweepEventHandler,
+    stop: StopRequest,
 ) -> str | None:
-    """Ask for one trial, train it, tell its outcome; returns the signal name if one interrupted it."""
+    """Train one asked trial and tell its outcome; returns the signal name if one interrupted it."""
     import torch
     from optuna.trial import TrialState
 
-    trial = study.ask()
     folder = trials_dir / str(trial.number)
     trial.set_user_attr("out_dir", str(folder))
     params: dict[str, Any] = {}

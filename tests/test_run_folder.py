@@ -1,0 +1,309 @@
+"""Nothing lost, nothing misrecorded: one process per run folder, resume rules, full disks, damaged
+checkpoints, sweep workers at exactly --trials, and error messages that name real flags."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnet_cifar.engine.checkpointer import Checkpointer
+from resnet_cifar.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = [
+    "--depth", "18", "--stem", "imagenet", "--device", "cpu", "--batch-size", "32", "--limit-train", "128",
+    "--limit-val", "64", "--limit-test", "64",
+]  # fmt: skip
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "resnet_cifar.cli", *args]
+
+
+def run(args: list[str], cache: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RESNET_CIFAR_CACHE": str(cache)}
+    return subprocess.run(cli(*args), capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def one_line(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """Every record in the run folder (the .lock file holds only the latest holder's pid)."""
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name != ".lock"
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(real_data_root: Path, decoded_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    result = run(["train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out)], decoded_cache_dir)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+# --- one process per run folder -----------------------------------------------------------------
+
+
+def test_two_train_processes_on_one_folder_exactly_one_runs(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
+    args = ["train", *SMALL, "--epochs", "3", "--data-dir", str(real_data_root), "--out", str(out), "--json"]
+    first = subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not ((out / ".lock").exists() and (out / ".lock").read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (out / ".lock").read_text().strip() == str(first.pid)
+    second = run(args, decoded_cache_dir)
+    one_line(second, 2, str(out), f"pid {first.pid}", "in use by another run")
+    stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["epochs_run"] == 3 and summary["checkpoint"] == str(out / "last.pt")
+    assert json.loads((out / "result.json").read_text()) == summary  # the one run's own record
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def test_a_dead_holders_lock_does_not_block_and_a_live_one_does(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    hold = (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(folder / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('held', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with pytest.raises(UsageError, match=rf"in use by another run \(pid {holder.pid}\)"):
+        Checkpointer(folder).acquire()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    checkpointer = Checkpointer(folder)
+    checkpointer.acquire()  # the kernel dropped the dead process's lock
+    assert (folder / ".lock").read_text().strip() == str(os.getpid())
+    checkpointer.release()
+
+
+def test_taking_the_lock_removes_the_projects_stale_temp_files(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    stale = [folder / ".last.pt.k3j2.tmp", folder / ".metrics.jsonl.x1.tmp", folder / ".config.toml.ab.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a write")
+    mine = folder / ".my-notes.tmp"  # not the project's: left alone
+    mine.write_text("keep")
+    checkpointer = Checkpointer(folder)
+    checkpointer.acquire()
+    checkpointer.release()
+    assert not any(path.exists() for path in stale) and mine.exists()
+
+
+# --- resume rules --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "flag"),
+    [(["--epochs", "4"], "--epochs 4"), (["--lr", "0.9"], "--lr 0.9"), (["--depth", "50"], "--depth 50")],
+)
+def test_a_refused_resume_exits_2_naming_the_flag_and_changes_no_file(
+    finished_run: Path, decoded_cache_dir: Path, flags: list[str], flag: str
+) -> None:
+    before = digests(finished_run)
+    result = run(["train", "--resume", str(finished_run / "last.pt"), *flags], decoded_cache_dir)
+    one_line(result, 2, flag, "differs from the checkpoint's", "start a new run")
+    assert digests(finished_run) == before
+
+
+def test_a_resume_may_change_where_and_how_fast(finished_run: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "moved"
+    result = run(
+        ["train", "--resume", str(finished_run / "last.pt"), "--out", str(out), "--device", "cpu",
+         "--eval-batch-size", "16", "--checkpoint-every", "2", "--json"],
+        decoded_cache_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["epochs_run"] == 2 and summary["test_acc"] is not None  # nothing left to train: tested again
+    assert (out / "config.toml").read_text().count("eval_batch_size = 16") == 1
+
+
+# --- full disks ----------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path):
+    """A real 200 MB tmpfs: room for one epoch's last.pt and best.pt of a ResNet-18 (about 90 MB
+    each with the optimizer state), not for a third file."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_last_good_file(
+    real_data_root: Path, decoded_cache_dir: Path, small_disk: Path
+) -> None:
+    out = small_disk / "run"
+    result = run(
+        ["train", *SMALL, "--stem", "cifar", "--epochs", "3", "--data-dir", str(real_data_root), "--out", str(out)],
+        decoded_cache_dir,
+    )
+    one_line(result, 1, "could not write checkpoint", "No space left on device")
+    assert "Traceback" not in result.stderr
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1  # the previous good checkpoint
+    assert not list(out.glob(".*.tmp"))
+    assert not (out / "result.json").exists()  # nothing reported for a run that failed
+
+
+# --- damaged checkpoints -------------------------------------------------------------------------
+
+
+def _damaged(finished_run: Path, folder: Path) -> dict[str, Path]:
+    folder.mkdir(exist_ok=True)
+    good = (finished_run / "last.pt").read_bytes()
+    files = {name: folder / f"{name}.pt" for name in ("random", "zip", "state", "truncated", "config", "field", "depth")}
+    files["random"].write_bytes(os.urandom(5000))
+    with zipfile.ZipFile(files["zip"], "w") as archive:
+        archive.writestr("notes.txt", "a zip, not a checkpoint")
+    torch.save({"conv1.weight": torch.zeros(1)}, files["state"])
+    files["truncated"].write_bytes(good[: len(good) // 3])
+    payload = torch.load(finished_run / "last.pt", weights_only=True)
+    torch.save({**payload, "config": {**payload["config"], "optim": {"lr": -1.0}}}, files["config"])
+    torch.save({**payload, "epoch": "two"}, files["field"])
+    model = {key: value for key, value in payload["model"].items() if not key.startswith("layer4")}
+    torch.save({**payload, "model": model}, files["depth"])
+    return files
+
+
+@pytest.mark.parametrize(
+    ("kind", "needle"),
+    [
+        ("random", "is not a checkpoint of this project: not a PyTorch file"),
+        ("zip", "is not a checkpoint of this project: a zip file, but not a PyTorch one"),
+        ("state", "is not a checkpoint of this project: missing"),
+        ("truncated", "is truncated or corrupt"),
+        ("config", "its stored config is invalid: --lr must be positive"),
+        ("field", "its 'epoch' field is malformed"),
+        ("depth", "does not match this model (expected depth 18, the checkpoint has depth 18;"),
+    ],
+)
+def test_each_kind_of_damaged_checkpoint_is_told_apart_on_resume(
+    finished_run: Path, decoded_cache_dir: Path, tmp_path: Path, kind: str, needle: str
+) -> None:
+    path = _damaged(finished_run, tmp_path / "damaged")[kind]
+    result = run(["train", "--resume", str(path), "--out", str(tmp_path / "out")], decoded_cache_dir)
+    one_line(result, 1, str(path), needle)
+    assert not (tmp_path / "out" / "config.toml").exists()
+
+
+def test_a_hostile_checkpoint_is_refused_unread(tmp_path: Path, decoded_cache_dir: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):  # runs `touch marker` if anything ever unpickles it
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "hostile.pt"
+    torch.save({"model": Exploit(), "config": {}}, path)
+    result = run(["train", "--resume", str(path)], decoded_cache_dir)
+    one_line(result, 1, "refused without running it", "posix.system")
+    assert not marker.exists()
+
+
+# --- sweeps --------------------------------------------------------------------------------------
+
+
+def test_two_sweep_workers_stop_at_exactly_the_trials_asked_for(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+) -> None:
+    space = tmp_path / "space.toml"
+    space.write_text('["optim.lr"]\ntype = "float"\nlow = 0.01\nhigh = 0.1\nlog = true\n')
+    out = tmp_path / "sweep"
+    args = [
+        "sweep", "--trials", "3", "--preset", "smoke", "--depth", "18", "--stem", "imagenet", "--device", "cpu",
+        "--schedule", "constant",
+        "--batch-size", "16", "--limit-train", "32", "--limit-val", "32", "--limit-test", "32", "--epochs", "1",
+        "--data-dir", str(real_data_root), "--space", str(space), "--out", str(out), "--json",
+    ]  # fmt: skip
+    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
+    workers = [subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)]
+    time.sleep(1.0)  # the second starts while the first is setting up
+    workers.append(subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outputs = [worker.communicate(timeout=900) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], [err for _, err in outputs]
+    final = json.loads(outputs[0][0]) if len(json.loads(outputs[0][0])["trials"]) == 3 else json.loads(outputs[1][0])
+    assert [trial["state"] for trial in final["trials"]] == ["COMPLETE"] * 3
+    assert sum(json.loads(out_text)["ran"] for out_text, _ in outputs) == 3
+    assert sorted(path.name for path in (out / "trials").iterdir()) == ["0", "1", "2"]
+
+
+# --- error messages name real flags --------------------------------------------------------------
+
+
+def _all_cli_flags() -> set[str]:
+    import typer.main
+
+    from resnet_cifar.cli.main import app
+
+    group = typer.main.get_command(app)
+    flags = {"--help"}
+    for command in group.commands.values():  # type: ignore[attr-defined]
+        for param in command.params:
+            for name in (*param.opts, *param.secondary_opts):
+                flags.add(name)
+    return flags
+
+
+# Flags of other programs that messages quote on purpose (torchrun, pip).
+OTHER_PROGRAMS = {"--nproc_per_node", "--no-python", "--standalone", "--no-index", "--no-deps"}
+# How cli/options.py builds a bool field's "--x/--no-x" pair.
+OTHER_PROGRAMS |= {"--no"}
+
+
+def test_every_flag_a_message_names_exists() -> None:
+    flags = _all_cli_flags()
+    named: dict[str, str] = {}
+    for path in [*REPO.glob("resnet_cifar/**/*.py"), *REPO.glob("cli/*.py")]:
+        tree = ast.parse(path.read_text())
+        # Docstrings may quote other tools' flags (timm's --lr-base-size); messages may not.
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node) is not None
+        }
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in docstrings:
+                continue
+            if ":root" in node.value or "var(--" in node.value:  # the report's CSS custom properties
+                continue
+            for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]", node.value):
+                named.setdefault(flag, str(path.relative_to(REPO)))
+    missing = {flag: where for flag, where in named.items() if flag not in flags | OTHER_PROGRAMS}
+    assert missing == {}
