@@ -69,8 +69,8 @@ def download(
     with reported_errors(out):
         if data_dir is not None and not data_dir.is_dir():
             raise UsageError(f"{data_dir}: no such folder")
+        # download_cifar10 creates the folder, and reports one that cannot be created as one line.
         target = data_dir if data_dir is not None else default_data_dir(os.environ)
-        target.mkdir(parents=True, exist_ok=True)
         with download_progress(out) as on_progress:
             extracted = download_cifar10(target, url=url or CIFAR10_URL, on_progress=on_progress)
     if json_output:

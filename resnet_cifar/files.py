@@ -7,6 +7,7 @@ so any module (and the CLI) can use it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
@@ -72,7 +73,7 @@ def atomic_write(path: Path, content: Content, *, fsync_folder: bool = False, mo
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
-        raise UnwritableFolder(error.errno, error.strerror or str(error), error.filename) from error
+        raise _as_folder_error(error) from error
     temp_path = Path(temp_name)
     try:
         with os.fdopen(handle, "wb") as out:
@@ -89,6 +90,18 @@ def atomic_write(path: Path, content: Content, *, fsync_folder: bool = False, mo
         raise
     if fsync_folder:
         _fsync_folder(path.parent)
+
+
+# Errors of the disk rather than of the folder: the same folder works again once there is room.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def _as_folder_error(error: OSError) -> OSError:
+    """``error`` (creating a folder or a temp file in it) as UnwritableFolder, unless the disk
+    itself failed (full, over quota, I/O error): that stays a plain OSError, as a failed write."""
+    if error.errno in _DISK_ERRNOS:
+        return error
+    return UnwritableFolder(error.errno, error.strerror or str(error), error.filename)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -148,16 +161,31 @@ def download_verified(
     error, naming what it expected) to refuse it. The temp file is removed on any failure,
     KeyboardInterrupt included, so a failed or interrupted download leaves nothing behind.
     ``on_progress(bytes_done, total_or_None)`` is called once before the first chunk and after
-    each, bytes_done never decreasing. Network failures raise DownloadError; a file that cannot be
-    written, DataError. The caller checks the URL's scheme.
+    each, bytes_done never decreasing. Network failures raise DownloadError; a folder where the
+    temp file cannot be created (read-only, no permission), UnwritableFolder; a write that fails
+    (a full disk), DataError naming ``dest`` and the reason. The caller checks the URL's scheme.
     """
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        descriptor, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as error:
+        folder_error = _as_folder_error(error)
+        if not isinstance(folder_error, UnwritableFolder):
+            raise DataError(f"{dest}: cannot write the download ({error.strerror or error})") from None
+        raise folder_error from error
     temp_path = Path(temp_name)
     try:
-        with os.fdopen(descriptor, "wb") as out:
-            actual = _stream(url, out, temp_path, algorithm, on_progress, timeout, chunk_size)
+        try:
+            with os.fdopen(descriptor, "wb") as out:
+                actual = _stream(url, out, algorithm, on_progress, timeout, chunk_size)
+        except OSError as error:
+            # The write, or the flush when the file is closed: ENOSPC, EDQUOT, EIO. DownloadError
+            # (the network) is no OSError, so only the local disk is reported here.
+            raise DataError(f"{dest}: cannot write the download ({error.strerror or error})") from None
         verify(actual)
-        os.replace(temp_path, dest)
+        try:
+            os.replace(temp_path, dest)
+        except OSError as error:
+            raise DataError(f"{dest}: cannot put the download in place ({error.strerror or error})") from None
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
@@ -166,7 +194,6 @@ def download_verified(
 def _stream(
     url: str,
     out: IO[bytes],
-    out_path: Path,
     algorithm: str,
     on_progress: ProgressCallback | None,
     timeout: float,
@@ -194,10 +221,7 @@ def _stream(
                 raise DownloadError(url, _describe(error, timeout), received=done) from None
             if not chunk:
                 break
-            try:
-                out.write(chunk)
-            except OSError as error:
-                raise DataError(f"{out_path}: cannot write the download ({error.strerror})") from None
+            out.write(chunk)  # an OSError here is the disk's: download_verified reports it
             digest.update(chunk)
             done += len(chunk)
             if on_progress is not None:

@@ -39,6 +39,8 @@ Choices, and why:
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -405,7 +407,17 @@ def read_image_file(path: Path) -> np.ndarray:
     if not path.is_file():
         raise UsageError(f"{path}: not a file")
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings():
+            # Pillow only warns (on stderr) between MAX_IMAGE_PIXELS and twice that, then decodes
+            # gigabytes anyway: made an error, so both sizes are one refusal line below.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise DataError(f"{path}: {_bomb_refusal(error, Image.MAX_IMAGE_PIXELS)}") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DataError(f"{path}: not a readable image ({first_line(error)})") from None
+    try:
+        with opened:
             image = ImageOps.exif_transpose(opened)
             image.load()  # decode now, inside the try: Image.open only reads the header
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -419,6 +431,14 @@ def read_image_file(path: Path) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: not a readable image ({first_line(error)})") from None
     return np.array(resized, dtype=np.uint8).reshape(IMAGE_SHAPE)
+
+
+def _bomb_refusal(error: Exception, limit: int | None) -> str:
+    """Why an image over Pillow's pixel limit is refused, with its size from Pillow's message."""
+    size = re.search(r"\((\d+) pixels\)", str(error))
+    stated = f"{int(size.group(1)):,} pixels" if size else "its size"
+    limit_text = f"{limit or 0:,}"
+    return f"refusing to decode: {stated} is over Pillow's limit of {limit_text} pixels (a possible decompression bomb)"
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,13 @@ and every failure is a one-line DataError or UsageError.
 
 Which error for what (the CLI turns them into exit codes):
 - UsageError (exit 2): the request itself cannot be served and retrying will not help: a
-  data folder the user named does not exist, a URL that is not http(s), no data and the
-  download switched off.
+  data folder the user named does not exist or cannot be written into (read-only, no
+  permission), a URL that is not http(s), no data and the download switched off.
 - DataError (exit 1): the request was fine but the data could not be obtained or is not
   trustworthy: a network failure (unreachable host, timeout, HTTP 404), a short or corrupt
-  download, an md5 mismatch, a hostile archive. The network cases are not the user's
-  usage mistake (the URL is normally the built-in one), so they are "the run failed",
-  which is what exit 1 means.
+  download, an md5 mismatch, a hostile archive, a disk that fills up while writing. The
+  network cases are not the user's usage mistake (the URL is normally the built-in one), so
+  they are "the run failed", which is what exit 1 means.
 
 Nothing half-written is ever left behind: the archive is streamed into a hidden temp file and
 renamed into place only after its md5 checks out, and extraction happens in a hidden temp
@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from resnet_cifar.errors import DataError, UsageError
-from resnet_cifar.files import ProgressCallback, download_verified, file_digest, user_cache_dir
+from resnet_cifar.files import ProgressCallback, UnwritableFolder, download_verified, file_digest, user_cache_dir
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -127,9 +127,19 @@ def download_cifar10(
             if actual_md5 != expected_md5:
                 raise DataError(f"{url}: md5 mismatch for {archive.name}: expected {expected_md5}, got {actual_md5}")
 
-        download_verified(
-            url, archive, algorithm="md5", verify=verify, on_progress=on_progress, timeout=timeout, chunk_size=CHUNK_SIZE
-        )
+        try:
+            download_verified(
+                url,
+                archive,
+                algorithm="md5",
+                verify=verify,
+                on_progress=on_progress,
+                timeout=timeout,
+                chunk_size=CHUNK_SIZE,
+            )
+        except UnwritableFolder as exc:
+            # A folder nothing can be written into (read-only, no permission) is the user's to fix.
+            raise UsageError(f"{dest_dir}: cannot write into the data folder ({exc.strerror})") from None
     safe_extract(archive, dest_dir)
     batches_dir = dest_dir / BATCHES_DIR_NAME
     if not batches_dir.is_dir():

@@ -8,9 +8,11 @@ Every reader checks what it reads and reports a problem as one DataError line na
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -322,30 +324,90 @@ def is_image_file_name(name: str) -> bool:
     return name.lower().endswith(_IMAGE_SUFFIX_TUPLE) and not name.startswith(".")
 
 
+def _special_kind(mode: int) -> str:
+    """What a non-regular file is, in words, for the refusal message."""
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "of an unknown kind")
+
+
+def _unreadable(entry: os.DirEntry[str], error: OSError) -> DataError:
+    """The one-line error for an entry whose target cannot be stat-ed."""
+    if error.errno == errno.ELOOP:
+        return DataError(f"{entry.path}: symbolic link loop")
+    if error.errno == errno.ENOENT and entry.is_symlink():
+        try:
+            target = os.readlink(entry.path)
+        except OSError:
+            target = "?"
+        return DataError(f"{entry.path}: dangling symbolic link (to {target!r})")
+    return DataError(f"{entry.path}: cannot read ({error.strerror or error})")
+
+
+def _checked_image_entry(entry: os.DirEntry[str]) -> os.DirEntry[str]:
+    """``entry`` when it is (a link to) a regular file; else a DataError naming it.
+
+    Only regular files are read as images: opening a FIFO named x.jpg would block forever, and a
+    device could be read without end. The stat (following links) is DirEntry's, cached, so the
+    decoded cache's fingerprint reuses it and sees the same refusals as a load without the cache.
+    """
+    try:
+        mode = entry.stat().st_mode
+    except OSError as error:
+        raise _unreadable(entry, error) from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{entry.path}: not a regular file ({_special_kind(mode)}); refusing to read it as an image")
+    return entry
+
+
+def _is_class_folder(entry: os.DirEntry[str]) -> bool:
+    """A visible folder (or a link to one). A broken link is an error, not a silently missing class."""
+    if entry.name.startswith("."):
+        return False  # hidden folders (.ipynb_checkpoints, .DS_Store-like debris) are not classes
+    try:
+        return entry.is_dir()
+    except OSError as error:  # ELOOP, EACCES: is_dir() swallows only ENOENT
+        raise _unreadable(entry, error) from None
+
+
+def _listed(folder: str) -> list[os.DirEntry[str]]:
+    """The entries of ``folder``; a folder that cannot be listed is a DataError naming it."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as error:
+        raise DataError(f"{folder}: cannot read the folder ({error.strerror or error})") from None
+
+
 def scan_image_folder_split(split_dir: Path) -> tuple[tuple[str, ...], list[list[os.DirEntry[str]]]]:
     """Class names (sorted folder names) and, per class, its image files sorted by name.
 
-    Hidden entries (names starting with ".") are skipped, both as classes and as images.
+    Hidden entries (names starting with ".") are skipped, both as classes and as images. Every
+    image entry must be a regular file (or a link to one): a dangling link, a link loop, a FIFO,
+    socket or device, or a folder that cannot be listed is a DataError naming it.
     os.scandir rather than pathlib: the decoded cache fingerprints 60,000 files with this on
     every load, and DirEntry objects are several times cheaper than Path objects.
     """
     if not split_dir.is_dir():
         raise UsageError(f"{split_dir}: no such folder")
-    with os.scandir(split_dir) as entries:
-        # Hidden folders (.ipynb_checkpoints, .DS_Store-like debris) are not classes.
-        class_dirs = sorted(
-            (entry for entry in entries if entry.is_dir() and not entry.name.startswith(".")),
-            key=lambda entry: entry.name,
-        )
+    class_dirs = sorted(
+        (entry for entry in _listed(str(split_dir)) if _is_class_folder(entry)), key=lambda entry: entry.name
+    )
     if not class_dirs:
         raise DataError(f"{split_dir}: no class folders")
     per_class: list[list[os.DirEntry[str]]] = []
     for class_dir in class_dirs:
-        with os.scandir(class_dir.path) as entries:
-            files = sorted((entry for entry in entries if is_image_file_name(entry.name)), key=lambda entry: entry.name)
+        images = (entry for entry in _listed(class_dir.path) if is_image_file_name(entry.name))
+        files = sorted(images, key=lambda entry: entry.name)
         if not files:
             raise DataError(f"{class_dir.path}: class folder holds no PNG or JPEG images")
-        per_class.append(files)
+        # In name order, so the first bad file reported is the same on every run.
+        per_class.append([_checked_image_entry(entry) for entry in files])
     return tuple(entry.name for entry in class_dirs), per_class
 
 

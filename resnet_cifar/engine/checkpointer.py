@@ -38,9 +38,10 @@ one. The lock file itself stays (removing it would race with a process about to 
 the lock also removes the project's own stale temp files (``.last.pt.*.tmp`` and the like) that a
 killed process left behind.
 
-Every file goes through ``resnet_cifar.files.atomic_write``: a full or read-only disk is a one-line
-error (exit 1) naming the file and the reason, the temp file is removed and the previous file
-stays as it was.
+Every file goes through ``resnet_cifar.files.atomic_write``: a disk that fills up (or fails)
+while writing is a one-line error (exit 1) naming the file and the reason, the temp file is
+removed and the previous file stays as it was; a run folder that cannot be written into at all
+is refused when the lock is taken (exit 2), before anything else.
 
 Under torchrun only rank 0 writes; ``keep_checkpoints=False`` writes everything but the .pt files
 (for a caller that wants metrics without checkpoints, e.g. a sweep trial that is never resumed).
@@ -130,9 +131,11 @@ class Checkpointer:
         """Take the run folder (see the module notes); a no-op on ranks other than 0."""
         if not self.is_main or self._lock_fd is not None:
             return
-        with _reported_write(self.out_dir):
+        try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path(LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:  # a folder the user named that cannot be written into: bad input
+            raise UsageError(f"{self.out_dir}: cannot write into the run folder ({error.strerror or error})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

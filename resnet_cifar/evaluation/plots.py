@@ -24,7 +24,7 @@ import numpy as np
 from torch import Tensor
 
 from resnet_cifar import files
-from resnet_cifar.errors import UsageError
+from resnet_cifar.errors import DataError, UsageError
 
 __all__ = [
     "atomic_write",
@@ -42,12 +42,20 @@ def atomic_write(path: Path, content: files.Content) -> None:
     """``files.atomic_write`` for an output file: bytes, text, or a callback that writes into the
     binary temp file. The parent folder is created if needed; on any error the temp file is
     removed and the previous content of ``path`` (if any) is left untouched.
+
+    Raises UsageError (exit 2) when the folder cannot be created or written into (read-only,
+    no permission, a file in the way), DataError (exit 1) naming ``path`` when the write itself
+    fails (a full disk, a quota, an I/O error).
     """
     try:
         files.atomic_write(Path(path), content)
     except files.UnwritableFolder as error:
         # An output folder that cannot be written is the user's to fix (exit 2), not a failed run.
         raise UsageError(f"cannot write into {Path(path).parent}: {error.strerror or error}") from error
+    except OSError as error:
+        # The folder was fine but the disk failed mid-write: the run failed (exit 1), and
+        # files.atomic_write has already removed its temp file and kept the previous file.
+        raise DataError(f"{path}: cannot write ({error.strerror or error})") from error
 
 
 def _as_matrix(matrix: MatrixLike, class_names: Sequence[str]) -> np.ndarray:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from resnet_cifar.errors import DataError, UsageError
-from resnet_cifar.files import DownloadError, download_verified, file_digest, first_line, weights_only_refusal
+from resnet_cifar.files import DownloadError, UnwritableFolder, download_verified, file_digest, first_line, weights_only_refusal
 from resnet_cifar.models.resnet import init_conv_weight
 
 DEFAULT_BASE_URL = "https://download.pytorch.org/models/"
@@ -224,6 +224,8 @@ def download_checked(url: str, *, hub_dir: str | os.PathLike[str] | None = None)
         )
     except DownloadError as error:
         raise DataError(f"could not download {url}: {error.reason}") from error
+    except UnwritableFolder as error:
+        raise UsageError(f"cannot write into the weights cache folder {cache_dir}: {error.strerror}") from error
     return cached
 
 
