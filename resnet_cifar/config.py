@@ -324,8 +324,7 @@ class OptimConfig(_Section):
     optimizer: str = setting("sgd", "sgd, adam or adamw.")
     lr: float | None = setting(
         None,
-        "Peak learning rate, used as given. Left out: --lr-base scaled to the global batch "
-        "(linearly for SGD, by the square root for Adam/AdamW).",
+        "Peak learning rate, used as given; left out, --lr-base scaled to the global batch (SGD linearly, Adam by sqrt).",
         shown="0.4 at batch 512, scaled with the batch",
     )
     lr_base: float = setting(0.4, "Peak learning rate for a global batch of --lr-base-batch-size images.")
@@ -518,7 +517,7 @@ class RunConfig(_Section):
         "finetune (ImageNet weights, 6 epochs at 128 px), smoke (a quick CPU check).",
     )
     checkpoint_every: int = setting(1, "Write last.pt every N epochs (and at the end and on a stop request).")
-    eval_from: int = setting(1, "Validate from epoch N on (earlier epochs train only).")
+    eval_from: int = setting(1, "Validate from epoch N on (earlier epochs train only); the last epoch always validates.")
     target_acc: float | None = setting(None, "Stop once validation accuracy reaches this (e.g. 0.94).", shown="off")
     test_tta: bool = setting(False, "Score the final test pass with flip test-time augmentation.")
     tensorboard: bool = setting(False, "Write TensorBoard event files under OUT/tensorboard/ (rank 0).")
@@ -563,12 +562,6 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, section_class):
                 raise UsageError(f"TrainConfig.{name} must be a {section_class.__name__}, got {type(value).__name__}")
-        if self.run.eval_from > self.optim.epochs:
-            raise ConfigValueError(
-                "run.eval_from",
-                f"--eval-from {self.run.eval_from} is after the last epoch (--epochs {self.optim.epochs}): "
-                "nothing would be validated",
-            )
         # The one setting that spans two sections: a learning rate not given comes from the batch
         # size (one process here; resolve_config scales it for several).
         if self.optim.lr is None:

@@ -18,7 +18,7 @@ from resnet_cifar.config import PRESETS, TrainConfig, resolve_config
 from resnet_cifar.engine.checkpoint import load_checkpoint
 from resnet_cifar.engine.precision import Precision, make_grad_scaler
 from resnet_cifar.engine.step import TrainStep, build_loss
-from resnet_cifar.engine.trainer import StepFinished, StopRequest, Trainer
+from resnet_cifar.engine.trainer import TIMING_FIELDS, StepFinished, StopRequest, Trainer
 from resnet_cifar.errors import UsageError
 
 CPU = torch.device("cpu")
@@ -75,7 +75,7 @@ def small_config(data_root: Path, cache: Path, out: Path, **overrides: Any) -> T
 
 def _without_timing(history) -> list[dict[str, Any]]:
     return [
-        {key: value for key, value in record.to_dict().items() if key not in ("images_per_sec", "epoch_seconds")}
+        {key: value for key, value in record.to_dict().items() if key not in TIMING_FIELDS}
         for record in history
     ]
 

@@ -92,23 +92,39 @@ def test_trainer_on_the_cpu_with_amp_goes_channels_last(
         "precision.device": "cpu",
     }  # fmt: skip
     with_amp = Trainer(resolve_config(overrides={**settings, "precision.amp": True, "run.out_dir": tmp_path / "a"}))
-    assert with_amp.precision.channels_last is True and with_amp.precision.amp_dtype == torch.bfloat16
-    images, _ = next(iter(with_amp.loaders.train))
+    assert with_amp.parts.precision.channels_last is True and with_amp.parts.precision.amp_dtype == torch.bfloat16
+    images, _ = next(iter(with_amp.parts.loaders.train))
     assert images.is_contiguous(memory_format=torch.channels_last)
     fp32 = Trainer(resolve_config(overrides={**settings, "run.out_dir": tmp_path / "b"}))
-    assert fp32.precision.channels_last is False
+    assert fp32.parts.precision.channels_last is False
 
 
-def test_the_warning_filter_drops_only_the_known_message(caplog: pytest.LogCaptureFixture) -> None:
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_the_warning_filter_drops_only_the_known_message() -> None:
     quiet_known_harmless_logs()
     quiet_known_harmless_logs()  # idempotent: one filter, not two
     logger = logging.getLogger("torch.utils.cpp_extension")
+    other = logging.getLogger("torch.other")
     assert len(logger.filters) == 1
-    with caplog.at_level(logging.WARNING, logger="torch.utils.cpp_extension"):
+    # Handlers on the loggers themselves: torch's loggers need not propagate to the root.
+    collected = _Collect()
+    logger.addHandler(collected)
+    other.addHandler(collected)
+    try:
         logger.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
         logger.warning("something else went wrong")
-        logging.getLogger("torch.other").warning("No CUDA runtime is found, but from another logger")
-    messages = [record.getMessage() for record in caplog.records]
-    assert messages == ["something else went wrong", "No CUDA runtime is found, but from another logger"]
+        other.warning("No CUDA runtime is found, but from another logger")
+    finally:
+        logger.removeHandler(collected)
+        other.removeHandler(collected)
+    assert collected.messages == ["something else went wrong", "No CUDA runtime is found, but from another logger"]
     with pytest.warns(UserWarning, match="still shown"):
         warnings.warn("still shown", UserWarning, stacklevel=1)

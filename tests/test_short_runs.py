@@ -37,8 +37,20 @@ def small_config(real_data_root: Path, cache: Path, out: Path, **more: object):
     return dict(SMALL, **{"data.data_dir": real_data_root, "data.cache_dir": cache, "run.out_dir": out}, **more)
 
 
+# finetune needs ResNet-50 and ImageNet weights: tests/test_finetune_recipe.py trains it end to end
+# from a stand-in weights file; here its shape is checked for 1 and 2 epochs without training.
+TRAINED_HERE = sorted(name for name in PRESETS if name != "finetune")
+
+
 @pytest.mark.parametrize("epochs", [1, 2])
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_the_finetune_preset_keeps_its_shape_for_one_and_two_epochs(tmp_path: Path, epochs: int) -> None:
+    cfg = resolve_config(preset="finetune", overrides={"data.data_dir": tmp_path, "optim.epochs": epochs})
+    assert cfg.optim.warmup_epochs == pytest.approx(cfg.optim.warmup_fraction * epochs)
+    assert 0 < cfg.optim.warmup_epochs < epochs
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+@pytest.mark.parametrize("preset", TRAINED_HERE)
 def test_every_preset_trains_one_and_two_epochs(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, preset: str, epochs: int
 ) -> None:
@@ -52,7 +64,7 @@ def test_every_preset_trains_one_and_two_epochs(
     result = trainer.fit()
     assert result.epochs_run == epochs and result.interrupted is None
     assert len(lrs) == 4 * epochs and all(math.isfinite(lr) and lr > 0 for lr in lrs)
-    assert max(lrs) > lrs[0]  # the warm-up (one-cycle's rise or a linear ramp) really rises
+    assert len(set(lrs)) > 1  # the schedule moves at every preset's shape, however short the run
     assert result.test_acc is not None and (tmp_path / "run" / "curves.png").is_file()
 
 
@@ -118,14 +130,15 @@ def test_a_saved_config_replays_the_same_per_step_learning_rates(
 
 
 def _help(command: str) -> str:
-    env = {**os.environ, "COLUMNS": "250", "TERM": "dumb"}
+    env = {**os.environ, "COLUMNS": "400", "TERM": "dumb"}
     result = subprocess.run(cli(command, "--help"), capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 def _flag_line(text: str, flag: str) -> str:
-    return next(line for line in text.splitlines() if re.search(rf"\s{re.escape(flag)}(\s|/)", line))
+    # The flag's own row: its first word after the table's border (help texts mention other flags).
+    return next(line for line in text.splitlines() if line.strip("│ ").split(" ", 1)[0] == flag)
 
 
 @pytest.mark.parametrize("command", ["train", "sweep"])

@@ -18,7 +18,7 @@ import torch
 from resnet_cifar.config import TrainConfig, resolve_config
 from resnet_cifar.engine.checkpoint import load_checkpoint
 from resnet_cifar.engine.step import NonFiniteLossError
-from resnet_cifar.engine.trainer import EpochFinished, EpochRecord, StepFinished, StopRequest, Trainer, train
+from resnet_cifar.engine.trainer import TIMING_FIELDS, EpochFinished, EpochRecord, StepFinished, StopRequest, Trainer, train
 from resnet_cifar.errors import UsageError
 
 
@@ -118,10 +118,6 @@ def _stop_after(stop: StopRequest, *, epoch: int, step: int | None = None):
             stop.request("SIGTERM")
 
     return on_event
-
-
-# Wall-clock measurements, which differ between any two runs.
-TIMING_FIELDS = ("images_per_sec", "epoch_seconds", "eval_seconds", "checkpoint_seconds")
 
 
 def _without_timing(history: tuple[EpochRecord, ...]) -> list[dict[str, float]]:

@@ -80,6 +80,11 @@ METRIC_FIELDS = (
 )
 
 
+# The EpochRecord fields that are wall-clock measurements: they differ between any two runs, even
+# a run and its bit-exact resume.
+TIMING_FIELDS = ("images_per_sec", "epoch_seconds", "eval_seconds", "checkpoint_seconds")
+
+
 # ----------------------------------------------------------------------------- values and events
 
 
@@ -554,7 +559,9 @@ class Trainer:
         self.batches_done, self.partial_epoch = 0, None
         eval_started = time.perf_counter()
         # --eval-from K: the epochs before K train only (no validation: NaN metrics, val_count 0).
-        val = self._evaluate(self.parts.loaders.val) if epoch + 1 >= self.cfg.run.eval_from else None
+        # The last epoch always validates, so every run (any --epochs) has a best epoch.
+        validate = epoch + 1 >= self.cfg.run.eval_from or epoch + 1 == self.cfg.optim.epochs
+        val = self._evaluate(self.parts.loaders.val) if validate else None
         eval_seconds = time.perf_counter() - eval_started if val is not None else 0.0
         return EpochRecord(
             epoch=epoch + 1,

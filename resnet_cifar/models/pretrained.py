@@ -140,7 +140,7 @@ def load_pretrained(
         reinitialized=plan.reinitialized,
         # Hashed again (a cached file was hashed by its check too): a fraction of a second for
         # 100 MB, and it covers local files, which no check hashes.
-        sha256=_sha256_of(path),
+        sha256=file_digest(path, "sha256"),
     )
 
 
@@ -161,7 +161,7 @@ def offline_weights(hub_dir: str | os.PathLike[str] | None = None) -> tuple[Cach
             status = "not cached"
         else:
             try:
-                matches = _sha256_of(path).startswith(_hash_prefix(file_name, file_name))
+                matches = file_digest(path, "sha256").startswith(_hash_prefix(file_name, file_name))
                 status = "ok" if matches else "hash mismatch"
             except OSError:
                 status = "unreadable"
