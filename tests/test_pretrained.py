@@ -380,15 +380,15 @@ def test_a_url_without_a_hash_in_its_name_is_refused(tmp_path: Path) -> None:
         load_pretrained(resnet18(), "http://127.0.0.1:9/resnet-50.pth", hub_dir=tmp_path)
 
 
-def test_the_default_cache_is_the_torch_hub_folder(served: tuple, small_state: dict, tmp_path: Path) -> None:
+def test_the_default_cache_is_the_torch_hub_folder(
+    served: tuple, small_state: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server, root = served
     file = named_with_hash(root, small_state, "resnet18")
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "torch-hub"))
-    try:
-        report = load_pretrained(resnet18(), f"{server.url}/{file.name}")
-    finally:
-        torch.hub.set_dir(previous)
+    # What torch.hub.set_dir sets, restored afterwards to "unset" (set_dir(previous) would pin the
+    # old value, and later tests that set $TORCH_HOME would no longer move the folder).
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch-hub"))
+    report = load_pretrained(resnet18(), f"{server.url}/{file.name}")
     assert report.file == tmp_path / "torch-hub" / "checkpoints" / file.name
 
 
