@@ -206,7 +206,9 @@ def summarize(epochs: list[dict[str, Any]], train_seconds: float | None) -> dict
     }
 
 
-def train_run(args: argparse.Namespace, name: str, root: Path, limit: float, *, epochs: int | None = None) -> dict[str, Any]:
+def train_run(
+    args: argparse.Namespace, name: str, root: Path, limit: float, *, epochs: int | None = None
+) -> dict[str, Any]:
     run_dir = root / name
     command = [*cli_command(), *train_arguments(args, name, run_dir, epochs=epochs)]
     record: dict[str, Any] = {"name": name, "preset": name, "loader": args.loader, "command": command}

@@ -64,7 +64,9 @@ def dry_runs(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path) -> 
     runs = {}
     for part in PARTS:
         out = tmp_path_factory.mktemp(f"gpu-run-{part}")
-        env = script_env(OUT=str(out), RESNET_CIFAR_TEST_DATA=str(real_data_root), GPU_RUN_PART=part, GPU_RUN_KEEP=str(keep))
+        env = script_env(
+            OUT=str(out), RESNET_CIFAR_TEST_DATA=str(real_data_root), GPU_RUN_PART=part, GPU_RUN_KEEP=str(keep)
+        )
         done = run_script("--dry-run", env=env)
         output = f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
         assert done.returncode == 0, f"dry run of part {part} failed (exit {done.returncode}):\n{output}"
@@ -289,7 +291,8 @@ def test_summary_counts_images_from_rate_and_training_time() -> None:
 
 
 def test_default_run_gets_the_epochs_the_budget_allows() -> None:
-    fast = {"epochs": [epoch(2.0), epoch(2.5, eval_seconds=0.4, checkpoint=0.5)], "wall_seconds": 70.0, "train_seconds": 5.0}
+    epochs = [epoch(2.0), epoch(2.5, eval_seconds=0.4, checkpoint=0.5)]
+    fast = {"epochs": epochs, "wall_seconds": 70.0, "train_seconds": 5.0}
     # 65 s of set-up, compilation and test once, the grace period, then 3 s per epoch.
     assert gpu_train.default_epochs(fast, 110.0) == int((110 - 65 - gpu_train.GRACE_SECONDS) / 3.0) == 8
     assert gpu_train.default_epochs(fast, 1000.0) == 30  # never past the preset's own
@@ -383,8 +386,10 @@ def test_goals_missed_and_missing(tmp_path: Path) -> None:
     assert goals["loader_vs_training_rate"] == {**goals["loader_vs_training_rate"], "value": None, "met": None}
     # Never reached: measured, and missed (not "not measured").
     write_gpu_run(tmp_path, rate=22_000, to_target=None, test_acc=0.93, eager=5_000, loader=1.0)
-    assert verdicts(tmp_path)["seconds_to_94_test"] == {**verdicts(tmp_path)["seconds_to_94_test"], "value": None, "met": False}
-    assert gpu_report.report_goals(tmp_path) == 0 and json.loads((tmp_path / "goals.json").read_text())["on_gpu"] is True
+    never = verdicts(tmp_path)["seconds_to_94_test"]
+    assert never["value"] is None and never["met"] is False
+    assert gpu_report.report_goals(tmp_path) == 0
+    assert json.loads((tmp_path / "goals.json").read_text())["on_gpu"] is True
 
 
 def test_goals_read_the_earlier_parts_files(tmp_path: Path) -> None:
