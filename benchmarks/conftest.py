@@ -50,6 +50,7 @@ CPU_GOALS = (
     ),
     ("train_step", None, 2.0, "best train step vs eager fp32"),
     ("inference", ("test_inference_resnet50",), 0.97, "ours vs torchvision, same settings"),
+    ("train_e2e", ("test_train_e2e_cli[amp]",), 2.0, "resnet-cifar train --amp vs plain torchvision fp32 loop, end to end"),
 )
 
 

@@ -1,11 +1,15 @@
 """The GPU run's bookends: check the environment first, judge the goals last (JSON under OUT).
 
     python benchmarks/gpu_report.py env --out OUT [--require-cuda]   # OUT/env.json; exit 3 if a package is missing
-    python benchmarks/gpu_report.py goals --out OUT                  # OUT/goals.json and a table on stdout
+    python benchmarks/gpu_report.py goals --out OUT [--earlier DIR]  # OUT/goals.json and a table on stdout
 
-``goals`` reads what benchmarks/gpu_run.sh left in OUT: train.json (benchmarks/gpu_train.py) and
-bench_<group>.json (pytest-benchmark's --benchmark-json, one file per group). A figure that is
-missing (a phase skipped, failed or cut short) makes its goal "not measured", never "met".
+``goals`` reads what benchmarks/gpu_run.sh left in OUT: train.json and train_dali.json
+(benchmarks/gpu_train.py: the user's `resnet-cifar train` command, timed) and bench_<group>.json
+(pytest-benchmark's --benchmark-json, one file per group). Each part of the GPU run is its own
+device call, and a call's OUT starts empty: a file missing from OUT is read from ``--earlier``
+(where gpu_run.sh keeps every part's files on the warm machine), and goals.json says which file
+came from where. A figure that is missing (a part not run, failed or cut short) makes its goal
+"not measured", never "met".
 """
 
 from __future__ import annotations
@@ -25,15 +29,20 @@ from typing import Any
 # Needed by the run: the library's own dependencies that the trainer and the benchmarks import.
 REQUIRED = ("torch", "numpy", "PIL", "typer", "rich", "matplotlib", "torchvision", "pytest", "pytest_benchmark")
 # Used by parts the run does not touch (config files, safetensors weights) or optional (DALI).
-OPTIONAL = ("yaml", "tomli_w", "safetensors", "nvidia.dali")
+OPTIONAL = ("yaml", "tomli_w", "safetensors", "nvidia.dali", "nvidia.dali.plugin.pytorch")
 BENCH_GROUPS = ("train_step", "loader", "inference")
 
-GOALS = {
-    "end_to_end_images_per_sec": 20_000.0,
-    "end_to_end_vs_eager_fp32": 4.0,
-    "loader_vs_training_rate": 50.0,
-    "test_acc_within_60s": 0.94,
-    "long_preset_test_acc": 0.96,
+TRAIN_FILES = ("train.json", "train_dali.json")
+TARGET_SECONDS = 60.0
+TARGET_ACC = 0.94
+
+# name: (target, "min" (value >= target) or "max" (value <= target)).
+GOALS: dict[str, tuple[float, str]] = {
+    "end_to_end_images_per_sec": (20_000.0, "min"),
+    "end_to_end_vs_eager_fp32": (4.0, "min"),
+    "seconds_to_94_test": (TARGET_SECONDS, "max"),
+    "checkpoint_share_of_epoch": (0.02, "max"),
+    "loader_vs_training_rate": (50.0, "min"),
 }
 
 
@@ -110,37 +119,80 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def bench_rates(out: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """{group: {benchmark name: extra_info}} from every bench_<group>.json present."""
+def find_file(name: str, out: Path, earlier: Path | None) -> Path | None:
+    """OUT's copy of a file, else the earlier call's (another part of the same GPU run)."""
+    for folder in (out, earlier):
+        if folder is not None and (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def bench_rates(documents: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{group: {benchmark name: extra_info}} from the bench_<group>.json documents."""
     rates: dict[str, dict[str, dict[str, Any]]] = {}
     for group in BENCH_GROUPS:
-        document = read_json(out / f"bench_{group}.json")
-        for bench in (document or {}).get("benchmarks", []):
+        for bench in documents.get(f"bench_{group}.json", {}).get("benchmarks", []):
             info = bench.get("extra_info", {})
             if info.get("images_per_sec") is not None:
                 rates.setdefault(bench.get("group") or group, {})[bench["name"]] = info
     return rates
 
 
-def goal(name: str, value: float | None, target: float, note: str, *, on_gpu: bool) -> dict[str, Any]:
-    """One verdict; ``met`` is None when the figure is missing or was not measured on a GPU."""
+def goal(name: str, value: float | None, note: str, *, on_gpu: bool, met: bool | None = None) -> dict[str, Any]:
+    """One verdict against GOALS[name]; ``met`` is None when the figure is missing or was not
+    measured on a GPU. ``met`` given overrides the comparison (a target the run never reached)."""
+    target, direction = GOALS[name]
+    if met is None and value is not None:
+        met = value >= target if direction == "min" else value <= target
     return {
         "goal": name,
         "value": value,
         "target": target,
-        "met": None if value is None or not on_gpu else value >= target,
+        "direction": ">=" if direction == "min" else "<=",
+        "met": met if on_gpu else None,
         "note": note if on_gpu else f"{note}; not a GPU run: a check of the plumbing, not a measurement",
     }
 
 
-def judge(out: Path) -> dict[str, Any]:
-    """The goals of issue 5 from OUT's JSON files: {"on_gpu", "goals": [...], the key figures}."""
-    env = read_json(out / "env.json") or {}
+def training_runs(documents: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every timed command of train.json and train_dali.json, each named by preset and loader."""
+    rows = []
+    for name in TRAIN_FILES:
+        for run in documents.get(name, {}).get("runs", []):
+            summary = run.get("summary") or {}
+            rows.append(
+                {
+                    "file": name,
+                    "run": run.get("name"),
+                    "loader": run.get("loader"),
+                    "status": run.get("status"),
+                    "epochs": summary.get("epochs"),
+                    "images_per_sec_end_to_end": summary.get("images_per_sec_end_to_end"),
+                    "images_per_sec_median_epoch": summary.get("images_per_sec_median_epoch"),
+                    "compile_seconds": run.get("compile_seconds"),
+                    "train_seconds": run.get("train_seconds"),
+                    "reached_target": run.get("reached_target"),
+                    "time_to_target_s": run.get("time_to_target_s"),
+                    "test_acc": run.get("test_acc"),
+                    "checkpoint_share_max": summary.get("checkpoint_share_max"),
+                    "eval_seconds_total": summary.get("eval_seconds_total"),
+                }
+            )
+    return rows
+
+
+def judge(out: Path, earlier: Path | None = None) -> dict[str, Any]:
+    """The goals from the GPU run's JSON files: {"on_gpu", "goals": [...], the key figures}."""
+    names = ["env.json", *TRAIN_FILES, *(f"bench_{group}.json" for group in BENCH_GROUPS)]
+    found = {name: find_file(name, out, earlier) for name in names}
+    documents = {name: read_json(path) or {} for name, path in found.items() if path is not None}
+    env = documents.get("env.json", {})
     on_gpu = bool(env.get("cuda_available"))
-    train = read_json(out / "train.json") or {}
-    summary = train.get("summary") or {}
-    rates = bench_rates(out)
-    end_to_end = summary.get("end_to_end_images_per_sec")
+    runs = training_runs(documents)
+    # The goals are the tensor loader's (the default on a device without DALI); DALI's runs are listed.
+    fast = next((row for row in runs if row["file"] == "train.json" and row["run"] == "fast"), None) or {}
+    end_to_end = fast.get("images_per_sec_end_to_end")
+    rates = bench_rates(documents)
     eager = rates.get("train_step", {}).get("test_train_step_baseline_eager_fp32", {}).get("images_per_sec")
     loaders = {
         name: info["images_per_sec"]
@@ -148,60 +200,60 @@ def judge(out: Path) -> dict[str, Any]:
         if "baseline" not in name and info.get("device") == "cuda"
     }
     best_loader = max(loaders.values()) if loaders else None
-    seconds_to_target = summary.get("seconds_to_target")
-    within = None
-    if summary.get("final_test_acc") is not None:
-        # The best test accuracy reached within 60 s of training, 0 when no epoch ended by then.
-        within = max(
-            (epoch["test_acc"] for epoch in train.get("epochs", []) if epoch["cumulative_train_seconds"] <= 60.0),
-            default=0.0,
-        )
+    tensor_runs = [row for row in runs if row["file"] == "train.json" and row["checkpoint_share_max"] is not None]
+    checkpoint_share = max((row["checkpoint_share_max"] for row in tensor_runs), default=None)
+    # 94% test within 60 s: the fast run reached 94% validation in time_to_target_s of training,
+    # and its final test pass (flip TTA, the fast preset's) scored >= 94% too.
+    to_target, reached, test_acc = fast.get("time_to_target_s"), fast.get("reached_target"), fast.get("test_acc")
+    target_met = None
+    if fast.get("status") == "finished":
+        target_met = bool(reached) and test_acc is not None and test_acc >= TARGET_ACC and to_target <= TARGET_SECONDS
     goals = [
         goal(
             "end_to_end_images_per_sec",
             end_to_end,
-            GOALS["end_to_end_images_per_sec"],
-            "training loop incl. loader, bf16 + channels_last + compile, batch 512 (train.json)",
+            "resnet-cifar train --amp --compile --preset fast, tensor loader: training images over the loop's "
+            "wall time (validation and checkpoints included, compilation before the clock)",
             on_gpu=on_gpu,
         ),
         goal(
             "end_to_end_vs_eager_fp32",
             end_to_end / eager if end_to_end and eager else None,
-            GOALS["end_to_end_vs_eager_fp32"],
-            "train.json end-to-end img/s over bench_train_step.json's eager fp32 step (same call)",
+            "train.json's end-to-end img/s over bench_train_step.json's eager fp32 NCHW step",
+            on_gpu=on_gpu,
+        ),
+        goal(
+            "seconds_to_94_test",
+            to_target,
+            f"fast run: training seconds to 94% validation (reached: {reached}); final test acc {test_acc}",
+            on_gpu=on_gpu,
+            met=target_met,
+        ),
+        goal(
+            "checkpoint_share_of_epoch",
+            checkpoint_share,
+            "the loop blocked by checkpointing, worst epoch of train.json's runs (checkpoint_seconds / epoch_seconds)",
             on_gpu=on_gpu,
         ),
         goal(
             "loader_vs_training_rate",
             best_loader / end_to_end if best_loader and end_to_end else None,
-            GOALS["loader_vs_training_rate"],
-            f"fastest CUDA loader in bench_loader.json ({max(loaders, key=loaders.get) if loaders else '-'})",
-            on_gpu=on_gpu,
-        ),
-        goal(
-            "test_acc_within_60s",
-            within,
-            GOALS["test_acc_within_60s"],
-            f"best test accuracy at <= 60 s of training; first >= 94% after {seconds_to_target} s"
-            if seconds_to_target is not None
-            else "best test accuracy at <= 60 s of training",
-            on_gpu=on_gpu,
-        ),
-        goal(
-            "long_preset_test_acc",
-            summary.get("final_test_acc") if train.get("config", {}).get("run", {}).get("preset") == "long" else None,
-            GOALS["long_preset_test_acc"],
-            "needs a run of its own (--preset long, 200 epochs)",
+            f"fastest CUDA loader in bench_loader.json ({max(loaders, key=loaders.get) if loaders else '-'}) "
+            "over train.json's end-to-end rate",
             on_gpu=on_gpu,
         ),
     ]
     return {
         "on_gpu": on_gpu,
         "device_name": env.get("device_name"),
-        "train_status": train.get("status"),
-        "compile_seconds": train.get("compile_seconds"),
-        "final_test_acc": summary.get("final_test_acc"),
-        "total_train_seconds": summary.get("total_train_seconds"),
+        "files": {name: None if path is None else str(path) for name, path in found.items()},
+        "train_status": documents.get("train.json", {}).get("status"),
+        "sync_debug": {
+            key: value
+            for key, value in documents.get("train.json", {}).get("sync_debug", {}).items()
+            if key in ("status", "warnings", "by_location")
+        },
+        "training_runs": runs,
         "eager_fp32_step_images_per_sec": eager,
         "goals": goals,
         "benchmarks": {
@@ -210,18 +262,33 @@ def judge(out: Path) -> dict[str, Any]:
     }
 
 
-def report_goals(out: Path) -> int:
-    verdicts = judge(out)
+def _number(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def report_goals(out: Path, earlier: Path | None = None) -> int:
+    verdicts = judge(out, earlier)
     (out / "goals.json").write_text(json.dumps(verdicts, indent=2))
-    print(f"training: {verdicts['train_status']}, compile {verdicts['compile_seconds']} s, "
-          f"final test acc {verdicts['final_test_acc']}, {verdicts['total_train_seconds']} s of training")
+    print(f"training: {verdicts['train_status']}; sync probe: {verdicts['sync_debug'].get('status')}, "
+          f"{verdicts['sync_debug'].get('warnings')} warnings")
+    for row in verdicts["training_runs"]:
+        print(
+            f"  {row['file']:<15} {row['run']!s:<8} {row['loader']!s:<6} {row['status']!s:<10} "
+            f"{_number(row['epochs'], 'd'):>3} epochs {_number(row['images_per_sec_end_to_end'], ',.0f'):>9} img/s e2e "
+            f"compile {_number(row['compile_seconds'], '.1f')} s, train {_number(row['train_seconds'], '.1f')} s, "
+            f"94% at {_number(row['time_to_target_s'], '.1f')} s, test {_number(row['test_acc'], '.4f')}, "
+            f"checkpoint <= {_number(row['checkpoint_share_max'], '.2%')} of an epoch"
+        )
     for group, by_name in verdicts["benchmarks"].items():
         for name, rate in sorted(by_name.items(), key=lambda item: -item[1]):
             print(f"  {group:<11} {name:<55} {rate:>12,.1f} img/s")
     for entry in verdicts["goals"]:
         value = "not measured" if entry["value"] is None else f"{entry['value']:,.4g}"
         verdict = {None: "-", True: "met", False: "MISSED"}[entry["met"]]
-        print(f"goal {entry['goal']:<28} {value:>14} (target {entry['target']:,g}): {verdict}  [{entry['note']}]")
+        print(
+            f"goal {entry['goal']:<26} {value:>14} (target {entry['direction']} {entry['target']:,g}): "
+            f"{verdict}  [{entry['note']}]"
+        )
     return 0
 
 
@@ -233,10 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     env.add_argument("--require-cuda", action="store_true")
     goals = commands.add_parser("goals", help="judge the goals from OUT's JSON files; write OUT/goals.json")
     goals.add_argument("--out", type=Path, required=True)
+    goals.add_argument("--earlier", type=Path, help="where the other parts' files are (read when OUT lacks them)")
     args = parser.parse_args(argv)
     if args.command == "env":
         return check_environment(args.out, require_cuda=args.require_cuda)
-    return report_goals(args.out)
+    return report_goals(args.out, args.earlier)
 
 
 if __name__ == "__main__":

@@ -1,31 +1,35 @@
 #!/usr/bin/env bash
-# The GPU run: one prepared command for one device call (at most 9 minutes), every figure as JSON
-# under $OUT. See CONTRIBUTING.md ("GPU checks") for the exact call and docs/performance.md for
-# where the figures go.
+# The GPU run, in parts: each part is one device call of at most 8 minutes (GPU_RUN_BUDGET_S,
+# default 480 s), every figure as JSON under $OUT. See CONTRIBUTING.md ("GPU checks") for the
+# exact calls and docs/performance.md for the method and where the figures go.
 #
-#   bash benchmarks/gpu_run.sh              # on the device machine: needs .device/cifar10-jpeg.tgz and CUDA
-#   bash benchmarks/gpu_run.sh --dry-run    # anywhere (CPU): tiny sizes, same steps, same JSON layout
-#   DRY_RUN=1 bash benchmarks/gpu_run.sh    # the same
+#   GPU_RUN_PART=train bash benchmarks/gpu_run.sh    # on the device machine: needs .device/cifar10-jpeg.tgz and CUDA
+#   GPU_RUN_PART=bench bash benchmarks/gpu_run.sh    # next, on the still-warm machine
+#   GPU_RUN_PART=dali  bash benchmarks/gpu_run.sh    # if time is left and DALI was carried
+#   GPU_RUN_PART=train bash benchmarks/gpu_run.sh --dry-run   # anywhere (CPU): tiny sizes, same steps, same JSON
 #
-# Steps: unpack the carried data -> install the project offline (and any wheels carried in
-# .device/wheels) -> check packages and the GPU (env.json) -> timed from-scratch training with the
-# default recipe, test accuracy every epoch (train.json) -> the benchmark suite on CUDA at batch
-# 512, one pytest run per group (bench_train_step.json, bench_loader.json, bench_inference.json)
-# -> the goals judged from those files (goals.json). Everything printed also lands in run.log.
-# Training runs first: it holds the figures that matter most. Each step has a time limit taken
-# from what is left of GPU_RUN_BUDGET_S, so the command ends inside the device call's limit.
+# Every part: unpack the carried data -> install the project offline (and any wheels carried in
+# .device/wheels) -> check packages and the GPU (env.json) -> its own step -> the goals judged from
+# this call's files and the earlier parts' (goals.json). Everything printed also lands in run.log.
+#   train: benchmarks/gpu_train.py times the user's command, `resnet-cifar train --amp --compile`
+#          with the tensor loader, checkpoints and validation as a user gets them: --preset fast
+#          --target-acc 0.94, the sync probe, then the default preset for what the budget allows
+#          (train.json, sync_warnings.log). The training clock starts after compilation.
+#   bench: the benchmark groups of GPU_RUN_GROUPS (default "train_step loader inference"), one
+#          pytest run each at batch 512 (bench_<group>.json); the fp32 compiled train step is left
+#          out on CUDA (its compilation costs the budget, and the goals compare with eager fp32).
+#   dali:  the fast run again with --loader dali (train_dali.json); skipped without DALI's plugin.
+# Each part copies its files to GPU_RUN_KEEP (default /tmp/resnet-cifar-gpu-run, which a warm
+# machine keeps between calls), where the goals step of a later part finds them.
 #
-# Settings (environment): GPU_RUN_BUDGET_S (default 540), GPU_RUN_EPOCHS (default 30, the
-# default preset's), GPU_RUN_PRESET (default "default"), GPU_RUN_LOADER (auto|tensor|dali; auto =
-# DALI when it imports), GPU_RUN_SKIP_TRAIN=1, GPU_RUN_SKIP_BENCH=1 (training gets the whole
-# budget), GPU_RUN_CHECKPOINT_DIR (write checkpoints there and resume from them: a long run over
-# consecutive calls), RESNET_CIFAR_TEST_DATA (the dry run's data, default
-# ../shared/data/cifar10-jpeg), PYTHON (default python3).
+# Settings (environment): GPU_RUN_PART (required), GPU_RUN_BUDGET_S, GPU_RUN_GROUPS, GPU_RUN_KEEP
+# (the dry run keeps nothing unless it is set), RESNET_CIFAR_TEST_DATA (the dry run's data,
+# default ../shared/data/cifar10-jpeg), PYTHON (default python3).
 # Exit status: 0 when every step succeeded, 1 when a step failed (later steps still ran), 2 for a
 # bad argument or missing input, 3 when a needed package or the GPU is missing.
 set -uo pipefail
 
-usage="usage: bash benchmarks/gpu_run.sh [--dry-run]"
+usage="usage: GPU_RUN_PART=train|bench|dali bash benchmarks/gpu_run.sh [--dry-run]"
 dry=${DRY_RUN:-0}
 for argument in "$@"; do
   case "$argument" in
@@ -42,12 +46,26 @@ esac
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo" || exit 2
 PYTHON=${PYTHON:-python3}
-budget=${GPU_RUN_BUDGET_S:-540}
-epochs=${GPU_RUN_EPOCHS:-30}
-preset=${GPU_RUN_PRESET:-default}
-loader=${GPU_RUN_LOADER:-auto}
-for number in "$budget" "$epochs"; do
-  [[ "$number" =~ ^[1-9][0-9]*$ ]] || { echo "error: GPU_RUN_BUDGET_S and GPU_RUN_EPOCHS must be positive integers, got '$number'" >&2; exit 2; }
+budget=${GPU_RUN_BUDGET_S:-480}
+part=${GPU_RUN_PART:-}
+[[ "$budget" =~ ^[1-9][0-9]*$ ]] || { echo "error: GPU_RUN_BUDGET_S must be a positive integer, got '$budget'" >&2; exit 2; }
+case "$part" in
+  train | bench | dali) ;;
+  *) echo "error: GPU_RUN_PART must be train, bench or dali, got '$part'; $usage" >&2; exit 2 ;;
+esac
+if [ "$dry" = 1 ]; then
+  # Tiny and eager; the loader group needs all 50,000 images and is left out unless asked for.
+  groups_requested=${GPU_RUN_GROUPS:-train_step inference}
+  keep=${GPU_RUN_KEEP:-}
+else
+  groups_requested=${GPU_RUN_GROUPS:-train_step loader inference}
+  keep=${GPU_RUN_KEEP:-/tmp/resnet-cifar-gpu-run}
+fi
+for group in $groups_requested; do
+  case "$group" in
+    train_step | loader | inference) ;;
+    *) echo "error: GPU_RUN_GROUPS takes train_step, loader and inference, got '$group'" >&2; exit 2 ;;
+  esac
 done
 data_tgz=.device/cifar10-jpeg.tgz
 
@@ -90,7 +108,7 @@ run_step() {
 }
 min() { if [ "$1" -lt "$2" ]; then echo "$1"; else echo "$2"; fi; }
 
-log "mode: $([ "$dry" = 1 ] && echo 'dry run (CPU, tiny sizes)' || echo 'GPU run'); OUT=$OUT; budget ${budget}s"
+log "mode: $([ "$dry" = 1 ] && echo 'dry run (CPU, tiny sizes)' || echo 'GPU run'); part $part; OUT=$OUT; budget ${budget}s"
 
 # --- data -----------------------------------------------------------------------------------------
 if [ "$dry" = 1 ]; then
@@ -151,58 +169,66 @@ env_args=(--out "$OUT")
 "$PYTHON" benchmarks/gpu_report.py env "${env_args[@]}" 2>&1 | tee -a "$OUT/run.log"
 env_status=${PIPESTATUS[0]}
 [ "$env_status" -eq 0 ] || { log "environment check failed (exit $env_status)"; exit "$env_status"; }
-dali=0
-"$PYTHON" -c "import nvidia.dali" 2> /dev/null && dali=1
 
-# --- training ---------------------------------------------------------------------------------------
-if [ "${GPU_RUN_SKIP_TRAIN:-0}" != 1 ]; then
-  train_args=(--data-dir "$data_root" --out-json "$OUT/train.json" --preset "$preset" --loader "$loader")
-  if [ "$dry" = 1 ]; then
-    train_args+=(--device cpu --no-compile --epochs 2 --batch-size 16 --eval-batch-size 64 --limit-train 32 --limit-val 20 --warmup-steps 2)
-    train_limit=$(min 120 "$(left)")
-  else
-    train_args+=(--device cuda --epochs "$epochs" --cache-dir /tmp/resnet-cifar-cache)
-    if [ "${GPU_RUN_SKIP_BENCH:-0}" = 1 ]; then
-      train_limit=$(($(left) - 20))
+# --- the part's step ----------------------------------------------------------------------------
+# The user's command writes a decoded-image cache; a warm machine keeps it in /tmp between parts.
+[ "$dry" = 0 ] && export RESNET_CIFAR_CACHE=${RESNET_CIFAR_CACHE:-/tmp/resnet-cifar-cache}
+train_args=(--data-dir "$data_root")
+[ "$dry" = 1 ] && train_args+=(--dry-run --target-acc 0.1)  # tiny data: a target the plumbing can reach
+case "$part" in
+  train)
+    limit=$(($(left) - 20))  # the goals step after it
+    run_step "training (the user's command)" "$limit" "$PYTHON" benchmarks/gpu_train.py "${train_args[@]}" \
+      --budget-s $((limit - 25)) --out-json "$OUT/train.json" --sync-log "$OUT/sync_warnings.log"
+    ;;
+  dali)
+    limit=$(($(left) - 20))
+    run_step "training with DALI (the user's command)" "$limit" "$PYTHON" benchmarks/gpu_train.py "${train_args[@]}" \
+      --budget-s $((limit - 25)) --out-json "$OUT/train_dali.json" --runs fast --loader dali
+    ;;
+  bench)
+    export RESNET_CIFAR_TEST_DATA=$data_root
+    pytest_args=(--benchmark-only -p no:cacheprovider -o addopts= -q)
+    if [ "$dry" = 1 ]; then
+      export RESNET_CIFAR_BENCH_TRAIN_BATCH=2 RESNET_CIFAR_BENCH_INFER_BATCH=2 RESNET_CIFAR_BENCH_ROUNDS=2
+      export RESNET_CIFAR_BENCH_SKIP_COMPILE=1
+      train_step_filter="baseline or amp_bf16_channels_last"
+      inference_filter="baseline or best"
+      loader_filter="not dali"
+      caps=(train_step:90 loader:120 inference:60)
     else
-      train_limit=$(min 300 $(($(left) - 150)))  # leave the benchmarks at least 150 s
+      # Every variant but the fp32 compiled one: "compile" without "amp" is that one alone.
+      train_step_filter="not compile or amp"
+      # onnxruntime's benchmark is a CPU figure, and the device has no onnxruntime.
+      inference_filter="not onnxruntime"
+      # The CPU baselines (ImageFolder, torchvision AutoAugment) are the CPU goals' references and
+      # would take most of the group's time on the device: the GPU goal compares with training.
+      loader_filter="not baseline and not torchvision_autoaugment"
+      "$PYTHON" -c "from resnet_cifar.data.dali_loader import dali_available as a; raise SystemExit(0 if a() else 1)" \
+        2> /dev/null || loader_filter="$loader_filter and not dali"
+      caps=(train_step:210 loader:100 inference:120)
     fi
-    # A run split over consecutive calls (the long preset) keeps its checkpoints outside the
-    # repository, where a carried path cannot replace them, and resumes from them.
-    [ -n "${GPU_RUN_CHECKPOINT_DIR:-}" ] && train_args+=(--checkpoint-dir "$GPU_RUN_CHECKPOINT_DIR")
-  fi
-  # A clean stop (after the current step) 30 s before the hard limit.
-  train_args+=(--max-wall-seconds $((train_limit > 60 ? train_limit - 30 : train_limit)))
-  run_step "training" "$train_limit" "$PYTHON" benchmarks/gpu_train.py "${train_args[@]}"
-fi
+    for group in $groups_requested; do
+      cap=120
+      for entry in "${caps[@]}"; do [ "${entry%%:*}" = "$group" ] && cap=${entry##*:}; done
+      filter_name=${group}_filter
+      select=()
+      [ -n "${!filter_name}" ] && select=(-k "${!filter_name}")
+      run_step "benchmarks: $group" "$(min "$cap" $(($(left) - 20)))" \
+        "$PYTHON" -m pytest "benchmarks/test_$group.py" "${pytest_args[@]}" "${select[@]}" --benchmark-json "$OUT/bench_$group.json"
+    done
+    ;;
+esac
 
-# --- benchmarks -------------------------------------------------------------------------------------
-if [ "${GPU_RUN_SKIP_BENCH:-0}" != 1 ]; then
-  export RESNET_CIFAR_TEST_DATA=$data_root
-  pytest_args=(--benchmark-only -p no:cacheprovider -o addopts= -q)
-  if [ "$dry" = 1 ]; then
-    # Tiny and eager; the loader group needs all 50,000 images and is left out.
-    export RESNET_CIFAR_BENCH_TRAIN_BATCH=2 RESNET_CIFAR_BENCH_INFER_BATCH=2 RESNET_CIFAR_BENCH_ROUNDS=2
-    export RESNET_CIFAR_BENCH_SKIP_COMPILE=1
-    groups=("train_step:test_train_step.py:baseline or amp_bf16_channels_last:90"
-            "inference:test_inference.py:baseline or best:60")
-  else
-    loader_filter=""
-    [ "$dali" = 1 ] || loader_filter="not dali"  # no DALI on the device unless carried in parts
-    # The onnxruntime CPU benchmark is a CPU figure, and the device has no onnxruntime.
-    groups=("train_step:test_train_step.py::240" "loader:test_loader.py:$loader_filter:120" "inference:test_inference.py:not onnxruntime:120")
-  fi
-  for entry in "${groups[@]}"; do
-    IFS=: read -r group file filter cap <<< "$entry"
-    select=()
-    [ -n "$filter" ] && select=(-k "$filter")
-    run_step "benchmarks: $group" "$(min "$cap" $(($(left) - 15)))" \
-      "$PYTHON" -m pytest "benchmarks/$file" "${pytest_args[@]}" "${select[@]}" --benchmark-json "$OUT/bench_$group.json"
+# --- keep this part's files for the later parts, then the goals ------------------------------------
+earlier=()
+if [ -n "$keep" ]; then
+  mkdir -p "$keep" && for file in "$OUT"/train.json "$OUT"/train_dali.json "$OUT"/bench_*.json; do
+    [ -f "$file" ] && cp "$file" "$keep/"
   done
+  earlier=(--earlier "$keep")
 fi
-
-# --- goals ----------------------------------------------------------------------------------------
-"$PYTHON" benchmarks/gpu_report.py goals --out "$OUT" 2>&1 | tee -a "$OUT/run.log"
+"$PYTHON" benchmarks/gpu_report.py goals --out "$OUT" "${earlier[@]}" 2>&1 | tee -a "$OUT/run.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || failed=1
 log "finished in ${SECONDS}s; files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
 exit "$failed"

@@ -1,168 +1,291 @@
-"""Timed from-scratch training with the default recipe, test accuracy after every epoch, as JSON.
+"""Times the user's own command, `resnet-cifar train --amp --compile`, and writes its figures as JSON.
 
-    python benchmarks/gpu_train.py --data-dir DATA --out-json OUT/train.json          # the GPU run
-    python benchmarks/gpu_train.py --data-dir SMALL --out-json t.json --device cpu \\
-        --no-compile --epochs 2 --batch-size 32 --limit-train 64 ...                 # a dry run
+    python benchmarks/gpu_train.py --data-dir DATA --out-json OUT/train.json --budget-s 420 \\
+        --sync-log OUT/sync_warnings.log                                   # the GPU run (part train)
+    python benchmarks/gpu_train.py ... --runs fast --loader dali --out-json OUT/train_dali.json
+    python benchmarks/gpu_train.py ... --dry-run                           # CPU, tiny sizes, eager
 
-It builds the library's ``Trainer`` from a preset (default: "default", 30 epochs of one-cycle SGD
-at batch 512) with bf16 autocast, channels_last and ``torch.compile`` on, and hooks its events:
+Nothing here trains: each run is the CLI in a subprocess, with checkpoints, validation and the
+loader exactly as a user gets them, and every figure is read from what that command leaves:
+its `--json` result (compile_seconds, train_seconds, reached_target, time_to_target_s, test_acc)
+and the run folder's metrics.jsonl (per epoch: images_per_sec, epoch_seconds, eval_seconds,
+checkpoint_seconds, val_acc, val_count). The runs, in order:
 
-- compilation is done and timed BEFORE training, apart: a few steps on the first real batch,
-  after which the weights, batch-norm statistics, optimizer, scheduler and scaler are put back to
-  their initial state (``load_state_dict`` copies in place, so the compiled graph stays valid);
-- training time counts the training loop only (loader included: the images/s the trainer
-  reports per epoch); validation, the extra test evaluation and the metric files are outside it;
-- after every epoch the model is evaluated on the test split (the goal is stated in test
-  accuracy), and the JSON file is rewritten, so a run cut short still leaves its epochs behind.
+- "fast": `--preset fast --target-acc 0.94` (stops once validation reaches 94%): the time to 94%
+  and the end-to-end rate;
+- the sync probe (only with --sync-log, only on CUDA): the first epoch of a short eager call of the
+  same command under ``torch.cuda.set_sync_debug_mode("warn")``, every warning kept in the log and
+  counted by source line; the trainer and CLI have no switch for it, a tiny wrapper sets the mode
+  and calls ``resnet_cifar.cli.main.run``;
+- "default": the default preset, with `--epochs` cut to what the budget still allows (its
+  schedule keeps its shape), timed from the fast run's epochs.
 
-Checkpoints are not written (the benchmark measures training, not disk I/O) unless
-``--checkpoint-dir`` is given, which also resumes from ``last.pt`` there: the way to split a long
-run (``--preset long``) over consecutive calls. ``--max-wall-seconds`` stops training cleanly
-(after the current step) once that much time has passed since the script started.
+Each command has a time limit from the budget: at the limit it gets SIGINT (the CLI stops after
+the current step, writes last.pt and still prints its JSON), 20 s later SIGKILL; metrics.jsonl
+keeps the epochs done either way. A failed command (exit code, stderr's last lines) and any
+exception of this helper are recorded in the JSON, which is rewritten after every step.
 
-The JSON layout (every time in seconds):
-    {"status": "running" | "finished" | "stopped" | "interrupted" | "failed", "config": {...}, "environment": {...},
-     "setup_seconds", "compile_seconds", "warmup_steps", "epochs": [{"epoch", "train_loss",
-     "train_acc", "val_acc", "test_acc", "lr", "train_seconds", "cumulative_train_seconds",
-     "images_per_sec", "test_eval_seconds", "wall_seconds"}, ...],
-     "summary": {"final_test_acc", "best_test_acc", "total_train_seconds", "train_images",
-     "end_to_end_images_per_sec", "first_epoch_at_or_above_target", "seconds_to_target",
-     "target_test_acc", "target_seconds", "target_met"}}
+Layout (seconds throughout):
+    {"status": "running" | "finished" | "failed", "dry_run", "environment", "budget_seconds",
+     "wall_seconds", "error"?, "traceback"?,
+     "runs": [{"name", "preset", "loader", "command", "limit_seconds", "exit_code", "status",
+               "wall_seconds", "stderr_tail"?, "error"?, "compile_seconds", "train_seconds",
+               "reached_target", "time_to_target_s", "test_acc", "epochs_run", "stop_reason",
+               "epochs": [metrics.jsonl records], "summary": {...}}],
+     "sync_debug": {"status": "ran" | "not on CUDA" | "skipped: ..." | "failed", "warnings",
+                    "by_location", "log"}}
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import math
 import os
 import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from resnet_cifar.config import PRESETS, TrainConfig, resolve_config
-from resnet_cifar.engine.checkpointer import Checkpointer
-from resnet_cifar.engine.trainer import EpochFinished, Event, RunStarted, StepFinished, StopRequest, Trainer
-from resnet_cifar.errors import ResnetCifarError
-from resnet_cifar.evaluation import evaluate
-
-TARGET_TEST_ACC = 0.94
-TARGET_SECONDS = 60.0
+TARGET_ACC = 0.94
+RUN_NAMES = ("fast", "default")
+# SIGINT -> the CLI stops after the current step and writes last.pt; then this long before SIGKILL.
+GRACE_SECONDS = 20.0
+STDERR_TAIL_LINES = 25
+# The probe's share of the data: enough steps for the loop's pattern, a validation and a checkpoint.
+SYNC_PROBE_LIMITS = ("--limit-train", "8192", "--limit-val", "1024", "--limit-test", "1024")
+SYNC_PROBE_SECONDS = 90.0
+# Sets the mode, then runs the CLI in this process: the trainer has no switch for it.
+SYNC_WRAPPER = (
+    "import sys, warnings, torch\n"
+    "warnings.simplefilter('always')  # every synchronizing call, not only the first per line\n"
+    "torch.cuda.set_sync_debug_mode('warn')\n"
+    "from resnet_cifar.cli.main import run\n"
+    "run(sys.argv[1:])\n"
+)
+# Set once this helper itself got SIGINT (gpu_run.sh's limit): no further command starts.
+STOPPED: list[str] = []
+SYNC_WARNING = re.compile(r"^(?P<where>.+?:\d+): UserWarning: called a synchronizing CUDA operation")
+# Dry run (CPU): the same commands, tiny and eager; ResNet-18 keeps it inside CI's patience.
+DRY_SIZES = (
+    "--device", "cpu", "--no-compile", "--depth", "18", "--batch-size", "8", "--eval-batch-size", "32",
+    "--limit-train", "16", "--limit-val", "10", "--limit-test", "10", "--no-cache",
+)  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=True, help="CIFAR-10 folder (image folders or a release)")
-    parser.add_argument("--out-json", type=Path, required=True, help="where the figures go (rewritten every epoch)")
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    parser.add_argument("--epochs", type=int, help="instead of the preset's (its warm-up phase scales along)")
-    parser.add_argument("--batch-size", type=int, help="default: the preset's (512)")
-    parser.add_argument("--eval-batch-size", type=int)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--loader", default="auto", choices=("auto", "tensor", "dali"))
-    parser.add_argument("--no-compile", dest="compile", action="store_false", help="eager (dry runs on the CPU)")
-    parser.add_argument("--no-amp", dest="amp", action="store_false", help="float32 instead of bf16 autocast")
-    parser.add_argument("--limit-train", type=int)
-    parser.add_argument("--limit-val", type=int)
-    parser.add_argument("--limit-test", type=int)
-    parser.add_argument("--cache-dir", type=Path, help="decoded-image cache (a second run loads faster)")
-    parser.add_argument("--warmup-steps", type=int, default=3, help="compile/autotune steps before training")
-    parser.add_argument("--max-wall-seconds", type=float, help="stop cleanly after this long (since start)")
-    parser.add_argument("--checkpoint-dir", type=Path, help="write checkpoints there and resume from its last.pt")
-    parser.add_argument("--target-acc", type=float, default=TARGET_TEST_ACC)
-    parser.add_argument("--target-seconds", type=float, default=TARGET_SECONDS)
+    parser.add_argument("--data-dir", type=Path, required=True, help="CIFAR-10 image folders (train/, test/)")
+    parser.add_argument("--out-json", type=Path, required=True, help="where the figures go (rewritten after each step)")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="seconds for all the runs together")
+    parser.add_argument("--runs", default=",".join(RUN_NAMES), help="comma-separated, of: fast, default")
+    parser.add_argument("--loader", default="tensor", choices=("tensor", "dali"))
+    parser.add_argument("--target-acc", type=float, default=TARGET_ACC, help="the fast run's --target-acc")
+    parser.add_argument("--sync-log", type=Path, help="run the sync probe (CUDA only) and keep its warnings here")
+    parser.add_argument("--run-root", type=Path, help="parent of the runs' folders (default: a temporary one)")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, eager: the plumbing only")
     args = parser.parse_args(argv)
-    if args.epochs is not None and args.epochs <= 0:
-        parser.error(f"--epochs must be positive, got {args.epochs}")
-    if args.warmup_steps < 1:
-        parser.error(f"--warmup-steps must be at least 1, got {args.warmup_steps}")
+    args.runs = [name.strip() for name in args.runs.split(",") if name.strip()]
+    unknown = [name for name in args.runs if name not in RUN_NAMES]
+    if unknown or not args.runs:
+        parser.error(f"--runs takes {', '.join(RUN_NAMES)}; got {', '.join(unknown) or 'nothing'}")
+    if args.budget_s <= 0:
+        parser.error(f"--budget-s must be positive, got {args.budget_s:g}")
     if not args.data_dir.is_dir():
         parser.error(f"--data-dir {args.data_dir} is not a folder")
     return args
 
 
-def build_config(args: argparse.Namespace, run_dir: Path) -> TrainConfig:
-    overrides: dict[str, Any] = {
-        "data.data_dir": args.data_dir,
-        "data.batch_size": args.batch_size,
-        "data.eval_batch_size": args.eval_batch_size,
-        "data.loader": args.loader,
-        "data.limit_train": args.limit_train,
-        "data.limit_val": args.limit_val,
-        "data.limit_test": args.limit_test,
-        "data.cache_dir": args.cache_dir,
-        "precision.device": args.device,
-        "precision.amp": args.amp,
-        "precision.amp_dtype": "bf16",
-        "precision.channels_last": True,
-        "precision.compile": args.compile,
-        "run.out_dir": run_dir,
-        "run.resume": run_dir / "last.pt" if args.checkpoint_dir and (run_dir / "last.pt").exists() else None,
+def cli_command() -> list[str]:
+    """The installed console script, as a user runs it; else the same app through its module."""
+    script = Path(sys.executable).with_name("resnet-cifar")
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("resnet-cifar")
+    return [found] if found else [sys.executable, "-m", "resnet_cifar.cli"]
+
+
+def train_arguments(args: argparse.Namespace, name: str, out_dir: Path, *, epochs: int | None) -> list[str]:
+    """`train` and its flags for run `name`: the user's command, plus the dry run's tiny sizes."""
+    flags = ["train", "--json", "--data-dir", str(args.data_dir), "--out", str(out_dir)]
+    flags += ["--loader", args.loader, "--amp", "--compile", "--preset", name]
+    if name == "fast":
+        flags += ["--target-acc", f"{args.target_acc:g}"]
+    if args.dry_run:
+        flags += DRY_SIZES  # --no-compile after --compile: the last flag wins
+        # fast: two epochs, validated only in the second (the preset's --eval-from path); default:
+        # one epoch of 3 steps (the fewest a one-cycle schedule takes).
+        flags += ["--epochs", "2", "--eval-from", "2"] if name == "fast" else ["--epochs", "1", "--limit-train", "24"]
+    else:
+        flags += ["--device", "cuda"]
+        if epochs is not None:
+            flags += ["--epochs", str(epochs)]
+    return flags
+
+
+def run_command(command: list[str], limit_seconds: float, *, stderr_path: Path) -> tuple[int | None, str, bool]:
+    """(exit code, stdout, hit the limit); SIGINT at the limit, SIGKILL GRACE_SECONDS later.
+    stderr goes to a file (a long run's progress would fill a pipe)."""
+    with stderr_path.open("w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        try:
+            stdout, _ = process.communicate(timeout=max(limit_seconds - GRACE_SECONDS, 1.0))
+            return process.returncode, stdout, False
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            # gpu_run.sh's limit: the SIGINT reached the whole process group, the command too, and
+            # it is stopping cleanly; wait for its JSON (inside the 15 s before that limit's
+            # SIGKILL), then let the caller record and stop.
+            STOPPED.append("SIGINT")
+        try:
+            stdout, _ = process.communicate(timeout=10.0 if STOPPED else GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, _ = process.communicate()
+        return process.returncode, stdout, True
+
+
+def tail_lines(path: Path, count: int = STDERR_TAIL_LINES) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-count:]
+    except OSError:
+        return []
+
+
+def finite_or_none(value: Any) -> Any:
+    """NaN (a metric of an epoch that was not validated) as null: JSON has no NaN."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def read_epochs(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's metrics.jsonl, one record per finished epoch (present even after a kill)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            records.append({key: finite_or_none(value) for key, value in json.loads(line).items()})
+    return records
+
+
+def summarize(epochs: list[dict[str, Any]], train_seconds: float | None) -> dict[str, Any]:
+    """The run's figures from its epochs. An epoch's training images are its training rate times
+    its training time (epoch_seconds less eval_seconds); the end-to-end rate divides all of them
+    by the loop's wall time (train_seconds: training, validation and blocked checkpointing)."""
+    if not epochs:
+        return {"epochs": 0}
+    images = sum(round(e["images_per_sec"] * (e["epoch_seconds"] - e["eval_seconds"])) for e in epochs)
+    shares = [e["checkpoint_seconds"] / e["epoch_seconds"] for e in epochs if e["epoch_seconds"] > 0]
+    validated = [e for e in epochs if e["val_count"]]
+    loop_seconds = train_seconds or sum(e["epoch_seconds"] + e["checkpoint_seconds"] for e in epochs)
+    return {
+        "epochs": len(epochs),
+        "epochs_validated": len(validated),
+        "train_images": images,
+        "images_per_sec_end_to_end": images / loop_seconds if loop_seconds > 0 else None,
+        "images_per_sec_median_epoch": statistics.median(e["images_per_sec"] for e in epochs),
+        "epoch_seconds_median": statistics.median(e["epoch_seconds"] for e in epochs),
+        "eval_seconds_total": sum(e["eval_seconds"] for e in epochs),
+        "checkpoint_seconds_total": sum(e["checkpoint_seconds"] for e in epochs),
+        "checkpoint_seconds_max": max(e["checkpoint_seconds"] for e in epochs),
+        "checkpoint_share_max": max(shares) if shares else None,
+        "checkpoint_share_median": statistics.median(shares) if shares else None,
+        "best_val_acc": max((e["val_acc"] for e in validated if e["val_acc"] is not None), default=None),
     }
-    if args.epochs is not None:
-        # The schedule keeps its shape: a preset's warm-up is a fraction of the run.
-        overrides["optim.epochs"] = args.epochs
-    return resolve_config(preset=args.preset, overrides=overrides)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def train_run(
+    args: argparse.Namespace, name: str, root: Path, limit: float, *, epochs: int | None = None
+) -> dict[str, Any]:
+    run_dir = root / name
+    command = [*cli_command(), *train_arguments(args, name, run_dir, epochs=epochs)]
+    record: dict[str, Any] = {"name": name, "preset": name, "loader": args.loader, "command": command}
+    record["limit_seconds"] = round(limit, 1)
+    started = time.perf_counter()
+    code, stdout, cut = run_command(command, limit, stderr_path=root / f"{name}.stderr")
+    record.update(exit_code=code, wall_seconds=time.perf_counter() - started)
+    result: dict[str, Any] = {}
+    try:
+        result = json.loads(stdout) if stdout.strip() else {}
+    except ValueError:
+        record["error"] = "stdout is not the JSON of --json"
+    for key in ("compile_seconds", "train_seconds", "reached_target", "time_to_target_s", "test_acc",
+                "epochs_run", "stop_reason", "interrupted", "best_val_acc"):  # fmt: skip
+        record[key] = finite_or_none(result.get(key))
+    record["epochs"] = read_epochs(run_dir)
+    record["summary"] = summarize(record["epochs"], record["train_seconds"])
+    if code == 0 and result:
+        record["status"] = "finished"
+    else:
+        record["status"] = "time limit" if cut else "failed"
+        record["stderr_tail"] = tail_lines(root / f"{name}.stderr")
+        record.setdefault("error", f"exit code {code}" + (f" after SIGINT at the {limit:.0f} s limit" if cut else ""))
+    return record
 
 
-def compile_and_restore(trainer: Trainer, steps: int) -> float:
-    """Run ``steps`` training steps on the first training batch (the first one compiles, the next
-    ones autotune), then put every piece of training state back; returns the first step's seconds."""
-    module, optimizer, scheduler, scaler = trainer.parts.module, trainer.parts.optimizer, trainer.parts.scheduler, trainer.parts.scaler
-    saved = {
-        "model": copy.deepcopy(module.state_dict()),
-        "optimizer": copy.deepcopy(optimizer.state_dict()),
-        "scheduler": copy.deepcopy(scheduler.state_dict()),
-        "scaler": copy.deepcopy(scaler.state_dict()),
-        "ema": copy.deepcopy(trainer.parts.ema.state_dict()) if trainer.parts.ema is not None else None,
-        "global_step": trainer.parts.step.global_step,
+def count_sync_warnings(lines: Sequence[str]) -> Counter[str]:
+    """The sync debug mode's warnings by the source line that synchronized ("file:line")."""
+    return Counter(match["where"] for line in lines if (match := SYNC_WARNING.match(line)))
+
+
+def sync_probe(args: argparse.Namespace, root: Path, limit: float) -> dict[str, Any]:
+    """The first epoch of a short eager call under sync debug mode; warnings counted by line."""
+    import torch
+
+    if args.dry_run or not torch.cuda.is_available():
+        return {"status": "not on CUDA"}
+    assert args.sync_log is not None
+    flags = train_arguments(args, "default", root / "sync-probe", epochs=1)
+    flags += ["--no-compile", *SYNC_PROBE_LIMITS]  # eager: compilation's own syncs are not the loop's
+    command = [sys.executable, "-c", SYNC_WRAPPER, *flags]
+    code, _, cut = run_command(command, limit, stderr_path=args.sync_log)
+    lines = tail_lines(args.sync_log, count=10**9)
+    by_location = count_sync_warnings(lines)
+    return {
+        "status": "ran" if code == 0 else ("time limit" if cut else "failed"),
+        "exit_code": code,
+        "command": ["python", "-c", "<set_sync_debug_mode('warn'); resnet_cifar.cli.main.run>", *flags],
+        "warnings": sum(by_location.values()),
+        "by_location": dict(by_location.most_common()),
+        "log": str(args.sync_log),
+        **({} if code == 0 else {"stderr_tail": lines[-STDERR_TAIL_LINES:]}),
     }
-    train_loader = trainer.parts.loaders.train
-    train_loader.set_epoch(trainer.start_epoch)
-    images, labels = next(iter(train_loader))
-    trainer.set_train_mode()
-    first_seconds = 0.0
-    for index in range(steps):
-        synchronize(trainer.device)
-        start = time.perf_counter()
-        trainer.parts.step(images, labels)
-        synchronize(trainer.device)
-        if index == 0:
-            first_seconds = time.perf_counter() - start
-    # In place (copy_), so the compiled graph keeps the very tensors it was traced with.
-    module.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])  # also the learning rates of the param groups
-    scheduler.load_state_dict(saved["scheduler"])
-    scaler.load_state_dict(saved["scaler"])
-    if trainer.parts.ema is not None:
-        trainer.parts.ema.load_state_dict(saved["ema"])
-    trainer.parts.step.global_step = saved["global_step"]
-    # The loader's order depends on (seed, epoch) only: the first epoch starts afresh.
-    train_loader.set_epoch(trainer.start_epoch)
-    return first_seconds
+
+
+def default_epochs(fast: dict[str, Any] | None, seconds_left: float) -> int:
+    """The default preset's epochs that fit in ``seconds_left``: the fast run's set-up, compilation
+    and test once, then its slowest epoch (validation and checkpoint included) per epoch; its 30
+    when the fast run gave nothing to go by."""
+    epochs = (fast or {}).get("epochs") or []
+    if not epochs or fast is None:
+        return 30
+    per_epoch = max(e["epoch_seconds"] + e["checkpoint_seconds"] for e in epochs)
+    overhead = fast["wall_seconds"] - (fast.get("train_seconds") or 0.0)
+    return max(1, min(30, int((seconds_left - overhead - GRACE_SECONDS) / per_epoch)))
 
 
 def environment() -> dict[str, Any]:
+    import torch
+
     cuda = torch.cuda.is_available()
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
         "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
         "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
@@ -172,144 +295,85 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False)
     with handle:
-        json.dump(payload, handle, indent=2)
+        json.dump(payload, handle, indent=2, allow_nan=False)
     os.chmod(handle.name, 0o644)  # NamedTemporaryFile makes it private
     os.replace(handle.name, path)
 
 
-def summarize(epochs: list[dict[str, Any]], target_acc: float, target_seconds: float) -> dict[str, Any]:
-    if not epochs:
-        return {"target_test_acc": target_acc, "target_seconds": target_seconds, "target_met": None}
-    total_seconds = epochs[-1]["cumulative_train_seconds"]
-    images = sum(epoch["train_images"] for epoch in epochs)
-    reached = next((epoch for epoch in epochs if epoch["test_acc"] >= target_acc), None)
-    return {
-        "final_test_acc": epochs[-1]["test_acc"],
-        "best_test_acc": max(epoch["test_acc"] for epoch in epochs),
-        "epochs_run": len(epochs),
-        "total_train_seconds": total_seconds,
-        "train_images": images,
-        "end_to_end_images_per_sec": images / total_seconds if total_seconds > 0 else None,
-        "first_epoch_at_or_above_target": None if reached is None else reached["epoch"],
-        "seconds_to_target": None if reached is None else reached["cumulative_train_seconds"],
-        "target_test_acc": target_acc,
-        "target_seconds": target_seconds,
-        "target_met": reached is not None and reached["cumulative_train_seconds"] <= target_seconds,
-    }
+def log(started: float, message: str) -> None:
+    print(f"[gpu_train +{time.perf_counter() - started:.0f}s] {message}", flush=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.checkpoint_dir is not None:
-        return train_into(args, args.checkpoint_dir)
-    # Without checkpoints the run folder holds only the trainer's metric files: thrown away.
-    with tempfile.TemporaryDirectory(prefix="resnet-cifar-bench-run-") as run_dir:
-        return train_into(args, Path(run_dir))
+def run_all(args: argparse.Namespace, payload: dict[str, Any], root: Path, started: float) -> None:
+    def left() -> float:
+        return args.budget_s - (time.perf_counter() - started)
 
+    from resnet_cifar.data.dali_loader import dali_available
 
-def train_into(args: argparse.Namespace, run_dir: Path) -> int:
-    started = time.perf_counter()
-    cfg = build_config(args, run_dir)
-    payload: dict[str, Any] = {"status": "running", "config": cfg.to_dict(), "environment": environment()}
-    payload["config"]["data"]["data_dir"] = str(args.data_dir)
-    write_json(args.out_json, payload)
-    epochs: list[dict[str, Any]] = []
-    stop = StopRequest()
-    state: dict[str, Any] = {"cumulative": 0.0}
-
-    def log(message: str) -> None:
-        print(f"[gpu_train +{time.perf_counter() - started:.0f}s] {message}", flush=True)
-
-    def on_event(event: Event) -> None:
-        if isinstance(event, RunStarted):
-            payload["run"] = {
-                "device": event.device,
-                "loader": event.loader,
-                "amp_dtype": event.amp_dtype,
-                "channels_last": event.channels_last,
-                "compiled": event.compiled,
-                "train_samples": event.train_samples,
-                "val_samples": event.val_samples,
-                "steps_per_epoch": event.steps_per_epoch,
-                "batch_size": cfg.data.batch_size,
-                "epochs": cfg.optim.epochs,
-                "start_epoch": event.start_epoch,
-            }
-        elif isinstance(event, StepFinished):
-            if args.max_wall_seconds is not None and time.perf_counter() - started > args.max_wall_seconds:
-                stop.request("wall-clock budget")
-        elif isinstance(event, EpochFinished):
-            record = event.record
-            train_images = trainer.steps_per_epoch * cfg.data.batch_size
-            # The trainer's images/s counts the training loop alone (loader included).
-            train_seconds = train_images / record.images_per_sec
-            state["cumulative"] += train_seconds
-            eval_start = time.perf_counter()
-            model = trainer.parts.ema.module if trainer.parts.ema is not None else trainer.parts.module
-            test = evaluate(
-                model, trainer.parts.loaders.test, num_classes=len(trainer.classes), autocast=trainer.parts.precision.autocast
-            )
-            epochs.append(
-                {
-                    "epoch": record.epoch,
-                    "train_loss": record.train_loss,
-                    "train_acc": record.train_acc,
-                    "val_acc": record.val_acc,
-                    "test_acc": test.accuracy,
-                    "lr": record.lr,
-                    "train_images": train_images,
-                    "train_seconds": train_seconds,
-                    "cumulative_train_seconds": state["cumulative"],
-                    "images_per_sec": record.images_per_sec,
-                    "test_eval_seconds": time.perf_counter() - eval_start,
-                    "wall_seconds": time.perf_counter() - started,
-                }
-            )
-            payload["epochs"] = epochs
-            payload["summary"] = summarize(epochs, args.target_acc, args.target_seconds)
+    if args.loader == "dali" and not dali_available():
+        payload["status"] = "skipped: DALI or its PyTorch plugin does not import"
+        return
+    fast: dict[str, Any] | None = None
+    for name in args.runs:
+        if STOPPED:
+            payload["runs"].append({"name": name, "loader": args.loader, "status": "skipped: stopped by SIGINT"})
+            continue
+        if name == "default" and args.sync_log is not None:
+            payload["sync_debug"] = sync_probe(args, root, min(SYNC_PROBE_SECONDS, max(left() - 60.0, 0.0)))
             write_json(args.out_json, payload)
-            log(
-                f"epoch {record.epoch}/{cfg.optim.epochs}: test acc {test.accuracy:.4f}, "
-                f"{record.images_per_sec:,.0f} img/s, {state['cumulative']:.1f} s of training"
-            )
-
-    try:
-        # Checkpoints only when asked: a checkpointer that keeps none instead of an overridden trainer.
-        checkpointer = Checkpointer(run_dir, keep_checkpoints=args.checkpoint_dir is not None)
-        trainer = Trainer(cfg, on_event=on_event, stop=stop, checkpointer=checkpointer)
-        payload["setup_seconds"] = time.perf_counter() - started
-        log(f"set up in {payload['setup_seconds']:.1f} s (data, model); compiling and warming up")
-        payload["compile_seconds"] = compile_and_restore(trainer, args.warmup_steps)
-        payload["warmup_steps"] = args.warmup_steps
-        log(f"first step (compilation) took {payload['compile_seconds']:.1f} s")
+            log(started, f"sync probe: {payload['sync_debug']['status']}")
+        # The fast run leaves the default one room when both run; the default one takes the rest.
+        limit = left() if name == "default" or len(args.runs) == 1 else min(left() - 90.0, 330.0)
+        if limit < 30.0:
+            payload["runs"].append({"name": name, "loader": args.loader, "status": f"skipped: {limit:.0f} s left"})
+            continue
+        epochs = default_epochs(fast, limit) if name == "default" and not args.dry_run else None
+        log(started, f"run {name} ({args.loader} loader, limit {limit:.0f} s{f', {epochs} epochs' if epochs else ''})")
+        record = train_run(args, name, root, limit, epochs=epochs)
+        payload["runs"].append(record)
         write_json(args.out_json, payload)
-        result = trainer.fit()
-    except KeyboardInterrupt:  # the time limit of gpu_run.sh (SIGINT): keep what was measured
-        payload["status"] = "interrupted"
-        payload["summary"] = summarize(epochs, args.target_acc, args.target_seconds)
-        write_json(args.out_json, payload)
-        print("interrupted; the epochs done so far are in the JSON file", file=sys.stderr)
-        return 130
-    except (ResnetCifarError, RuntimeError) as error:
-        payload["status"] = "failed"
-        payload["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-        write_json(args.out_json, payload)
-        print(f"error: {payload['error']}", file=sys.stderr)
-        return 1
-    payload["status"] = "stopped" if result.interrupted else "finished"
-    payload["final_test"] = result.test_acc
-    payload["summary"] = summarize(epochs, args.target_acc, args.target_seconds)
-    payload["wall_seconds"] = time.perf_counter() - started
-    write_json(args.out_json, payload)
-    summary = payload["summary"]
-    log(
-        f"{payload['status']}: final test acc {summary.get('final_test_acc')}, "
-        f"{summary.get('total_train_seconds')} s of training, target met: {summary.get('target_met')}"
-    )
-    return 0
+        summary = record["summary"]
+        log(
+            started,
+            f"run {name}: {record['status']}, {summary['epochs']} epochs, "
+            f"{summary.get('images_per_sec_end_to_end') or 0:,.0f} img/s end to end, "
+            f"compile {record.get('compile_seconds')} s, test acc {record.get('test_acc')}, "
+            f"target reached {record.get('reached_target')} at {record.get('time_to_target_s')} s",
+        )
+        if name == "fast":
+            fast = record
+    failed = [run["name"] for run in payload["runs"] if run["status"] != "finished"]
+    probe_failed = payload.get("sync_debug", {}).get("status") in ("failed", "time limit")
+    payload["status"] = "failed" if failed or probe_failed else "finished"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    started = time.perf_counter()
+    payload: dict[str, Any] = {
+        "status": "running",
+        "dry_run": args.dry_run,
+        "budget_seconds": args.budget_s,
+        "runs": [],
+        "sync_debug": {"status": "skipped: no --sync-log"},
+    }
+    try:
+        payload["environment"] = environment()
+        write_json(args.out_json, payload)
+        if args.run_root is not None:
+            args.run_root.mkdir(parents=True, exist_ok=True)
+            run_all(args, payload, args.run_root, started)
+        else:
+            with tempfile.TemporaryDirectory(prefix="resnet-cifar-gpu-train-") as root:
+                run_all(args, payload, Path(root), started)
+    except BaseException as error:  # the time limit's SIGINT too: keep what was measured
+        payload["status"] = "failed"
+        payload["error"] = f"{type(error).__name__}: {error}".strip()
+        payload["traceback"] = traceback.format_exc().splitlines()[-STDERR_TAIL_LINES:]
+    payload["wall_seconds"] = time.perf_counter() - started
+    write_json(args.out_json, payload)
+    log(started, f"{payload['status']}; figures in {args.out_json}")
+    return 0 if payload["status"] in ("finished",) or payload["status"].startswith("skipped") else 1
 
 
 if __name__ == "__main__":

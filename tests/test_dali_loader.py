@@ -242,6 +242,28 @@ def test_missing_dali_is_a_usage_error(odd_split: CifarSplit, monkeypatch: pytes
     assert str(caught.value) == DALI_MISSING == "DALI is not installed: pip install nvidia-dali-cuda120"
 
 
+def test_dali_without_its_pytorch_plugin_is_not_available(
+    odd_split: CifarSplit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A half-installed DALI: nvidia.dali imports, its PyTorch plugin (what the loader uses) does not.
+    monkeypatch.setitem(sys.modules, "nvidia.dali.plugin.pytorch", None)
+    import nvidia.dali  # noqa: F401  (still importable: only the plugin is missing)
+
+    assert not dali_available()
+    with pytest.raises(UsageError) as caught:
+        DaliLoader(odd_split, batch_size=8, train=True)
+    assert str(caught.value) == DALI_MISSING
+
+
+def test_loader_auto_on_cuda_picks_the_tensor_loader_without_the_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnet_cifar.data import resolve_loader_kind
+
+    cuda = torch.device("cuda")
+    assert resolve_loader_kind("auto", cuda, dali_available()) == "dali"
+    monkeypatch.setitem(sys.modules, "nvidia.dali.plugin.pytorch", None)
+    assert resolve_loader_kind("auto", cuda, dali_available()) == "tensor"
+
+
 # --- augmentation options: crop, flip, cutout ----------------------------------------------
 
 

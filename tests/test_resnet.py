@@ -223,3 +223,34 @@ def test_builders_are_keyword_only_and_exported() -> None:
     model = models.resnet152(num_classes=3)
     assert isinstance(model, ResNet) and model.fc.out_features == 3 and model.stem == "cifar"
     assert len(model.layer3) == 36
+
+
+def test_deterministic_mode_pools_with_a_mean_and_gives_the_same_outputs() -> None:
+    # --deterministic on CUDA: AdaptiveAvgPool2d's backward has no deterministic kernel there, so
+    # the model averages with a mean instead; same state dict, same outputs and gradients.
+    model = randomize_(resnet50(), seed=10).eval()
+    keys_before = {key: value.clone() for key, value in model.state_dict().items()}
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+    pool_calls: list[int] = []
+    model.avgpool.register_forward_hook(lambda *_: pool_calls.append(1))
+
+    def outputs_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(images)
+        out.square().sum().backward()
+        return out.detach(), [parameter.grad.clone() for parameter in model.parameters()]
+
+    pooled, pooled_grads = outputs_and_grads()
+    assert len(pool_calls) == 1
+    was_enabled = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        averaged, averaged_grads = outputs_and_grads()
+    finally:
+        torch.use_deterministic_algorithms(was_enabled)
+    assert len(pool_calls) == 1, "the deterministic path must not call AdaptiveAvgPool2d"
+    assert model.state_dict().keys() == keys_before.keys()
+    assert all(value.equal(keys_before[key]) for key, value in model.state_dict().items())
+    torch.testing.assert_close(averaged, pooled, rtol=0, atol=1e-6)
+    for ours, theirs in zip(averaged_grads, pooled_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)

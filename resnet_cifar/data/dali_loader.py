@@ -57,9 +57,11 @@ _DALI_POLICY_STREAM = 5
 
 
 def dali_available() -> bool:
-    """Whether nvidia.dali can be imported here. Never raises."""
+    """Whether DALI and its PyTorch plugin (which the loader needs) import here. Never raises."""
     try:
         import nvidia.dali  # noqa: F401
+        # A half-installed DALI imports without its plugin; `--loader auto` must not pick it then.
+        import nvidia.dali.plugin.pytorch  # noqa: F401
     except Exception:  # a broken install (missing CUDA libraries, ...) counts as unavailable
         return False
     return True

@@ -189,7 +189,13 @@ class ResNet(nn.Module):
         """Pooled backbone features, shape ``[N, 512 * expansion]``."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
+        if torch.are_deterministic_algorithms_enabled():
+            # AdaptiveAvgPool2d's CUDA backward has no deterministic kernel (--deterministic
+            # raises there); a mean over H and W is the same average, with no state of its own.
+            pooled = x.mean(dim=(2, 3), keepdim=True)
+        else:
+            pooled = self.avgpool(x)
+        return torch.flatten(pooled, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.dropout(self.features(x)))
