@@ -102,6 +102,8 @@ KNOWN_HARMLESS_TORCH_LOGS: tuple[tuple[str, str], ...] = (
 
 
 class _DropKnownHarmless(logging.Filter):
+    drops_known_harmless = True
+
     def __init__(self, prefixes: tuple[str, ...]) -> None:
         super().__init__()
         self.prefixes = prefixes
@@ -117,5 +119,7 @@ def quiet_known_harmless_logs() -> None:
         by_logger.setdefault(name, []).append(prefix)
     for name, prefixes in by_logger.items():
         logger = logging.getLogger(name)
-        if not any(isinstance(existing, _DropKnownHarmless) for existing in logger.filters):
+        # By marker, not isinstance: the filter must stay single even if this module is imported
+        # twice under two names (cli.common from a source tree, resnet_cifar.cli.common installed).
+        if not any(getattr(existing, "drops_known_harmless", False) for existing in logger.filters):
             logger.addFilter(_DropKnownHarmless(tuple(prefixes)))

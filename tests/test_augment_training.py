@@ -104,7 +104,7 @@ def test_resume_mid_epoch_is_exact_with_a_policy_and_mixing(
     resumed = Trainer(replace(split_cfg, run=replace(split_cfg.run, resume=tmp_path / "split" / "last.pt")))
     resumed_result = resumed.fit()
     assert _without_timing(resumed_result.history) == _without_timing(straight_result.history)
-    for (name, expected), actual in zip(straight.module.state_dict().items(), resumed.module.state_dict().values()):
+    for (name, expected), actual in zip(straight.parts.module.state_dict().items(), resumed.parts.module.state_dict().values()):
         assert torch.equal(expected, actual), name
 
 

@@ -37,7 +37,8 @@ SMALL = [
     "--preset", "smoke", "--depth", "18", "--stem", "imagenet", "--device", "cpu", "--batch-size", "32",
     "--limit-train", "256", "--limit-val", "100", "--limit-test", "100",
 ]  # fmt: skip
-RUN_FILES = {"best.pt", "config.toml", "curves.png", "last.pt", "metrics.csv", "metrics.jsonl", "result.json"}
+# The run's files, and the lock file that says which process holds the folder.
+RUN_FILES = {".lock", "best.pt", "config.toml", "curves.png", "last.pt", "metrics.csv", "metrics.jsonl", "result.json"}
 
 
 def console_script() -> str:

@@ -26,7 +26,7 @@ import torch
 import torchvision
 from typer.testing import CliRunner
 
-from cli.main import app
+from resnet_cifar.cli.main import app
 from resnet_cifar.config import flag_for, read_config_file, resolve_config
 from resnet_cifar.engine.checkpoint import load_checkpoint
 from resnet_cifar.engine.trainer import Trainer

@@ -21,6 +21,7 @@ from resnet_cifar.evaluation import (
     write_confusion_csv,
     write_metrics_json,
 )
+from resnet_cifar.errors import DataError
 
 
 def cifar_like_matrix() -> torch.Tensor:
@@ -133,7 +134,8 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> N
         out.write(b'{"accur')
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    # A failed write is the one-line error of a failed run (exit 1), naming the file.
+    with pytest.raises(DataError, match=r"metrics.json: cannot write \(disk full\)"):
         atomic_write(path, write_half_then_crash)
     assert path.read_text() == '{"accuracy": 0.9}\n'
     assert_only(tmp_path, "metrics.json")
