@@ -71,7 +71,8 @@ def test_two_train_processes_on_one_folder_exactly_one_runs(
 ) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
-    args = ["train", *SMALL, "--epochs", "3", "--data-dir", str(real_data_root), "--out", str(out), "--json"]
+    # Long enough (6 epochs) that the first still holds the folder while the second starts up.
+    args = ["train", *SMALL, "--epochs", "6", "--data-dir", str(real_data_root), "--out", str(out), "--json"]
     first = subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while not ((out / ".lock").exists() and (out / ".lock").read_text().strip()) and time.monotonic() < deadline:
@@ -82,9 +83,9 @@ def test_two_train_processes_on_one_folder_exactly_one_runs(
     stdout, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr
     summary = json.loads(stdout)
-    assert summary["epochs_run"] == 3 and summary["checkpoint"] == str(out / "last.pt")
+    assert summary["epochs_run"] == 6 and summary["checkpoint"] == str(out / "last.pt")
     assert json.loads((out / "result.json").read_text()) == summary  # the one run's own record
-    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 6
 
 
 def test_a_dead_holders_lock_does_not_block_and_a_live_one_does(tmp_path: Path) -> None:
