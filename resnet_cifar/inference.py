@@ -57,7 +57,7 @@ from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit
 from resnet_cifar.engine.build import build_model, run_precision
 from resnet_cifar.engine.checkpoint import describe_mismatch, load_checkpoint
-from resnet_cifar.engine.checkpointer import CHECKPOINT_FORMAT
+from resnet_cifar.engine.checkpointer import CHECKPOINT_FORMAT, stored_config
 from resnet_cifar.engine.precision import Precision, select_device
 from resnet_cifar.engine.step import build_loss
 from resnet_cifar.errors import DataError, UsageError
@@ -162,14 +162,6 @@ def _checked_classes(value: Any, path: Path) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _checked_config(value: Any, path: Path) -> TrainConfig:
-    try:
-        return TrainConfig.from_dict(value)
-    except UsageError as error:
-        # A bad config inside the file is bad data, not a bad command line.
-        raise DataError(f"{path}: its config is invalid: {error}") from None
-
-
 def _checked_pretrained(value: Any, path: Path) -> dict[str, str] | None:
     """The checkpoint's record of its starting weights: None (random, or an older checkpoint) or strings."""
     if value is None:
@@ -199,7 +191,7 @@ def load_trained_model(path: Path, *, device: str = "auto") -> TrainedModel:
         found = payload.get("format")
         raise DataError(f"{path}: unsupported checkpoint format {found!r} (expected {CHECKPOINT_FORMAT})")
     classes = _checked_classes(payload["classes"], path)
-    config = _checked_config(payload["config"], path)
+    config = stored_config(payload, path)  # a bad one is bad data in the file, as on resume
     weights, which = select_weights(payload, path)
 
     model_cfg = config.model

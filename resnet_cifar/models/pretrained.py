@@ -18,6 +18,7 @@ copied, and the only keys allowed to differ are the ones the caller agreed to re
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import re
@@ -140,8 +141,20 @@ def load_pretrained(
         reinitialized=plan.reinitialized,
         # Hashed again (a cached file was hashed by its check too): a fraction of a second for
         # 100 MB, and it covers local files, which no check hashes.
-        sha256=file_digest(path, "sha256"),
+        sha256=_sha256(path),
     )
+
+
+def _sha256(path: Path) -> str:
+    """The file's sha256, computed once per version of the file: a load checks a cached file's
+    hash prefix and then records its full hash, and `info` hashes the same files."""
+    stat = Path(path).stat()
+    return _sha256_of_version(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of_version(path: str, mtime_ns: int, size: int) -> str:
+    return file_digest(Path(path), "sha256")
 
 
 def weights_cache_dir(hub_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -161,7 +174,7 @@ def offline_weights(hub_dir: str | os.PathLike[str] | None = None) -> tuple[Cach
             status = "not cached"
         else:
             try:
-                matches = file_digest(path, "sha256").startswith(_hash_prefix(file_name, file_name))
+                matches = _sha256(path).startswith(_hash_prefix(file_name, file_name))
                 status = "ok" if matches else "hash mismatch"
             except OSError:
                 status = "unreadable"
@@ -198,7 +211,7 @@ def download_checked(url: str, *, hub_dir: str | os.PathLike[str] | None = None)
     cache_dir = weights_cache_dir(hub_dir)
     cached = cache_dir / file_name
     if cached.is_file():
-        actual = file_digest(cached, "sha256")
+        actual = _sha256(cached)
         if not actual.startswith(expected):
             raise DataError(
                 f"cached weights {cached} have sha256 {actual[:len(expected)]}..., expected {expected}...; "
