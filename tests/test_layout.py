@@ -20,6 +20,9 @@ ROOMS = (
     ("resnet_cifar.models",),
     ("resnet_cifar.distributed",),
     ("resnet_cifar.config",),
+    # The registries of named choices: plain data that the config checks names against and the
+    # rooms above implement, so they sit below the config and import nothing but errors.
+    ("resnet_cifar.choices",),
     ("resnet_cifar.files", "resnet_cifar.errors"),
 )
 LONG_BODY = 60

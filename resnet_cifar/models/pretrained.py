@@ -30,18 +30,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from resnet_cifar.choices.weights import PRETRAINED_FILES
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.files import DownloadError, UnwritableFolder, download_verified, file_digest, first_line, weights_only_refusal
 from resnet_cifar.models.resnet import init_conv_weight
 
 DEFAULT_BASE_URL = "https://download.pytorch.org/models/"
 
-# torchvision's ResNet-50 ImageNet-1k weights: v1 is the original recipe (76.1% top-1),
-# v2 the 2021 "new training recipe" (80.9% top-1).
-PRETRAINED_FILES: dict[str, str] = {
-    "imagenet1k-v1": "resnet50-0676ba61.pth",
-    "imagenet1k-v2": "resnet50-11ad3fa6.pth",
-}
 
 # Wrappers that prefix every key: DataParallel/DistributedDataParallel ("module.") and
 # torch.compile ("_orig_mod."); they can nest in either order.
