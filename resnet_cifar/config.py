@@ -31,15 +31,13 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, Union
 
+from resnet_cifar.choices.policies import POLICIES, RANDAUGMENT_BINS, RANDAUGMENT_MAX_OPS
 from resnet_cifar.errors import ResnetCifarError, UsageError
 from resnet_cifar.files import atomic_write, one_line
 
 LOADER_KINDS = ("auto", "tensor", "dali")
-# resnet_cifar.data.augment.POLICIES, repeated so reading a config never imports torch; a test
-# keeps the two lists equal.
-AUGMENT_POLICIES = ("none", "autoaugment", "randaugment", "trivialaugment")
-RANDAUGMENT_MAX_OPS = 10
-RANDAUGMENT_BINS = 31
+# The policy registry (torch-free), which the loaders execute too.
+AUGMENT_POLICIES = POLICIES
 DEPTHS = (18, 34, 50, 101, 152)
 STEMS = ("cifar", "imagenet")
 # The named sources of resnet_cifar.models.pretrained (torchvision's ResNet-50 ImageNet weights),

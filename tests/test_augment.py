@@ -310,18 +310,22 @@ def test_dali_loader_on_cpu_runs_the_policy_seeded_and_mixes_like_the_tensor_loa
     assert changed > 128  # the policy (and mixing) changed most images
 
 
-def test_unknown_or_bad_options_are_one_usage_error() -> None:
+def test_unknown_or_bad_options_are_one_usage_error(tmp_path) -> None:
+    # Checked once, by DataConfig (the loaders' Augmentation trusts it), naming the flag.
+    def options(**values: object) -> config.DataConfig:
+        return config.DataConfig(data_dir=tmp_path, **values)
+
     with pytest.raises(UsageError, match="--augment must be one of"):
-        Augmentation(policy="autoaugment-imagenet")
+        options(augment="autoaugment-imagenet")
     with pytest.raises(UsageError, match="--randaugment-magnitude"):
-        Augmentation(policy="randaugment", randaugment_magnitude=31)
+        options(augment="randaugment", randaugment_magnitude=31)
     with pytest.raises(UsageError, match="--randaugment-ops"):
-        Augmentation(randaugment_ops=0)
+        options(randaugment_ops=0)
     with pytest.raises(UsageError, match="--cutmix"):
-        Augmentation(cutmix=float("nan"))
+        options(cutmix=float("nan"))
     with pytest.raises(UsageError, match="--mix-prob"):
-        Augmentation(mix_prob=1.5)
-    assert config.AUGMENT_POLICIES == POLICIES  # config repeats the list to stay free of torch
+        options(mix_prob=1.5)
+    assert config.AUGMENT_POLICIES == POLICIES  # one registry: the config and the loaders read the same
 
 
 def test_plan_is_a_policy_plan_per_sample(small_split: CifarSplit) -> None:
