@@ -6,7 +6,9 @@ Every field of a TrainConfig section is a flag named by ``config.flag_for`` (``o
 comma-separated list), with the field's one-line help and the value the default preset resolves
 to. Every flag defaults to None, which means "not given": only the flags a user types override,
 so the layering defaults < preset < --config file < flags holds. Adding a setting is adding a
-field (with its help) to a section of resnet_cifar/config.py; nothing here changes.
+field (with its help) to a section of resnet_cifar/config/sections.py; nothing here changes. A
+setting that names a choice (--optimizer, --schedule, --augment, ...) lists the names of its
+registry in resnet_cifar.choices, through the field's help.
 
 Two fields are not flags of their own: ``data.seed`` is set by ``--seed`` together with
 ``run.seed``, and ``data.cache_dir`` comes from $RESNET_CIFAR_CACHE (``--no-cache`` turns it off).
@@ -183,7 +185,7 @@ def resolve_run_config(
     exclude: tuple[str, ...] = (),
 ) -> TrainConfig:
     """The run's config from a command's option values: defaults < preset < --config < ``under``
-    (a resumed checkpoint's settings) < the flags given. ``--scale-lr`` turns a given --lr into the
+    (a resumed checkpoint's settings) < the flags given. ``--scale-lr`` takes a given --lr as the
     rate for one process's batch, so the scaling rule takes it to the global batch."""
     from resnet_cifar.errors import UsageError
 
@@ -191,12 +193,10 @@ def resolve_run_config(
     if data_dir is not None and not Path(data_dir).is_dir():
         raise UsageError(f"{data_dir}: no such folder")
     overrides = {**(under or {}), **setting_overrides(values, exclude=exclude)}
-    file = values.get("config")
-    if values.get("scale_lr") and values.get(parameter_name("optim.lr")) is not None and world_size > 1:
-        per_process = resolve_config(file=file, overrides=overrides, defaults=defaults).data.batch_size
-        overrides["optim.lr_base"] = overrides.pop("optim.lr")
-        overrides["optim.lr_base_batch_size"] = per_process
-    cfg = resolve_config(file=file, overrides=overrides, defaults=defaults, world_size=world_size)
+    lr_per_process = bool(values.get("scale_lr")) and values.get(parameter_name("optim.lr")) is not None
+    cfg = resolve_config(
+        file=values.get("config"), overrides=overrides, defaults=defaults, world_size=world_size, lr_per_process=lr_per_process
+    )
     if values.get("no_cache"):
         cfg = replace(cfg, data=replace(cfg.data, cache_dir=None))
     return cfg

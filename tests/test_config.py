@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from resnet_cifar.config import (
+    METRIC_MODES,
     PRESETS,
     PRETRAINED_NAMES,
     SECTIONS,
@@ -82,8 +83,8 @@ def test_every_section_is_valid_with_its_defaults(data_dir: Path) -> None:
     assert cfg.model == ModelConfig() and cfg.optim == OptimConfig(lr=0.4) and cfg.run == RunConfig()
     assert OptimConfig().lr is None and cfg.optim.lr == 0.4
     assert cfg.model.depth == 50 and cfg.model.stem == "cifar"
-    assert cfg.early_stopping.patience is None and cfg.early_stopping.mode == "max"
-    assert EarlyStoppingConfig(monitor="val_loss").mode == "min"
+    assert cfg.early_stopping.patience is None and METRIC_MODES[cfg.early_stopping.monitor] == "max"
+    assert METRIC_MODES[EarlyStoppingConfig(monitor="val_loss").monitor] == "min"
 
 
 @pytest.mark.parametrize(
