@@ -16,6 +16,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 
+from resnet_cifar.config import EarlyStoppingConfig
 from resnet_cifar.engine.early_stopping import EarlyStopping
 from resnet_cifar.errors import UsageError
 
@@ -43,15 +44,26 @@ def test_mode_follows_the_metric() -> None:
         ({"monitor": "val_acc", "mode": "min"}, "not 'min'"),
         ({"monitor": "train_loss"}, "needs a mode"),
         ({"monitor": "train_loss", "mode": "up"}, "'min' or 'max'"),
-        ({"monitor": "val_acc", "patience": -1}, "patience"),
-        ({"monitor": "val_acc", "patience": 1.5}, "patience"),
-        ({"monitor": "val_acc", "min_delta": -0.1}, "min_delta"),
     ],
 )
 def test_bad_settings_are_usage_errors(arguments: dict, message: str) -> None:
     arguments = {"patience": 2, **arguments}
     with pytest.raises(UsageError, match=message):
         EarlyStopping(arguments.pop("monitor"), **arguments)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"patience": -1}, "--patience must be at least 0"),
+        ({"patience": 1.5}, "--patience must be an integer"),
+        ({"min_delta": -0.1}, "--min-delta must be at least 0"),
+    ],
+)
+def test_bad_patience_and_min_delta_are_refused_once_by_the_config(settings: dict, message: str) -> None:
+    # EarlyStopping trusts a validated EarlyStoppingConfig: these are refused there, naming the flag.
+    with pytest.raises(UsageError, match=message):
+        EarlyStoppingConfig(**settings)
 
 
 def test_patience_zero_stops_at_the_first_non_improvement() -> None:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.swa_utils import AveragedModel
 
+from resnet_cifar.choices.schedules import SCHEDULES
 from resnet_cifar.config import PrecisionConfig, TrainConfig
 from resnet_cifar.data import Loaders, build_loaders
 from resnet_cifar.distributed import SINGLE_PROCESS, DistEnv, sync_batchnorm
@@ -133,9 +134,9 @@ class GlobalMeanLoss:
 
 
 def build_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> LRScheduler:
-    """The configured schedule; one-cycle's rising phase is the configured warm-up."""
+    """The configured schedule; a rising schedule's (one-cycle's) rise is the configured warm-up."""
     optim = cfg.optim
-    onecycle = optim.schedule == "onecycle"
+    rises = SCHEDULES[optim.schedule].rises
     assert optim.warmup_epochs is not None, "a resolved OptimConfig has its warm-up in epochs"
     return build_scheduler(
         optimizer,
@@ -145,9 +146,9 @@ def build_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per
         step_size=optim.step_size,
         gamma=optim.gamma,
         milestones=optim.milestones,
-        warmup_epochs=0.0 if onecycle else optim.warmup_epochs,
-        # The config refuses a one-cycle run without a rise, so this is always positive there.
-        onecycle_pct_start=optim.warmup_epochs / optim.epochs if onecycle else 0.0,
+        warmup_epochs=0.0 if rises else optim.warmup_epochs,
+        # The config refuses a rising schedule without a rise, so this is always positive there.
+        onecycle_pct_start=optim.warmup_epochs / optim.epochs if rises else 0.0,
         min_lr_ratio=optim.min_lr_ratio,
     )
 

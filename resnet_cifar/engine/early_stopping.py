@@ -1,6 +1,7 @@
 """Early stopping with PyTorch Lightning's semantics (``EarlyStopping`` callback, check_finite on).
 
-- ``mode`` follows the metric: ``max`` for ``val_acc``, ``min`` for ``val_loss``.
+- ``mode`` follows the metric (resnet_cifar.choices.monitors): ``max`` for ``val_acc``, ``min`` for
+  ``val_loss``; another metric needs it given.
 - An improvement is a change on the best of MORE than ``min_delta`` (max: ``value - best``,
   min: ``best - value``). A change of at most ``min_delta`` is no improvement.
 - The edge is decided as the user means it, not by rounding: metrics and ``min_delta`` are
@@ -20,9 +21,8 @@ import math
 import sys
 from typing import Any
 
+from resnet_cifar.choices.monitors import METRIC_MODES
 from resnet_cifar.errors import UsageError
-
-METRIC_MODES: dict[str, str] = {"val_acc": "max", "val_loss": "min"}
 
 # A change within this (relative) of min_delta is taken as exactly min_delta. Far above float64
 # rounding (~1e-16), far below any min_delta difference a user could mean.
@@ -56,11 +56,8 @@ class EarlyStopping:
             raise UsageError(f"early stopping mode must be 'min' or 'max', got {mode!r}")
         if implied is not None and mode != implied:
             raise UsageError(f"{monitor} is maximised or minimised as {implied!r}, not {mode!r}")
-        # EarlyStoppingConfig reports a bad --patience to users; this guards direct library callers.
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise UsageError(f"patience must be an integer >= 0, got {patience!r}")
-        if not (math.isfinite(min_delta) and min_delta >= 0):
-            raise UsageError(f"min_delta must be a number >= 0, got {min_delta!r}")
+        # EarlyStoppingConfig checked --patience and --min-delta once, naming the flags.
+        assert isinstance(patience, int) and patience >= 0 and math.isfinite(min_delta) and min_delta >= 0
         self.monitor = monitor
         self.mode = mode
         self.patience = patience

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from resnet_cifar.config import DEVICES as DEVICE_CHOICES
+from resnet_cifar.config import DEVICES
 from resnet_cifar.errors import UsageError
 
 AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -60,8 +60,8 @@ class Precision:
 
 def select_device(requested: str) -> torch.device:
     """``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"`` (which must be available)."""
-    if requested not in DEVICE_CHOICES:
-        raise UsageError(f"device must be one of {', '.join(DEVICE_CHOICES)}, got {requested!r}")
+    if requested not in DEVICES:
+        raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {requested!r}")
     if requested == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
