@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_cifar.choices import one_of
+from resnet_cifar.choices import described, one_of
 from resnet_cifar.choices.monitors import METRIC_MODES
 from resnet_cifar.choices.optimizers import OPTIMIZERS
 from resnet_cifar.choices.policies import POLICIES, PolicySpec
@@ -68,8 +68,12 @@ def test_reading_a_config_imports_neither_torch_nor_a_higher_room(tmp_path: Path
 def test_a_choice_flag_lists_its_registry(key: str, names: dict) -> None:
     section, name = key.split(".")
     helptext = next(item for item in SECTIONS[section].__dataclass_fields__.values() if item.name == name).metadata["help"]
-    listed = one_of(names) if key != "model.pretrained" else one_of([*names, "a weights file"])
-    assert listed in helptext
+    if key == "model.pretrained":
+        assert one_of([*names, "a weights file"]) in helptext
+    elif key == "early_stopping.monitor":
+        assert one_of(names) in helptext
+    else:  # each name with its spec's help
+        assert described(names) in helptext and all(name in helptext for name in names)
 
 
 def test_every_policy_space_names_ops_the_loaders_have() -> None:
@@ -118,4 +122,4 @@ def test_a_new_policy_reaches_the_help_of_augment() -> None:
         "(augment,) = [p for p in setting_parameters() if p.name == 'augment']\n"
         "print(augment.annotation.__metadata__[0].help)\n"
     )
-    assert "none, autoaugment, randaugment, trivialaugment or wide-randaugment" in _run(code)
+    assert "trivialaugment (Wide) or wide-randaugment (randaugment_ops ops" in _run(code)

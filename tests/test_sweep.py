@@ -69,6 +69,14 @@ def test_default_space_searches_the_issue_settings_and_validates() -> None:
     check_space(space, resolve_config(defaults={"data.data_dir": "."}))  # every bound valid for the default recipe
 
 
+def test_a_space_keeps_the_order_it_was_written_in() -> None:
+    # Trials suggest in this order, so a seeded sampler draws the same values for the same space.
+    assert default_space().keys == tuple(DEFAULT_SPACE)
+    mixed = {"optim.lr": {"type": "float", "low": 0.1, "high": 1.0}, "data": {"flip": {"type": "categorical", "choices": [True]}},
+             "optim.momentum": {"type": "float", "low": 0.5, "high": 0.9}}  # fmt: skip
+    assert parse_space(mixed, source="s").keys == ("optim.lr", "data.flip", "optim.momentum")
+
+
 def test_toml_and_yaml_files_dotted_or_nested_read_alike(tmp_path: Path) -> None:
     dotted = write(
         tmp_path / "dotted.toml",

@@ -24,7 +24,7 @@ the first import (so every test), never a user's run.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 # CIFAR-10's image side in pixels: the size the policies' ranges are stated for (a translation of
 # 150/331 of it), the largest cutout square and the smallest --image-size.
@@ -37,6 +37,12 @@ def one_of(names: Iterable[object], last: str = "or") -> str:
     """Names as a person lists them: ``"sgd, adam or adamw"``."""
     words = [str(name) for name in names]
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} {last} {words[-1]}"
+
+
+def described(registry: Mapping[str, Any], last: str = "or") -> str:
+    """A registry's names as --help lists them, each with its spec's ``help`` in brackets where it
+    has one: ``"none, autoaugment (CIFAR-10 policy) or trivialaugment (Wide)"``."""
+    return one_of((f"{name} ({spec.help})" if spec.help else name for name, spec in registry.items()), last)
 
 
 def bound(implementations: Mapping[str, T], names: Iterable[str], what: str) -> Mapping[str, T]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 class OptimizerSpec:
     """One optimizer.
 
-    help: what it is, in a few words.
+    help: what sets it apart, in a few words (--help shows it after the name).
     torch_class: its class as a dotted path (``"torch.optim.SGD"``).
     lr_scaling: how a learning rate stated for one batch size follows another: ``"linear"``
         (Goyal et al. 2017, for SGD) or ``"sqrt"`` (adaptive methods; Malladi et al. 2022, as timm).
@@ -42,12 +42,13 @@ class OptimizerSpec:
         return f"sqrt({ratio})" if self.lr_scaling == "sqrt" else ratio
 
 
-LR_SCALING = ("linear", "sqrt")
+# The scaling rules, and how --help says them.
+LR_SCALING = {"linear": "linearly", "sqrt": "by sqrt"}
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
-    "sgd": OptimizerSpec("SGD with momentum (Nesterov by default)", "torch.optim.SGD", "linear", ("momentum", "nesterov")),
-    "adam": OptimizerSpec("Adam, weight decay as L2 in the gradient", "torch.optim.Adam", "sqrt", ("betas",)),
-    "adamw": OptimizerSpec("AdamW, decoupled weight decay", "torch.optim.AdamW", "sqrt", ("betas",)),
+    "sgd": OptimizerSpec("Nesterov momentum by default", "torch.optim.SGD", "linear", ("momentum", "nesterov")),
+    "adam": OptimizerSpec("weight decay as L2 in the gradient", "torch.optim.Adam", "sqrt", ("betas",)),
+    "adamw": OptimizerSpec("decoupled weight decay", "torch.optim.AdamW", "sqrt", ("betas",)),
 }
 
 

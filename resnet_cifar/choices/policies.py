@@ -47,8 +47,9 @@ Step = tuple[str, float, int | None]
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """One policy: ``sampler`` (None: no policy) over ``space`` (ops in draw order) with ``bins``
-    magnitude bins; ``sub_policies`` for the "sub_policy" sampler."""
+    """One policy: ``help`` (--help shows it after the name; empty: the name says it), ``sampler``
+    (None: no policy) over ``space`` (ops in draw order) with ``bins`` magnitude bins;
+    ``sub_policies`` for the "sub_policy" sampler."""
 
     help: str
     sampler: str | None = None
@@ -114,13 +115,10 @@ CIFAR10_POLICY: tuple[tuple[Step, Step], ...] = (
 )
 
 POLICIES: dict[str, PolicySpec] = {
-    "none": PolicySpec("no per-image policy"),
-    "autoaugment": PolicySpec(
-        "AutoAugment's CIFAR-10 policy", "sub_policy", (*_STANDARD, OpRange("Invert")), 10, CIFAR10_POLICY
-    ),
+    "none": PolicySpec(""),
+    "autoaugment": PolicySpec("CIFAR-10 policy", "sub_policy", (*_STANDARD, OpRange("Invert")), 10, CIFAR10_POLICY),
     "randaugment": PolicySpec(
-        "RandAugment: --randaugment-ops ops at bin --randaugment-magnitude", "n_ops", (OpRange("Identity"), *_STANDARD),
-        RANDAUGMENT_BINS,
+        "randaugment_ops ops at bin randaugment_magnitude", "n_ops", (OpRange("Identity"), *_STANDARD), RANDAUGMENT_BINS
     ),
-    "trivialaugment": PolicySpec("TrivialAugment Wide: one op at a random bin", "one_op", (OpRange("Identity"), *_WIDE), 31),
+    "trivialaugment": PolicySpec("Wide", "one_op", (OpRange("Identity"), *_WIDE), 31),
 }

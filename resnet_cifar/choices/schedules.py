@@ -14,7 +14,7 @@ from dataclasses import dataclass
 class ScheduleSpec:
     """One schedule.
 
-    help: what it does, in a few words.
+    help: what it does, in a few words (--help shows it after the name; empty: the name says it).
     options: the settings it reads beyond epochs and the warm-up (``step_size``, ``gamma``,
         ``milestones``, ``min_lr_ratio``).
     rises: its own rising phase is the warm-up (one-cycle): the warm-up must be positive and is
@@ -27,11 +27,11 @@ class ScheduleSpec:
 
 
 SCHEDULES: dict[str, ScheduleSpec] = {
-    "constant": ScheduleSpec("the base rate throughout"),
+    "constant": ScheduleSpec(""),
     "step": ScheduleSpec("x gamma every step_size epochs", ("step_size", "gamma")),
-    "multistep": ScheduleSpec("x gamma at each milestone epoch", ("milestones", "gamma")),
-    "cosine": ScheduleSpec("half a cosine down to min_lr_ratio x the rate", ("min_lr_ratio",)),
-    "onecycle": ScheduleSpec("OneCycleLR: a cosine rise over the warm-up, then a cosine fall", ("min_lr_ratio",), rises=True),
+    "multistep": ScheduleSpec("x gamma at each of the milestones", ("milestones", "gamma")),
+    "cosine": ScheduleSpec("down to min_lr_ratio", ("min_lr_ratio",)),
+    "onecycle": ScheduleSpec("rises over the warm-up, then falls", ("min_lr_ratio",), rises=True),
 }
 
 

@@ -5,7 +5,7 @@
     sections.py   DataConfig, ModelConfig, OptimConfig, PrecisionConfig, EarlyStoppingConfig,
                   RunConfig: defaults ARE the default recipe; each value validated here, once
     presets.py    PRESETS: each recipe as its differences from the defaults
-    keys.py       sectioned: the one check of section and setting names, for every document
+    keys.py       settings/sectioned: the one check of section and setting names, for every document
     train.py      TrainConfig (to_dict/from_dict); resolve_lr, the one learning-rate rule
     files.py      TOML/YAML read (read_document, read_config_file) and save_config
     resolve.py    resolve_config: defaults < preset < file < flags
@@ -26,7 +26,7 @@ from resnet_cifar.choices.policies import POLICIES, RANDAUGMENT_BINS, RANDAUGMEN
 from resnet_cifar.choices.schedules import SCHEDULES
 from resnet_cifar.config.fields import FLAG_EXCEPTIONS, ConfigValueError, Section, flag_for, setting, unwrap_optional
 from resnet_cifar.config.files import CONFIG_SUFFIXES, parse_toml, parse_yaml, read_config_file, read_document, save_config
-from resnet_cifar.config.keys import sectioned
+from resnet_cifar.config.keys import sectioned, settings
 from resnet_cifar.config.presets import DEFAULT_PRESET, PRESETS
 from resnet_cifar.config.resolve import resolve_config
 from resnet_cifar.config.sections import (
@@ -94,5 +94,6 @@ __all__ = [
     "scaled_lr",
     "sectioned",
     "setting",
+    "settings",
     "unwrap_optional",
 ]

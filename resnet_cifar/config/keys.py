@@ -1,10 +1,11 @@
 """The one check of setting names, for every mapping of settings the project reads: a config file,
 a checkpoint's config, overrides from the flags, a search space.
 
-``sectioned`` turns sections of settings (``{"optim": {"lr": 0.1}}``) and, where allowed, dotted
-names (``{"optim.lr": 0.1}``) into ``{section: {name: value}}``, refusing an unknown section or
-name with the closest match (or the section the name belongs in), a section that is not a table,
-and a name given twice. It checks names only; values are checked when the sections are built.
+``settings`` reads sections of settings (``{"optim": {"lr": 0.1}}``) and, where allowed, dotted
+names (``{"optim.lr": 0.1}``) as (section, name, value) in the document's order, refusing an
+unknown section or name with the closest match (or the section the name belongs in), a section
+that is not a table, and a name given twice; ``sectioned`` groups them by section. It checks
+names only; values are checked when the sections are built.
 """
 
 from __future__ import annotations
@@ -18,38 +19,50 @@ from resnet_cifar.config.sections import SECTIONS
 from resnet_cifar.errors import UsageError
 
 
-def sectioned(document: Mapping[Any, Any], *, where: str, dotted: bool = False, noun: str = "key") -> dict[str, dict[str, Any]]:
-    """``document`` as ``{section: {name: value}}`` (None for a section: an empty YAML one); every
-    error is one UsageError line starting with ``where``. ``dotted`` also takes ``"optim.lr"``
-    keys; ``noun`` is what the document calls a name ("key" in a config, "setting" in a space)."""
-    result: dict[str, dict[str, Any]] = {}
+def settings(
+    document: Mapping[Any, Any], *, where: str, dotted: bool = False, noun: str = "key"
+) -> list[tuple[str, str, Any]]:
+    """(section, name, value) of every setting of ``document``, in its order: sections map to tables
+    of settings (None: an empty YAML section) and, with ``dotted``, ``"optim.lr"`` keys to values.
+    Every error is one UsageError line starting with ``where``; ``noun`` is what the document
+    calls a name ("key" in a config, "setting" in a search space)."""
+    found: list[tuple[str, str, Any]] = []
+    seen: set[tuple[str, str]] = set()
 
-    def put(section: str, name: str, value: Any) -> None:
+    def add(section: str, name: str, value: Any) -> None:
         if name not in SECTIONS[section].field_names():
             raise UsageError(f"{where}{_unknown_name(section, name, noun)}")
-        entries = result.setdefault(section, {})
-        if name in entries:
+        if (section, name) in seen:
             raise UsageError(f"{where}{section}.{name} is given twice")
-        entries[name] = value
+        seen.add((section, name))
+        found.append((section, name, value))
 
     for key, value in document.items():
         key = str(key)
         if key in SECTIONS:
             if value is not None and not isinstance(value, Mapping):
                 raise UsageError(f"{where}[{key}] must be a table of settings, got {show(value)}")
-            result.setdefault(key, {})
             for name, inner in (value or {}).items():
-                put(key, str(name), inner)
+                add(key, str(name), inner)
         elif dotted and "." in key:
             section, name = key.split(".", 1)
             if section not in SECTIONS:
                 raise UsageError(f"{where}{_unknown_section(section)}")
-            put(section, name, value)
+            add(section, name, value)
         elif dotted:
             raise UsageError(f"{where}{key!r} must be a dotted name such as 'optim.lr'")
         else:
             holds_a_value = value is not None and not isinstance(value, Mapping)
             raise UsageError(f"{where}{_unknown_section(key, holds_a_value=holds_a_value)}")
+    return found
+
+
+def sectioned(document: Mapping[Any, Any], *, where: str, dotted: bool = False) -> dict[str, dict[str, Any]]:
+    """``settings(document)`` as ``{section: {name: value}}``, with every section written (even an
+    empty one)."""
+    result: dict[str, dict[str, Any]] = {str(key): {} for key in document if str(key) in SECTIONS}
+    for section, name, value in settings(document, where=where, dotted=dotted):
+        result.setdefault(section, {})[name] = value
     return result
 
 

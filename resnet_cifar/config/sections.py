@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from resnet_cifar.choices import IMAGE_SIDE, one_of
+from resnet_cifar.choices import IMAGE_SIDE, described, one_of
 from resnet_cifar.choices.monitors import METRIC_MODES
-from resnet_cifar.choices.optimizers import OPTIMIZERS, optimizers_taking
+from resnet_cifar.choices.optimizers import LR_SCALING, OPTIMIZERS, optimizers_taking
 from resnet_cifar.choices.policies import POLICIES, RANDAUGMENT_BINS, RANDAUGMENT_MAX_OPS
 from resnet_cifar.choices.schedules import SCHEDULES, schedules_reading
 from resnet_cifar.choices.weights import PRETRAINED_DEPTH, PRETRAINED_FILES
@@ -33,8 +33,13 @@ DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("bf16", "fp16")
 # numpy's generators take seeds in [0, 2**32); torch takes more, but one range for every seed is simpler.
 SEED_LIMIT = 2**32
-# The schedule whose rise is its warm-up, as --help names it.
+# As --help names them: the schedule whose rise is its warm-up, and each optimizer's scaling rule.
 _RISING = one_of(name for name, spec in SCHEDULES.items() if spec.rises)
+_LR_RULES = ", ".join(
+    f"{one_of(names, 'and')} {said}"
+    for rule, said in LR_SCALING.items()
+    if (names := [name for name, spec in OPTIMIZERS.items() if spec.lr_scaling == rule])
+)
 
 
 def check_cutout(cutout: int) -> None:
@@ -56,9 +61,9 @@ class DataConfig(Section):
     policy on the cropped and flipped image, before normalization and cutout, from the registry
     resnet_cifar.choices.policies: AutoAugment's CIFAR-10 policy, RandAugment (``randaugment_ops``
     ops at magnitude bin ``randaugment_magnitude`` of 31) or TrivialAugment Wide, with
-    torchvision's op set and ranges. ``mixup`` and ``cutmix``
-    are Beta alphas (0 = off) for batch mixing with soft targets; with both on, a mixed batch is
-    one or the other with equal odds; ``mix_prob`` is the chance that a batch is mixed.
+    torchvision's op set and ranges. ``mixup`` and ``cutmix`` are Beta alphas (0 = off) for batch
+    mixing with soft targets; with both on, a mixed batch is one or the other with equal odds;
+    ``mix_prob`` is the chance that a batch is mixed.
     """
 
     section: ClassVar[str] = "data"
@@ -81,7 +86,7 @@ class DataConfig(Section):
     crop: bool = setting(True, "Random 32x32 crop of the image padded by 4 pixels.")
     flip: bool = setting(True, "Random horizontal flip.")
     cutout: int = setting(0, "Cutout square side in pixels (0 = off).")
-    augment: str = setting("none", f"Per-image policy after crop and flip: {one_of(POLICIES)}.")
+    augment: str = setting("none", f"Per-image policy after crop and flip: {described(POLICIES)}.")
     randaugment_ops: int = setting(2, f"RandAugment: ops per image, in [1, {RANDAUGMENT_MAX_OPS}].")
     randaugment_magnitude: int = setting(9, f"RandAugment: magnitude bin, in [0, {RANDAUGMENT_BINS - 1}].")
     mixup: float = setting(0.0, "Mixup's Beta alpha (0 = off); soft targets.")
@@ -214,18 +219,18 @@ class OptimConfig(Section):
     them (SGD); Adam and AdamW keep their own betas. A schedule reads the settings its registry
     entry names (resnet_cifar.choices.schedules): ``milestones`` for ``multistep`` only (refused
     elsewhere), ``step_size`` for ``step``, ``gamma`` for both; decay epochs count from the start
-    of training and must fall after the warm-up. ``min_lr_ratio`` is the floor of ``cosine`` and the end of
-    ``onecycle``, as a fraction of the peak rate (0: down to 0 for cosine, OneCycleLR's own
-    lr / 25e4 for onecycle). ``decay_norm_and_bias`` False keeps weight decay off batch-norm and
-    bias parameters.
+    of training and must fall after the warm-up. ``min_lr_ratio`` is the floor of ``cosine`` and
+    the end of ``onecycle``, as a fraction of the peak rate (0: down to 0 for cosine, OneCycleLR's
+    own lr / 25e4 for onecycle). ``decay_norm_and_bias`` False keeps weight decay off batch-norm
+    and bias parameters.
     """
 
     section: ClassVar[str] = "optim"
 
-    optimizer: str = setting("sgd", f"{one_of(OPTIMIZERS)}.")
+    optimizer: str = setting("sgd", f"{described(OPTIMIZERS)}.")
     lr: float | None = setting(
         None,
-        "Peak learning rate, used as given; left out, --lr-base scaled to the global batch (SGD linearly, Adam by sqrt).",
+        f"Peak learning rate, used as given; left out, --lr-base scaled to the global batch ({_LR_RULES}).",
         shown="0.4 at batch 512, scaled with the batch",
     )
     lr_base: float = setting(0.4, "Peak learning rate for a global batch of --lr-base-batch-size images.")
@@ -234,7 +239,7 @@ class OptimConfig(Section):
     nesterov: bool = setting(True, f"Nesterov momentum ({one_of(optimizers_taking('nesterov'))} only).")
     weight_decay: float = setting(5e-4, "L2 weight decay.")
     decay_norm_and_bias: bool = setting(False, "Apply weight decay to batch-norm and bias parameters too.")
-    schedule: str = setting("onecycle", f"{one_of(SCHEDULES)}.")
+    schedule: str = setting("onecycle", f"{described(SCHEDULES)}.")
     epochs: int = setting(30, "Training epochs.")
     warmup_fraction: float = setting(0.3, f"Warm-up as a share of the run ({_RISING}: its rising phase).")
     warmup_epochs: float | None = setting(

@@ -14,7 +14,7 @@ iterations with ``steps_per_epoch``:
   the last iteration.
 - ``onecycle``: ``OneCycleLR`` (cosine ramp up over ``onecycle_pct_start`` of the run from
   lr/25 to lr, then down towards lr/25e4 or ``min_lr_ratio`` * lr). Its ramp IS its warm-up, so
-  ``warmup_epochs`` > 0 is refused (set ``onecycle_pct_start`` instead). Momentum is not cycled:
+  it takes ``warmup_epochs`` 0 and its rise as ``onecycle_pct_start``. Momentum is not cycled:
   ``--momentum`` keeps meaning what it says. A run too short for its rise (under 1.5 steps)
   gets a rise of 1.5 steps, so every run of 3 steps or more has both phases.
 

@@ -21,10 +21,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from resnet_cifar.choices import bound
+from resnet_cifar.config import AMP_DTYPES as AMP_DTYPE_NAMES
 from resnet_cifar.config import DEVICES
 from resnet_cifar.errors import UsageError
 
-AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The torch dtype of each --amp-dtype the config accepts.
+AMP_DTYPES: dict[str, torch.dtype] = dict(
+    bound({"bf16": torch.bfloat16, "fp16": torch.float16}, AMP_DTYPE_NAMES, "engine.precision AMP dtypes")
+)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resnet_cifar.choices.policies import POLICIES
-from resnet_cifar.config import SECTIONS, ConfigValueError, TrainConfig, read_document, sectioned, unwrap_optional
+from resnet_cifar.config import SECTIONS, ConfigValueError, TrainConfig, read_document, settings, unwrap_optional
 from resnet_cifar.errors import UsageError
 
 KINDS = ("float", "int", "categorical")
@@ -154,11 +154,9 @@ def parse_space(document: Any, *, source: str) -> SearchSpace:
     """A checked SearchSpace from a mapping of dotted (or section-nested) keys to specs."""
     if not isinstance(document, Mapping):
         raise UsageError(f"{source}: a search space must map settings to specs, got {type(document).__name__}")
-    # The config's one check of setting names: dotted keys or a section's table of specs.
-    by_section = sectioned(document, where=f"{source}: ", dotted=True, noun="setting")
-    parameters = [
-        _parameter(f"{section}.{name}", spec, source) for section, specs in by_section.items() for name, spec in specs.items()
-    ]
+    # The config's one check of setting names: dotted keys or a section's table of specs, in order.
+    named = settings(document, where=f"{source}: ", dotted=True, noun="setting")
+    parameters = [_parameter(f"{section}.{name}", spec, source) for section, name, spec in named]
     if not parameters:
         raise UsageError(f"{source}: the search space is empty")
     return SearchSpace(tuple(parameters), source)
