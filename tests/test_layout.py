@@ -21,7 +21,7 @@ ROOMS = (
     ("resnet_cifar.distributed",),
     ("resnet_cifar.config",),
     # The registries of named choices: plain data that the config checks names against and the
-    # rooms above implement, so they sit below the config and import nothing but errors.
+    # rooms above implement, so they sit below the config; they import no other project module.
     ("resnet_cifar.choices",),
     ("resnet_cifar.files", "resnet_cifar.errors"),
 )

@@ -5,7 +5,7 @@ A setting that picks one of several named things (``--optimizer``, ``--schedule`
 ``--monitor``, ``--pretrained``) takes its names from one registry here: the config checks a
 value against it, the flag's --help lists it, and the module that implements the choice reads
 the spec to build it. Registries are plain frozen data with no torch import, so reading a config
-and ``resnet-cifar --help`` stay light; this room imports nothing of the project but errors.
+and ``resnet-cifar --help`` stay light; this room imports nothing else of the project.
 
 Where an implementation cannot be data (a schedule's builder, a policy sampler's tensor and DALI
 code), the implementing module keeps a table keyed by the same names and passes it through
