@@ -14,6 +14,7 @@ Two fields are not flags of their own: ``data.seed`` is set by ``--seed`` togeth
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import typing
@@ -56,7 +57,13 @@ def _field(key: str) -> Any:
 
 def _hint(key: str) -> Any:
     section, name = key.split(".", 1)
-    return typing.get_type_hints(SECTIONS[section])[name]
+    return _section_hints(section)[name]
+
+
+@functools.cache
+def _section_hints(section: str) -> dict[str, Any]:
+    # Once per section: evaluating the annotations is most of what building --help costs.
+    return typing.get_type_hints(SECTIONS[section])
 
 
 def _shown(value: Any) -> str:
