@@ -4,9 +4,9 @@
 carves the validation split from train, applies the --limit subsets and builds three loaders that
 honour one contract (see `BatchLoader`).
 
-Importing this package imports no torch (the loaders and augmentations are imported by
-`build_loaders`), so the torch-free modules below it (sources, download, load, cache, split)
-serve `resnet-cifar data` and `download` without it.
+Importing this package imports neither torch nor numpy: its functions import what they use when
+called, so `resnet-cifar download` and `--help` reach `download` without either, and `resnet-cifar
+data` the torch-free modules (sources, load, cache, split) without torch.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from resnet_cifar.config import DataConfig
-from resnet_cifar.data.load import load_cifar10
-from resnet_cifar.data.split import limit_split, train_val_split
-from resnet_cifar.data.types import CifarSplit
 from resnet_cifar.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
+
+    from resnet_cifar.data.types import CifarSplit
 
 
 class BatchLoader(Protocol):
@@ -66,6 +65,8 @@ def validation_split(
     ``cfg.seed``, then the ``--limit-train`` and ``--limit-val`` subsets (``limit_val`` given
     replaces the config's, as ``eval --split val --limit N`` does). Training and evaluation of a
     checkpoint both call this, so they see the same images in the same order."""
+    from resnet_cifar.data.split import limit_split, train_val_split
+
     kept, val = train_val_split(train, cfg.val_fraction, cfg.seed)
     limit = cfg.limit_val if limit_val is None else limit_val
     return limit_split(kept, cfg.limit_train, cfg.seed), limit_split(val, limit, cfg.seed)
@@ -86,6 +87,8 @@ def build_loaders(
 
     from resnet_cifar.data.augment import Augmentation
     from resnet_cifar.data.dali_loader import DaliLoader, dali_available
+    from resnet_cifar.data.load import load_cifar10
+    from resnet_cifar.data.split import limit_split
     from resnet_cifar.data.tensor_loader import TensorLoader
 
     dtype = torch.float32 if dtype is None else dtype
