@@ -15,6 +15,7 @@ Two fields are not flags of their own: ``data.seed`` is set by ``--seed`` togeth
 Help texts name the library's values as ``{source.NAME}`` fields, filled in when a command's
 --help is shown (cli/helptext.py).
 """
+
 from __future__ import annotations
 
 import functools
