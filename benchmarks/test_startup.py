@@ -5,13 +5,15 @@ commands that need no torch, as a user runs them.
 
 Each benchmark times the installed console script as a subprocess, whole: the interpreter's
 start, the imports, building the Typer app and printing the help. The goal (issue 25):
-`resnet-cifar --help` within 0.5 s on the 2-core reference machine (docs/performance.md). Every
+`resnet-cifar --help` within 0.5 s on the 2-core reference machine (docs/performance.md); the
+help of a command has no goal of its own (it costs more than the list of commands: Typer 0.29
+imports pydantic to parse any command's options), only that it imports no torch. Every
 round also runs the bare interpreter (``python -c pass``), untimed by pytest-benchmark but
 recorded, so the figure can be read against the floor no command goes below on the same load.
 
 Figures (extra_info): seconds_median (the command's median wall time), bare_interpreter_seconds
-(the median of the interleaved ``python -c pass`` runs), goal_seconds, and the verdict, which the
-summary prints. The time moves with a shared machine's load, so the goal is reported, not
+(the median of the interleaved ``python -c pass`` runs), and for `--help` goal_seconds and the
+verdict; the summary prints them. The time moves with a shared machine's load, so the goal is reported, not
 asserted; what makes the time is asserted: the command exits 0 and imports no torch (read from
 ``python -X importtime``'s list, in a run before the timed ones).
 """
@@ -28,7 +30,7 @@ from pathlib import Path
 import pytest
 
 CLI = str(Path(sys.executable).with_name("resnet-cifar"))
-GOAL_SECONDS = 0.5
+GOAL_SECONDS = {"help": 0.5}  # by benchmark: the issue's goal is for the list of commands
 ROUNDS = int(os.environ.get("RESNET_CIFAR_BENCH_ROUNDS", 15))
 COMMANDS = {
     "help": ("--help",),
@@ -67,9 +69,11 @@ def test_startup(benchmark, name: str) -> None:
 
     benchmark.pedantic(run_quietly, args=(command,), setup=bare_interpreter, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     benchmark.extra_info["command"] = " ".join(["resnet-cifar", *COMMANDS[name]])
-    benchmark.extra_info["goal_seconds"] = GOAL_SECONDS
     benchmark.extra_info["bare_interpreter_seconds"] = statistics.median(bare)
-    if benchmark.stats is not None:  # None under --benchmark-disable: one untimed run
-        median = benchmark.stats.stats.median
-        benchmark.extra_info["seconds_median"] = median
-        benchmark.extra_info["verdict"] = "met" if median <= GOAL_SECONDS else "MISSED"
+    if benchmark.stats is None:  # under --benchmark-disable: one untimed run
+        return
+    median = benchmark.stats.stats.median
+    benchmark.extra_info["seconds_median"] = median
+    if name in GOAL_SECONDS:
+        benchmark.extra_info["goal_seconds"] = GOAL_SECONDS[name]
+        benchmark.extra_info["verdict"] = "met" if median <= GOAL_SECONDS[name] else "MISSED"
