@@ -14,35 +14,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
 from .common import SIGNAL_EXIT_CODES, quiet_known_harmless_logs, reported_errors, stop_on_signals
 from .options import (
-    ConfigOption,
-    NoCacheOption,
-    ScaleLrOption,
     parameters_of,
     resolve_data,
     resolve_run_config,
     run_defaults,
+    run_options,
     setting_parameters,
     with_signature,
 )
 from .progress import EventFanOut, ProgressRenderer
 from .render import Output
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object with the result on stdout.")]
-
-
-def _own_parameters(
-    config: ConfigOption = None,
-    scale_lr: ScaleLrOption = False,
-    no_cache: NoCacheOption = False,
-    json_output: JsonOption = False,
-) -> None:
-    """The options of `train` that are not settings; the setting flags follow them."""
 
 
 def train(**values: Any) -> None:
@@ -103,8 +90,8 @@ def train(**values: Any) -> None:
         raise typer.Exit(SIGNAL_EXIT_CODES.get(result.interrupted, 1))
 
 
-# Typer reads a command's options from its signature: train's own options, then every setting flag.
-with_signature(train, [*parameters_of(_own_parameters), *setting_parameters()])
+# Typer reads a command's options from its signature: the run options, then every setting flag.
+with_signature(train, [*parameters_of(run_options), *setting_parameters()])
 
 
 def _resumed_settings(resume: Path | None, *, out_given: bool) -> dict[str, Any]:

@@ -51,7 +51,8 @@ import torch
 from torch import Tensor, nn
 
 from resnet_cifar.config import DataConfig, PrecisionConfig, TrainConfig
-from resnet_cifar.data import load_cifar10, validation_split
+from resnet_cifar.data import validation_split
+from resnet_cifar.data.load import load_cifar10
 from resnet_cifar.data.split import limit_split
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit

@@ -3,24 +3,25 @@
 `build_loaders(data_cfg, device)` is the one entry point the engine uses: it reads the data,
 carves the validation split from train, applies the --limit subsets and builds three loaders that
 honour one contract (see `BatchLoader`).
+
+Importing this package imports neither torch nor numpy: its functions import what they use when
+called, so `resnet-cifar download` and `--help` reach `download` without either, and `resnet-cifar
+data` the torch-free modules (sources, load, cache, split) without torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from resnet_cifar.config import DataConfig
-from resnet_cifar.data.augment import Augmentation
-from resnet_cifar.data.dali_loader import DaliLoader, dali_available
-from resnet_cifar.data.load import load_cifar10
-from resnet_cifar.data.split import limit_split, train_val_split
-from resnet_cifar.data.tensor_loader import TensorLoader
-from resnet_cifar.data.types import CifarSplit
 from resnet_cifar.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from resnet_cifar.data.types import CifarSplit
 
 
 class BatchLoader(Protocol):
@@ -64,6 +65,8 @@ def validation_split(
     ``cfg.seed``, then the ``--limit-train`` and ``--limit-val`` subsets (``limit_val`` given
     replaces the config's, as ``eval --split val --limit N`` does). Training and evaluation of a
     checkpoint both call this, so they see the same images in the same order."""
+    from resnet_cifar.data.split import limit_split, train_val_split
+
     kept, val = train_val_split(train, cfg.val_fraction, cfg.seed)
     limit = cfg.limit_val if limit_val is None else limit_val
     return limit_split(kept, cfg.limit_train, cfg.seed), limit_split(val, limit, cfg.seed)
@@ -73,11 +76,22 @@ def build_loaders(
     cfg: DataConfig,
     device: torch.device,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     channels_last: bool = False,
     shard_id: int = 0,
     num_shards: int = 1,
 ) -> Loaders:
+    """The train, val and test loaders of ``cfg`` on ``device``; ``dtype`` is the images' (None:
+    float32)."""
+    import torch
+
+    from resnet_cifar.data.augment import Augmentation
+    from resnet_cifar.data.dali_loader import DaliLoader, dali_available
+    from resnet_cifar.data.load import load_cifar10
+    from resnet_cifar.data.split import limit_split
+    from resnet_cifar.data.tensor_loader import TensorLoader
+
+    dtype = torch.float32 if dtype is None else dtype
     kind = resolve_loader_kind(cfg.loader, device, dali_available())
     splits = load_cifar10(cfg.data_dir, verify=cfg.verify, cache_dir=cfg.cache_dir)
     train, val = validation_split(splits.train, cfg)
