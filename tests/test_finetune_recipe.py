@@ -199,8 +199,8 @@ def test_backbone_lr_mult_scales_the_backbone_group_at_every_step(
     trainer = Trainer(cfg)
     parts = trainer.parts
     optimizer = parts.optimizer
-    head = {id(param) for param in parts.module.fc.parameters()}
-    is_top = [all(id(param) in head for param in group["params"]) for group in optimizer.param_groups]
+    top_layer = {id(param) for param in parts.module.fc.parameters()}
+    is_top = [all(id(param) in top_layer for param in group["params"]) for group in optimizer.param_groups]
     assert sorted(is_top) == [False, False, True, True]  # backbone and top, each with and without decay
     used: list[list[float]] = []
     # The rates each optimizer step actually uses, read just before it runs.

@@ -43,6 +43,6 @@ def test_recipe_takes_real_steps_on_the_cpu(
     after = list(trainer.parts.module.parameters())
     changed = sum(not torch.equal(old, new) for old, new in zip(before, after))
     # zero_init_residual starts each residual branch at zero, so a few branch weights only begin to
-    # move after the first steps; the stem, the top and most of the network move at once.
+    # move after the first steps; the stem, the top layer and most of the network move at once.
     assert changed > 0.8 * len(before)
     assert not torch.equal(before[0], after[0]) and not torch.equal(before[-1], after[-1])
