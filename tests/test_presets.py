@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from resnet_cifar.config import resolve_config
-from resnet_cifar.engine.trainer import Trainer
+from resnet_cifar.engine.trainer import build_trainer
 
 
 @pytest.mark.parametrize("preset", ["default", "long"])
@@ -30,7 +30,7 @@ def test_recipe_takes_real_steps_on_the_cpu(
         },
     )
     assert cfg.model.depth == 50 and cfg.model.stem == "cifar"
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     before = [param.detach().clone() for param in trainer.parts.module.parameters()]
     lrs = []
     trainer.parts.module.train()

@@ -1,7 +1,7 @@
 """Training engine building blocks: precision, optimizers and schedules, the training step,
 early stopping and checkpoints. The trainer maps the frozen config onto these plain-keyword APIs."""
 
-from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
 from resnet_cifar.engine.early_stopping import METRIC_MODES, EarlyStopping
 from resnet_cifar.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler, param_groups
 from resnet_cifar.engine.precision import (
@@ -40,7 +40,6 @@ __all__ = [
     "prepare_model",
     "resolve_precision",
     "restore_rng_state",
-    "save_checkpoint",
     "select_device",
     "unwrap_model",
 ]

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_cifar.config import TrainConfig, save_config
-from resnet_cifar.engine.trainer import EpochFinished, Event, StepFinished, StopRequest, Trainer
+from resnet_cifar.engine.trainer import EpochFinished, Event, StepFinished, StopRequest, train
 from resnet_cifar.errors import ResnetCifarError, UsageError
 from resnet_cifar.evaluation.plots import atomic_write
 from resnet_cifar.files import first_line, one_line
@@ -481,7 +481,7 @@ def _fit(cfg: TrainConfig, trial: Any, emit: SweepEventHandler, stop: StopReques
         if isinstance(event, (StepFinished, EpochFinished)) and stop.signal_name is not None:
             trial_stop.request(stop.signal_name)
 
-    return Trainer(cfg, on_event=handle, stop=trial_stop).fit()
+    return train(cfg, on_event=handle, stop=trial_stop)
 
 
 def _finish(
