@@ -14,10 +14,11 @@ outcome comes back as a FitResult. This module owns the order of things:
 ``resume`` continues exactly where the checkpoint was taken: the loaders' order and augmentation
 depend only on (seed, epoch), and the RNG states cover dropout.
 
-A stop request (the CLI's SIGTERM/SIGINT handler sets it) is honoured after the current step:
-a resumable last.pt is written and the result says which signal stopped the run. A non-finite
-loss raises NonFiniteLossError before any update, and no checkpoint is written after it, so the
-last good last.pt/best.pt stay as they were.
+A stop request is honoured after the current step: from a signal (the CLI's SIGTERM/SIGINT handler
+sets it) a resumable last.pt is written and the result names the signal (``interrupted``); from a
+sweep's pruner the run stops after its epoch and the result says ``pruned``. A non-finite loss
+raises NonFiniteLossError before any update, and no checkpoint is written after it, so the last
+good last.pt/best.pt stay as they were.
 
 Multi-process (DDP) training: build the parts for the job's DistEnv (``build_run(cfg,
 distributed=...)``), inside a started process group (resnet_cifar.distributed.process_group).
@@ -104,7 +105,7 @@ class FitResult:
     best_epoch: int | None
     stopped_early: bool
     stop_reason: str | None
-    interrupted: str | None  # the signal name that stopped the run, if any
+    interrupted: str | None  # the signal that stopped the run, if one did
     history: tuple[EpochRecord, ...]
     test: dict[str, Any] | None  # the final model's test report (never used for selection)
     checkpoint: Path
@@ -113,6 +114,7 @@ class FitResult:
     train_seconds: float = 0.0  # the loop's wall time: training, validation and checkpointing
     reached_target: bool | None = None  # --target-acc: whether validation reached it (None: no target)
     time_to_target_s: float | None = None  # training seconds (validations included) until it did
+    pruned: bool = False  # a sweep's pruner stopped the run after an epoch (not an interruption)
 
     @property
     def test_acc(self) -> float | None:
@@ -128,6 +130,7 @@ class FitResult:
             "stopped_early": self.stopped_early,
             "stop_reason": self.stop_reason,
             "interrupted": self.interrupted,
+            "pruned": self.pruned,
             "test_acc": self.test_acc,
             "history": [record.to_dict() for record in self.history],
             "checkpoint": str(self.checkpoint),
@@ -178,12 +181,16 @@ EventHandler = Callable[[Event], None]
 
 @dataclass
 class StopRequest:
-    """Set by a signal handler (outside the library); checked after every step."""
+    """Asks the loop to stop after the current step; set outside the library, checked after every step."""
 
-    signal_name: str | None = None
+    signal_name: str | None = None  # the signal that asked (the CLI's handler): the run is interrupted
+    pruned: bool = False  # a sweep's pruner asked: the trial is not worth finishing
 
     def request(self, signal_name: str) -> None:
         self.signal_name = signal_name
+
+    def prune(self) -> None:
+        self.pruned = True
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -280,11 +287,12 @@ class Trainer:
         )
 
     def _agreed_stop(self) -> bool:
-        """Whether to stop now: the job's stop request, the same on every rank (see DistEnv.agree_on_stop)."""
+        """Whether to stop now: a signal any rank got, the same on every rank (see
+        DistEnv.agree_on_stop), or the pruner of a (single-process) sweep."""
         agreed = self.dist.agree_on_stop(self.stop.signal_name, self.device)
         if agreed is not None and agreed != self.stop.signal_name:
             self.stop.request(agreed)  # another rank got a signal: this one stops, and reports, with it
-        return agreed is not None
+        return agreed is not None or self.stop.pruned
 
     def _judge(self, record: EpochRecord) -> tuple[bool, bool, str | None]:
         """(is the epoch the best so far, should the run stop early, why). The monitor decides
@@ -381,7 +389,7 @@ class Trainer:
             if reached:
                 stop_reason = f"val_acc {record.val_acc:.4f} reached the target {target:g} at epoch {record.epoch}"
                 break
-            if self._agreed_stop():  # a signal during validation: stop cleanly here
+            if self._agreed_stop():  # a signal during validation, or the pruner: stop cleanly here
                 self.checkpointer.save_stop(self.state, self._position(epoch + 1))
                 return self._finish(stopped_early=False, stop_reason=None, test=None)
         self.train_seconds = time.perf_counter() - self.clock_started
@@ -485,6 +493,7 @@ class Trainer:
             train_seconds=self.train_seconds or time.perf_counter() - self.clock_started,
             reached_target=None if self.cfg.run.target_acc is None else self.time_to_target_s is not None,
             time_to_target_s=self.time_to_target_s,
+            pruned=self.stop.pruned,
         )
         self.checkpointer.wait()  # every checkpoint is on disk before the run reports
         self.checkpointer.write_result(result.to_dict())
