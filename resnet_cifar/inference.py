@@ -114,8 +114,8 @@ class TrainedModel:
         """The dtype batches are built in: the autocast dtype (as in training), else float32."""
         return self.precision.amp_dtype or torch.float32
 
-    def transform(self, images: Tensor) -> Tensor:
-        """What the trainer does to a batch before the model: the fine-tuning resize, if any."""
+    def resize(self, images: Tensor) -> Tensor:
+        """What the trainer does to a batch before the model: the --image-size resize, if any."""
         return resize_batch(images, self.config.model.image_size)
 
     def loader(self, data: CifarSplit, *, batch_size: int, seed: int = 0) -> TensorLoader:
@@ -234,7 +234,7 @@ def evaluate_split(
         autocast=trained.precision.autocast,
         tta=tta,
         loss_fn=build_loss(trained.config.optim.label_smoothing),
-        transform=trained.transform,
+        resize=trained.resize,
         keep_predictions=keep_predictions,
     )
 
@@ -408,7 +408,7 @@ def predict_files(
     probabilities: list[Tensor] = []
     with torch.inference_mode():
         for batch, _ in trained.loader(split, batch_size=batch_size):
-            batch = trained.transform(batch)
+            batch = trained.resize(batch)
             logits = predict_logits(trained.model, batch, autocast=trained.precision.autocast, tta=tta)
             probabilities.append(torch.softmax(logits, dim=1).cpu())
     top_values, top_indices = torch.cat(probabilities).topk(top_k, dim=1)

@@ -75,7 +75,7 @@ class RunParts:
         return self.ema.module if self.ema is not None else self.module
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
-        """Batches upsampled to --image-size before the model (a no-op without it)."""
+        """A batch resized to --image-size before the model (a no-op without it)."""
         return resize_batch(images, self.cfg.model.image_size)
 
 

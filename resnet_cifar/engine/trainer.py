@@ -281,7 +281,7 @@ class Trainer:
             num_classes=len(self.classes),
             autocast=parts.precision.autocast,
             loss_fn=parts.loss_fn,
-            transform=parts.resize,
+            resize=parts.resize,
             reduce=self.dist.is_distributed,
             tta=tta,
         )
