@@ -49,13 +49,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from resnet_cifar.config import DataConfig, PrecisionConfig, TrainConfig
+from resnet_cifar.config import DataConfig, PrecisionConfig
 from resnet_cifar.data import load_cifar10, validation_split
 from resnet_cifar.data.split import limit_split
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit
 from resnet_cifar.engine.build import build_model, run_precision
-from resnet_cifar.engine.checkpointer import read_trained_checkpoint
+from resnet_cifar.engine.checkpointer import TrainedCheckpoint, read_trained_checkpoint
 from resnet_cifar.engine.precision import Precision, select_device
 from resnet_cifar.engine.step import build_loss
 from resnet_cifar.errors import DataError, UsageError
@@ -92,18 +92,12 @@ CONFUSION_PNG_FILE = "confusion_matrix.png"
 
 
 @dataclass(frozen=True)
-class TrainedModel:
-    """A model rebuilt from a checkpoint, on its device in eval mode, with what it needs to run."""
+class TrainedModel(TrainedCheckpoint):
+    """A model rebuilt from a checkpoint (what TrainedCheckpoint says about it: path, classes,
+    config, which weights, epoch, starting weights), on its device in eval mode, with its precision."""
 
-    path: Path
     model: nn.Module
-    classes: tuple[str, ...]
-    config: TrainConfig
     precision: Precision
-    weights: str  # "ema" or "model": which weights of the checkpoint were loaded
-    epoch: int | None
-    # The weights training started from (name, file, sha256), as the checkpoint records them.
-    pretrained: dict[str, str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -146,25 +140,16 @@ def load_trained_model(path: Path, *, device: str = "auto") -> TrainedModel:
     a checkpoint of this project (including a pickle that would run code, refused unread) or
     whose weights do not fit the architecture its config names.
     """
-    saved = read_trained_checkpoint(Path(path))
+    saved, state = read_trained_checkpoint(Path(path))
     # Only the architecture: no pretrained source is read, every weight comes from the file.
     model, _ = build_model(saved.config, len(saved.classes), load_weights=False)
-    saved.load_into(model)
+    saved.load_into(model, state)
     precision = eval_precision(saved.config.precision, select_device(device))
     model = model.to(precision.device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     model.eval()
-    return TrainedModel(
-        path=saved.path,
-        model=model,
-        classes=saved.classes,
-        config=saved.config,
-        precision=precision,
-        weights=saved.weights,
-        epoch=saved.epoch,
-        pretrained=saved.pretrained,
-    )
+    return TrainedModel(**vars(saved), model=model, precision=precision)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -232,6 +232,7 @@ class Checkpointer:
         self.is_main = is_main
         self.every = every  # last.pt every N epochs (--checkpoint-every), and at the end
         self._last_position: tuple[int, int] | None = None  # (epoch, batches done) last.pt holds; on every rank
+        self._resume: ResumeCheckpoint | None = None  # what open_run accepted, until restore() puts it back
         self._pinned: dict[str, torch.Tensor] = {}  # reused host buffers for CUDA snapshots
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -353,26 +354,34 @@ class Checkpointer:
 
     # -- what the loop asks for: the checkpointer picks the files
 
-    def open_run(
-        self, cfg: TrainConfig, *, world_size: int, resume: ResumeCheckpoint | None = None
-    ) -> ResumeCheckpoint | None:
+    def open_run(self, cfg: TrainConfig, *, world_size: int, resume: ResumeCheckpoint | None = None) -> None:
         """Take the folder (``acquire``) and check, before anything is built, that the run may
         start: a fresh run over no earlier one, or a resume of ``cfg.run.resume`` (``resume``: that
         checkpoint already read, e.g. by the CLI for its settings) with its settings and number of
-        processes. Returns the checkpoint to resume from, if any; the folder is let go on refusal."""
+        processes; ``restore`` then puts it back. The folder is let go on refusal."""
         self.acquire()
         try:
             if cfg.run.resume is None:
                 self.check_new_run()
-                return None
+                return
             if resume is None:
                 resume = ResumeCheckpoint.read(cfg.run.resume)
             assert resume.path.expanduser() == cfg.run.resume, "the checkpoint read is the one cfg.run.resume names"
             resume.check_run(cfg, world_size=world_size)
-            return resume
+            self._resume = resume
         except BaseException:
             self.release()
             raise
+
+    def restore(self, state: RunState) -> LoopPosition:
+        """The resumed checkpoint (the one ``open_run`` accepted) put back into ``state``, and the
+        loop's position in it; a fresh run's start without one."""
+        resume, self._resume = self._resume, None
+        if resume is None:
+            return LoopPosition()
+        position = state.load_state_dict(resume.payload, resume.path)
+        resume.payload.clear()  # put back: its tensors are not kept alive through the run
+        return position
 
     def save_epoch(self, state: RunState, position: LoopPosition, *, is_best: bool, final: bool) -> float:
         """An epoch ended (``position`` starts the next): last.pt every ``every`` epochs and at the
@@ -516,7 +525,8 @@ RESUME_MAY_CHANGE = (
 
 @dataclass(frozen=True)
 class ResumeCheckpoint:
-    """A checkpoint to resume from, read once: the CLI takes its settings, the run restores it."""
+    """A checkpoint to resume from, read once: the CLI takes its settings, the run restores it
+    (``Checkpointer.restore``, which then empties ``payload``)."""
 
     path: Path
     payload: dict[str, Any]
@@ -568,48 +578,40 @@ def _plain(value: Any) -> str:
 
 @dataclass(frozen=True)
 class TrainedCheckpoint:
-    """What inference takes from a checkpoint: the weights to evaluate, the classes, the settings
-    the model was trained with, and what they started from."""
+    """What a checkpoint says about the model it holds, for eval, predict, report and export."""
 
     path: Path
-    state: dict[str, Tensor]  # the weights, under the plain module's keys
-    weights: str  # which weights they are: "ema" when the checkpoint has them, else "model"
     classes: tuple[str, ...]
-    config: TrainConfig
+    config: TrainConfig  # the settings the model was trained with (its architecture among them)
+    weights: str  # which weights inference uses: "ema" when the checkpoint has them, else "model"
     epoch: int | None
     pretrained: dict[str, str] | None  # name, file and sha256 of the starting weights; None: random or older
 
-    def load_into(self, model: nn.Module) -> None:
-        """The weights into ``model``, built from ``config`` for ``classes``, or a one-line DataError
-        saying how they do not fit it."""
-        mismatch = describe_mismatch(model.state_dict(), self.state)
+    def load_into(self, model: nn.Module, state: Mapping[str, Tensor]) -> None:
+        """The checkpoint's weights (``state``, from read_trained_checkpoint) into ``model``, built
+        from ``config`` for ``classes``, or a one-line DataError saying how they do not fit it."""
+        mismatch = describe_mismatch(model.state_dict(), state)
         if mismatch:
             model_cfg = self.config.model
             raise DataError(
-                f"{self.path}: the {self.weights} weights do not fit a ResNet-{model_cfg.depth} ({model_cfg.stem} stem, "
-                f"{len(self.classes)} classes): {mismatch}"
+                f"{self.path}: the {self.weights} weights do not fit a ResNet-{model_cfg.depth} "
+                f"({model_cfg.stem} stem, {len(self.classes)} classes): {mismatch}"
             )
-        model.load_state_dict(self.state, strict=True)
+        model.load_state_dict(state, strict=True)
 
 
-def read_trained_checkpoint(path: Path) -> TrainedCheckpoint:
-    """A checkpoint for eval, predict, report and export, checked: format, classes, stored config,
-    weights (one-line DataErrors naming the file; UsageError when it is missing)."""
+def read_trained_checkpoint(path: Path) -> tuple[TrainedCheckpoint, dict[str, Tensor]]:
+    """A checkpoint for eval, predict, report and export, checked (format, classes, stored config,
+    weights: one-line DataErrors naming the file; UsageError when it is missing), and the weights
+    to load into its model, under the plain module's keys."""
     path = Path(path)
     payload = _read_payload(path, require=TRAINED_KEYS)
     classes = _checked_classes(payload["classes"], path)
     config = stored_config(payload, path)  # a bad one is bad data in the file, as on resume
     state, weights = select_weights(payload, path)
-    epoch = payload.get("epoch")
-    return TrainedCheckpoint(
-        path=path,
-        state=state,
-        weights=weights,
-        classes=classes,
-        config=config,
-        epoch=int(epoch) if isinstance(epoch, int) else None,
-        pretrained=_checked_pretrained(payload.get("pretrained"), path),
-    )
+    epoch = int(payload["epoch"]) if isinstance(payload.get("epoch"), int) else None
+    pretrained = _checked_pretrained(payload.get("pretrained"), path)
+    return TrainedCheckpoint(path, classes, config, weights, epoch, pretrained), state
 
 
 def select_weights(payload: Mapping[str, Any], path: Path) -> tuple[dict[str, Tensor], str]:

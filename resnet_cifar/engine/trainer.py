@@ -198,8 +198,8 @@ class StopRequest:
 
 class Trainer:
     """One run's loop over the parts it is given, writing through the Checkpointer that holds the
-    run folder (``checkpointer.open_run`` took it; ``fit`` lets it go). ``resume``: the checkpoint
-    ``open_run`` returned, restored here."""
+    run folder (``checkpointer.open_run`` took it, and the checkpoint to resume from, if any;
+    ``fit`` lets it go)."""
 
     def __init__(
         self,
@@ -208,7 +208,6 @@ class Trainer:
         *,
         on_event: EventHandler | None = None,
         stop: StopRequest | None = None,
-        resume: ResumeCheckpoint | None = None,
     ) -> None:
         self.parts = parts
         self.cfg = cfg = parts.cfg
@@ -229,19 +228,16 @@ class Trainer:
             else None
         )
         self.state = RunState(parts, monitor=self.monitor, early_stopping=self.early_stopping)
-        self.history: list[EpochRecord] = []
-        self.start_epoch = 0
-        self.batches_done = 0  # in the epoch start_epoch, for a resume from an interrupted epoch
-        self.partial_epoch: dict[str, Any] | None = None  # that epoch's running sums so far
+        start = checkpointer.restore(self.state)  # epoch 0 of a fresh run, else where the checkpoint was taken
+        self.history = [EpochRecord(**record) for record in start.history]
+        self.start_epoch = start.epoch
+        self.batches_done = start.batches_done  # in the epoch start_epoch, for a resume from an interrupted epoch
+        # That epoch's running sums so far.
+        self.partial_epoch = None if start.partial_epoch is None else dict(start.partial_epoch)
         self.compile_seconds = 0.0
         self.clock_started = time.perf_counter()  # reset after the compile warm-up in fit()
         self.train_seconds = 0.0
         self.time_to_target_s: float | None = None
-        if resume is not None:
-            position = self.state.load_state_dict(resume.payload, resume.path)
-            self.start_epoch, self.batches_done = position.epoch, position.batches_done
-            self.partial_epoch = None if position.partial_epoch is None else dict(position.partial_epoch)
-            self.history = [EpochRecord(**record) for record in position.history]
 
     def _position(self, epoch: int, batches_done: int = 0, partial: dict[str, Any] | None = None) -> LoopPosition:
         """The loop's position for a checkpoint: ``epoch`` the 0-based epoch to continue with, and
@@ -515,10 +511,10 @@ def build_trainer(
     its settings). Under torchrun, pass the job's DistEnv and call it inside
     resnet_cifar.distributed.process_group."""
     checkpointer = Checkpointer(cfg.run.out_dir, is_main=distributed.is_main, every=cfg.run.checkpoint_every)
-    resume = checkpointer.open_run(cfg, world_size=distributed.world_size, resume=resume)
+    checkpointer.open_run(cfg, world_size=distributed.world_size, resume=resume)
     try:
         parts = build_run(cfg, distributed=distributed)
-        return Trainer(parts, checkpointer, on_event=on_event, stop=stop, resume=resume)
+        return Trainer(parts, checkpointer, on_event=on_event, stop=stop)
     except BaseException:
         checkpointer.release()
         raise
