@@ -288,8 +288,8 @@ class Checkpointer:
 
     def save(self, names: Sequence[str], payload: dict[str, Any], *, stamp_last_record: bool = False) -> float:
         """Snapshot ``payload`` and write it to each of ``names`` in the background (rank 0 only).
-        Returns the seconds the caller was blocked: waiting
-        for the previous write, then the snapshot. ``stamp_last_record`` writes that time into the
+        Returns the seconds the caller was blocked: waiting for the previous write, then the
+        snapshot. ``stamp_last_record`` writes that time into the
         snapshot's last history record too (its ``checkpoint_seconds``), so a resumed run's
         metrics say what the first run measured."""
         if not (self.is_main and names):
