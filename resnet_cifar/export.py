@@ -244,7 +244,7 @@ def parity_batch(
         split, batch_size=len(split), train=False, device=torch.device("cpu"), dtype=torch.float32, channels_last=False
     )
     with torch.inference_mode():
-        reference = torch.cat([predict_logits(model, trained.transform(batch)) for batch, _ in loader])
+        reference = torch.cat([predict_logits(model, trained.resize(batch)) for batch, _ in loader])
     images = torch.from_numpy(split.images).permute(0, 3, 1, 2).float().div(255.0).contiguous()
     return images, reference
 

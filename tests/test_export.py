@@ -22,7 +22,6 @@ from resnet_cifar.config import TrainConfig, resolve_config
 from resnet_cifar.data.split import limit_split
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
-from resnet_cifar.engine.checkpoint import save_checkpoint
 from resnet_cifar.engine.step import build_ema
 from resnet_cifar.inference import evaluate_checkpoint, load_eval_split
 from resnet_cifar.export import (
@@ -35,6 +34,8 @@ from resnet_cifar.export import (
     read_safetensors_export,
 )
 from resnet_cifar.models import resnet18
+
+from helpers import save_checkpoint
 
 TRAIN_STEPS = 30
 TRAIN_BATCH = 64

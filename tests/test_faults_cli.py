@@ -37,10 +37,11 @@ import torch
 
 from resnet_cifar.config import resolve_config
 from resnet_cifar.data.types import CIFAR10_CLASSES
-from resnet_cifar.engine.checkpoint import save_checkpoint
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation import plots
 from resnet_cifar.models import resnet18
+
+from helpers import save_checkpoint
 
 TIMEOUT_S = 120
 IMAGES_PER_CLASS = 2

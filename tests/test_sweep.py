@@ -260,6 +260,9 @@ def test_interrupted_trials_do_not_count_and_pruned_ones_stop_after_their_epoch(
     checkpoint = load_checkpoint(folder / "last.pt")
     assert checkpoint["epoch"] == 1 and checkpoint["batches_done_in_epoch"] == 0  # resumable at epoch 2
     assert json.loads((folder / "trial.json").read_text())["state"] == "PRUNED"
+    # Pruning is no interruption: the run's record names it for what it is.
+    recorded = json.loads((folder / "result.json").read_text())
+    assert recorded["pruned"] is True and recorded["interrupted"] is None
     assert second.best is None and not (out / "best.toml").exists()
 
     third = run_sweep(base, space, out_dir=out, trials=1)  # a pruned trial counts: nothing to run

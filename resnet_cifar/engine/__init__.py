@@ -2,7 +2,7 @@
 early stopping and checkpoints. The trainer maps the frozen config onto these plain-keyword APIs;
 the named choices they build (optimizers, schedules, monitors) come from resnet_cifar.choices."""
 
-from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
 from resnet_cifar.engine.early_stopping import EarlyStopping
 from resnet_cifar.engine.optim import build_optimizer, build_scheduler, param_groups
 from resnet_cifar.engine.precision import (
@@ -36,7 +36,6 @@ __all__ = [
     "prepare_model",
     "resolve_precision",
     "restore_rng_state",
-    "save_checkpoint",
     "select_device",
     "unwrap_model",
 ]

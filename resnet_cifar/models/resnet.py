@@ -116,14 +116,14 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Stem, four stages of residual blocks, global average pool, optional dropout, linear top.
+    """Stem, four stages of residual blocks, global average pool, optional dropout, the linear top layer (``fc``).
 
     Args:
         block: ``BasicBlock`` or ``Bottleneck``.
         stage_blocks: number of blocks in each of the four stages.
-        num_classes: outputs of the linear top.
+        num_classes: outputs of the top layer.
         stem: ``"cifar"`` (3x3 stride-1 conv, no max-pool) or ``"imagenet"`` (7x7/2 conv, 3x3/2 max-pool).
-        dropout: probability of the dropout before the top; 0 disables it.
+        dropout: probability of the dropout before the top layer (``fc``); 0 disables it.
         zero_init_residual: start each residual branch's last batch-norm scale at zero, so every
             block begins as the identity (Goyal et al., 2017), as torchvision's flag does.
     """
