@@ -23,6 +23,11 @@ def test_auto_means_dali_only_on_a_gpu_with_dali() -> None:
     assert resolve_loader_kind("dali", CPU, dali_installed=True) == "dali"
     with pytest.raises(UsageError, match="nvidia-dali"):
         resolve_loader_kind("dali", CPU, dali_installed=False)
+    # The names are DataConfig's to check, naming the flag; the resolver only asserts.
+    with pytest.raises(UsageError, match="^--loader must be one of auto, tensor, dali, got 'fast'$"):
+        DataConfig(data_dir=Path("."), loader="fast")
+    with pytest.raises(AssertionError, match="'fast'"):
+        resolve_loader_kind("fast", CPU, dali_installed=True)
 
 
 @pytest.mark.parametrize("kind", ["tensor", "dali"])

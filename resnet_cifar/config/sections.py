@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from resnet_cifar.choices import IMAGE_SIDE, described, one_of
+from resnet_cifar.choices.models import DEPTHS, STEMS
 from resnet_cifar.choices.monitors import METRIC_MODES
 from resnet_cifar.choices.optimizers import LR_SCALING, OPTIMIZERS, optimizers_taking
 from resnet_cifar.choices.policies import POLICIES, RANDAUGMENT_BINS, RANDAUGMENT_MAX_OPS
@@ -26,8 +27,6 @@ from resnet_cifar.config.fields import ConfigValueError, Section, listed, settin
 from resnet_cifar.config.presets import PRESETS
 
 LOADER_KINDS = ("auto", "tensor", "dali")
-DEPTHS = (18, 34, 50, 101, 152)
-STEMS = ("cifar", "imagenet")
 PRETRAINED_NAMES = tuple(PRETRAINED_FILES)
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("bf16", "fp16")
@@ -153,7 +152,7 @@ class ModelConfig(Section):
     section: ClassVar[str] = "model"
 
     depth: int = setting(50, f"ResNet depth: {one_of(DEPTHS)}.")
-    stem: str = setting("cifar", "cifar (3x3 conv, no max-pool) or imagenet (7x7/2 conv + max-pool).")
+    stem: str = setting("cifar", f"{described(STEMS)}.")
     dropout: float = setting(0.0, "Dropout before the top layer, in [0, 1).")
     zero_init_residual: bool = setting(True, "Start each residual branch's last batch norm at zero.")
     pretrained: str | None = setting(None, f"Start from {one_of([*PRETRAINED_NAMES, 'a weights file'])}.", shown="random")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from resnet_cifar.config import DataConfig
+from resnet_cifar.config import LOADER_KINDS, DataConfig
 from resnet_cifar.errors import UsageError
 
 if TYPE_CHECKING:
@@ -48,13 +48,13 @@ class Loaders:
 
 
 def resolve_loader_kind(requested: str, device: torch.device, dali_installed: bool) -> str:
-    """auto means DALI on a GPU when it is installed, else the tensor loader."""
+    """``requested`` (one of LOADER_KINDS, which DataConfig checked) with auto resolved: DALI on a
+    GPU when it is installed, else the tensor loader."""
+    assert requested in LOADER_KINDS, f"unknown loader {requested!r}"
     if requested == "auto":
         return "dali" if device.type == "cuda" and dali_installed else "tensor"
     if requested == "dali" and not dali_installed:
         raise UsageError("--loader dali needs NVIDIA DALI: pip install nvidia-dali-cuda120")
-    if requested not in ("tensor", "dali"):
-        raise UsageError(f"--loader must be auto, tensor or dali, got {requested!r}")
     return requested
 
 
