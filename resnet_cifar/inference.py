@@ -54,6 +54,7 @@ from resnet_cifar.config import DataConfig, PrecisionConfig, TrainConfig
 from resnet_cifar.data import validation_split
 from resnet_cifar.data.load import load_cifar10
 from resnet_cifar.data.split import limit_split
+from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit
 from resnet_cifar.engine.build import build_model, run_precision
@@ -286,12 +287,14 @@ def evaluate_split(
         )
     loader = TensorLoader(
         data,
-        batch_size=batch_size,
-        train=False,
-        device=trained.precision.device,
-        dtype=trained.batch_dtype,
-        channels_last=trained.precision.channels_last,
-        seed=trained.config.data.seed,
+        LoaderSpec(
+            batch_size=batch_size,
+            train=False,
+            seed=trained.config.data.seed,
+            device=trained.precision.device,
+            dtype=trained.batch_dtype,
+            channels_last=trained.precision.channels_last,
+        ),
     )
     return evaluate(
         trained.model,
@@ -473,11 +476,13 @@ def predict_files(
     split = CifarSplit(pixels, np.zeros(len(paths), dtype=np.int64), trained.classes)
     loader = TensorLoader(
         split,
-        batch_size=batch_size,
-        train=False,
-        device=trained.precision.device,
-        dtype=trained.batch_dtype,
-        channels_last=trained.precision.channels_last,
+        LoaderSpec(
+            batch_size=batch_size,
+            train=False,
+            device=trained.precision.device,
+            dtype=trained.batch_dtype,
+            channels_last=trained.precision.channels_last,
+        ),
     )
     probabilities: list[Tensor] = []
     with torch.inference_mode():

@@ -43,7 +43,6 @@ from resnet_cifar.config.sections import (
     OptimConfig,
     PrecisionConfig,
     RunConfig,
-    check_cutout,
 )
 from resnet_cifar.config.train import TrainConfig, describe_lr, resolve_lr, scaled_lr
 
@@ -80,7 +79,6 @@ __all__ = [
     "RunConfig",
     "Section",
     "TrainConfig",
-    "check_cutout",
     "describe_lr",
     "flag_for",
     "parse_toml",

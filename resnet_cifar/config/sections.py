@@ -23,7 +23,7 @@ from resnet_cifar.choices.optimizers import LR_SCALING, OPTIMIZERS, optimizers_t
 from resnet_cifar.choices.policies import POLICIES, RANDAUGMENT_BINS, RANDAUGMENT_MAX_OPS
 from resnet_cifar.choices.schedules import SCHEDULES, schedules_reading
 from resnet_cifar.choices.weights import PRETRAINED_DEPTH, PRETRAINED_FILES
-from resnet_cifar.config.fields import ConfigValueError, Section, listed, setting, show, tidy
+from resnet_cifar.config.fields import Section, listed, setting, show, tidy
 from resnet_cifar.config.presets import PRESETS
 
 LOADER_KINDS = ("auto", "tensor", "dali")
@@ -39,13 +39,6 @@ _LR_RULES = ", ".join(
     for rule, said in LR_SCALING.items()
     if (names := [name for name, spec in OPTIMIZERS.items() if spec.lr_scaling == rule])
 )
-
-
-def check_cutout(cutout: int) -> None:
-    """The cutout sides DataConfig and both loaders accept. The message names the flag, because a
-    user (or a sweep) sets cutout there; the loaders check it again for callers of the library."""
-    if not 0 <= cutout <= IMAGE_SIDE:
-        raise ConfigValueError("data.cutout", f"--cutout must be a square side in [0, {IMAGE_SIDE}] pixels, got {cutout}")
 
 
 @dataclass(frozen=True)
@@ -115,7 +108,8 @@ class DataConfig(Section):
                 f"--limit-train {self.limit_train} is smaller than --batch-size {self.batch_size}, "
                 "so no full training batch would remain",
             )
-        check_cutout(self.cutout)
+        if not 0 <= self.cutout <= IMAGE_SIDE:
+            self._fail("cutout", f"--cutout must be a square side in [0, {IMAGE_SIDE}] pixels, got {self.cutout}")
         if self.augment not in POLICIES:
             self._fail("augment", f"--augment must be one of {listed(POLICIES)}, got {self.augment!r}")
         if not 1 <= self.randaugment_ops <= RANDAUGMENT_MAX_OPS:
