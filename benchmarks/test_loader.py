@@ -50,6 +50,8 @@ def run_epoch(loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> int:
 def measure(benchmark, loader, *, rounds: int, device: str, dtype: torch.dtype) -> None:
     count = benchmark.pedantic(run_epoch, args=(loader,), rounds=rounds, iterations=1, warmup_rounds=1)
     assert count == 50_000 // BATCH_SIZE * BATCH_SIZE
+    if benchmark.stats is None:  # under --benchmark-disable: one untimed run, no figures
+        return
     benchmark.extra_info.update(
         images_per_sec=round(count / benchmark.stats.stats.mean),
         images=count,
