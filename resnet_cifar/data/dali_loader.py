@@ -175,8 +175,8 @@ class DaliLoader(PlannedLoader):
         outputs = {"images": 0} if self._source.files is None else {"shapes": 0, "images": 1}
 
         def graph() -> tuple[Any, ...]:
-            # A DALI pipeline is one graph; its nodes are made in data-flow order, since DALI
-            # seeds an operator by its place in the graph.
+            # One graph, its nodes made in data-flow order: an operator without a seed of its own
+            # takes the next one the pipeline's seed generates, so the order is part of the plan.
             images, shapes = self._read(plan, on_gpu)
             images = self._augment(images, plan, policy, epoch)
             return (images,) if shapes is None else (shapes, images)
