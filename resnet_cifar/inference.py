@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from resnet_cifar.config import DataConfig, PrecisionConfig
 from resnet_cifar.data import validation_split
 from resnet_cifar.data.load import load_cifar10
+from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.split import limit_split
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit
@@ -116,15 +117,15 @@ class TrainedModel(TrainedCheckpoint):
     def loader(self, data: CifarSplit, *, batch_size: int, seed: int = 0) -> TensorLoader:
         """An evaluation loader over ``data`` for this model: every image once, in order, on its
         device, normalized as in training, in its batch dtype and memory format."""
-        return TensorLoader(
-            data,
+        spec = LoaderSpec(
             batch_size=batch_size,
             train=False,
+            seed=seed,
             device=self.precision.device,
             dtype=self.batch_dtype,
             channels_last=self.precision.channels_last,
-            seed=seed,
         )
+        return TensorLoader(data, spec)
 
 
 def eval_precision(cfg: PrecisionConfig, device: torch.device) -> Precision:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from resnet_cifar.config import SECTIONS, DataConfig
 from resnet_cifar.data.augment import Augmentation, draw_policy
 from resnet_cifar.data.augment.ops import OP_ID, OP_NAMES
 from resnet_cifar.data.dali_loader import DaliLoader
+from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CifarSplit
 from resnet_cifar.errors import UsageError
@@ -109,8 +111,9 @@ def test_a_new_policy_needs_only_its_registry_entry(
     assert rotations.numel() > 0 and torch.all(rotations == 135.0)  # Wide's range at the last bin
     options = Augmentation(policy="wide-randaugment", randaugment_ops=2, randaugment_magnitude=30)
     for loader_class, extra in ((TensorLoader, {}), (DaliLoader, {"num_threads": 1})):
-        plain = next(iter(loader_class(tiny_split, batch_size=32, train=True, seed=1, **extra)))[0]
-        augmented = next(iter(loader_class(tiny_split, batch_size=32, train=True, seed=1, augmentation=options, **extra)))[0]
+        spec = LoaderSpec(batch_size=32, train=True, seed=1)
+        plain = next(iter(loader_class(tiny_split, spec, **extra)))[0]
+        augmented = next(iter(loader_class(tiny_split, replace(spec, augmentation=options), **extra)))[0]
         assert augmented.shape == plain.shape and not torch.equal(augmented, plain), loader_class.__name__
 
 

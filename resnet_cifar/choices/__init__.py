@@ -2,9 +2,9 @@
 implemented by the rooms above.
 
 A setting that picks one of several named things (``--optimizer``, ``--schedule``, ``--augment``,
-``--monitor``, ``--pretrained``) takes its names from one registry here: the config checks a
-value against it, the flag's --help lists it, and the module that implements the choice reads
-the spec to build it. Registries are plain frozen data with no torch import, so reading a config
+``--monitor``, ``--pretrained``, ``--depth``, ``--stem``) takes its names from one registry here:
+the config checks a value against it, the flag's --help lists it, and the module that implements
+the choice reads the spec to build it. Registries are plain frozen data with no torch import, so reading a config
 and ``resnet-cifar --help`` stay light; this room imports nothing else of the project.
 
 Where an implementation cannot be data (a schedule's builder, a policy sampler's tensor and DALI
@@ -19,17 +19,19 @@ the first import (so every test), never a user's run.
   AutoAugment's sub-policies); both loaders execute these tables.
 - ``monitors``: metric -> whether higher or lower is better.
 - ``weights``: named ImageNet weights -> their file.
+- ``models``: ResNet depth -> its block and blocks per stage; the stems.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, TypeVar
 
 # CIFAR-10's image side in pixels: the size the policies' ranges are stated for (a translation of
 # 150/331 of it), the largest cutout square and the smallest --image-size.
 IMAGE_SIDE = 32
 
+K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
 
@@ -45,7 +47,7 @@ def described(registry: Mapping[str, Any], last: str = "or") -> str:
     return one_of((f"{name} ({spec.help})" if spec.help else name for name, spec in registry.items()), last)
 
 
-def bound(implementations: Mapping[str, T], names: Iterable[str], what: str) -> Mapping[str, T]:
+def bound(implementations: Mapping[K, T], names: Iterable[K], what: str) -> Mapping[K, T]:
     """``implementations``, checked to cover exactly ``names`` (a registry's keys); called at import
     time by the module that implements a registry, so the two cannot drift apart."""
     wanted = list(names)

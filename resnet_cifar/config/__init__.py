@@ -20,6 +20,7 @@ the presets and the file format.
 """
 
 from resnet_cifar.choices import IMAGE_SIDE
+from resnet_cifar.choices.models import DEPTHS, STEMS
 from resnet_cifar.choices.monitors import METRIC_MODES
 from resnet_cifar.choices.optimizers import OPTIMIZERS
 from resnet_cifar.choices.policies import POLICIES, RANDAUGMENT_BINS, RANDAUGMENT_MAX_OPS
@@ -31,20 +32,17 @@ from resnet_cifar.config.presets import DEFAULT_PRESET, PRESETS
 from resnet_cifar.config.resolve import resolve_config
 from resnet_cifar.config.sections import (
     AMP_DTYPES,
-    DEPTHS,
     DEVICES,
     LOADER_KINDS,
     PRETRAINED_NAMES,
     SECTIONS,
     SEED_LIMIT,
-    STEMS,
     DataConfig,
     EarlyStoppingConfig,
     ModelConfig,
     OptimConfig,
     PrecisionConfig,
     RunConfig,
-    check_cutout,
 )
 from resnet_cifar.config.train import TrainConfig, describe_lr, resolve_lr, scaled_lr
 
@@ -81,7 +79,6 @@ __all__ = [
     "RunConfig",
     "Section",
     "TrainConfig",
-    "check_cutout",
     "describe_lr",
     "flag_for",
     "parse_toml",

@@ -17,17 +17,16 @@ from pathlib import Path
 from typing import ClassVar
 
 from resnet_cifar.choices import IMAGE_SIDE, described, one_of
+from resnet_cifar.choices.models import DEPTHS, STEMS
 from resnet_cifar.choices.monitors import METRIC_MODES
 from resnet_cifar.choices.optimizers import LR_SCALING, OPTIMIZERS, optimizers_taking
 from resnet_cifar.choices.policies import POLICIES, RANDAUGMENT_BINS, RANDAUGMENT_MAX_OPS
 from resnet_cifar.choices.schedules import SCHEDULES, schedules_reading
 from resnet_cifar.choices.weights import PRETRAINED_DEPTH, PRETRAINED_FILES
-from resnet_cifar.config.fields import ConfigValueError, Section, listed, setting, show, tidy
+from resnet_cifar.config.fields import Section, listed, setting, show, tidy
 from resnet_cifar.config.presets import PRESETS
 
 LOADER_KINDS = ("auto", "tensor", "dali")
-DEPTHS = (18, 34, 50, 101, 152)
-STEMS = ("cifar", "imagenet")
 PRETRAINED_NAMES = tuple(PRETRAINED_FILES)
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("bf16", "fp16")
@@ -40,13 +39,6 @@ _LR_RULES = ", ".join(
     for rule, said in LR_SCALING.items()
     if (names := [name for name, spec in OPTIMIZERS.items() if spec.lr_scaling == rule])
 )
-
-
-def check_cutout(cutout: int) -> None:
-    """The cutout sides DataConfig and both loaders accept. The message names the flag, because a
-    user (or a sweep) sets cutout there; the loaders check it again for callers of the library."""
-    if not 0 <= cutout <= IMAGE_SIDE:
-        raise ConfigValueError("data.cutout", f"--cutout must be a square side in [0, {IMAGE_SIDE}] pixels, got {cutout}")
 
 
 @dataclass(frozen=True)
@@ -116,7 +108,8 @@ class DataConfig(Section):
                 f"--limit-train {self.limit_train} is smaller than --batch-size {self.batch_size}, "
                 "so no full training batch would remain",
             )
-        check_cutout(self.cutout)
+        if not 0 <= self.cutout <= IMAGE_SIDE:
+            self._fail("cutout", f"--cutout must be a square side in [0, {IMAGE_SIDE}] pixels, got {self.cutout}")
         if self.augment not in POLICIES:
             self._fail("augment", f"--augment must be one of {listed(POLICIES)}, got {self.augment!r}")
         if not 1 <= self.randaugment_ops <= RANDAUGMENT_MAX_OPS:
@@ -153,7 +146,7 @@ class ModelConfig(Section):
     section: ClassVar[str] = "model"
 
     depth: int = setting(50, f"ResNet depth: {one_of(DEPTHS)}.")
-    stem: str = setting("cifar", "cifar (3x3 conv, no max-pool) or imagenet (7x7/2 conv + max-pool).")
+    stem: str = setting("cifar", f"{described(STEMS)}.")
     dropout: float = setting(0.0, "Dropout before the top layer, in [0, 1).")
     zero_init_residual: bool = setting(True, "Start each residual branch's last batch norm at zero.")
     pretrained: str | None = setting(None, f"Start from {one_of([*PRETRAINED_NAMES, 'a weights file'])}.", shown="random")

@@ -81,12 +81,12 @@ def resolve_precision(
 ) -> Precision:
     """Check the AMP request against the device and fill in the defaults.
 
-    ``amp_dtype`` is ``"bf16"`` or ``"fp16"`` and only matters when ``amp`` is on.
+    ``amp_dtype`` is one of ``AMP_DTYPES`` (``"bf16"``, ``"fp16"``; PrecisionConfig checked it) and
+    only matters when ``amp`` is on.
     ``channels_last=None`` means on for CUDA (tensor cores prefer NHWC) and for bf16 autocast on
     the CPU (oneDNN's bf16 convolutions are fastest in NHWC; docs/performance.md), else off.
     """
-    if amp_dtype not in AMP_DTYPES:
-        raise UsageError(f"AMP dtype must be one of {', '.join(AMP_DTYPES)}, got {amp_dtype!r}")
+    assert amp_dtype in AMP_DTYPES, f"unknown AMP dtype {amp_dtype!r}"
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"unsupported device {device}; use cpu or cuda")
     if channels_last is None:

@@ -86,12 +86,10 @@ def finetune_param_groups(model: nn.Module, lr: float, backbone_lr_mult: float =
 
     Returns ``[{"params": backbone, "lr": lr * backbone_lr_mult}, {"params": top, "lr": lr}]``.
     Frozen parameters (``requires_grad`` False) are left out, and a group left empty is omitted,
-    so after ``freeze_backbone`` only the top layer's group remains.
+    so after ``freeze_backbone`` only the top layer's group remains. The config checked both rates.
     """
-    if not (math.isfinite(lr) and lr > 0):
-        raise UsageError(f"learning rate must be a positive number, got {lr!r}")
-    if not (math.isfinite(backbone_lr_mult) and backbone_lr_mult >= 0):
-        raise UsageError(f"backbone learning-rate multiplier must be >= 0, got {backbone_lr_mult!r}")
+    assert math.isfinite(lr) and lr > 0, f"learning rate {lr!r}"
+    assert math.isfinite(backbone_lr_mult) and backbone_lr_mult >= 0, f"backbone_lr_mult {backbone_lr_mult!r}"
     top_params = {id(param) for param in _top_layer(model).parameters()}
     backbone: list[nn.Parameter] = []
     top: list[nn.Parameter] = []
