@@ -606,7 +606,7 @@ def test_a_failed_save_keeps_the_previous_file(data_dir: Path, tmp_path: Path, m
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(ResnetCifarError, match=r"config.toml: cannot write the config \(No space left on device\)") as caught:
+    with pytest.raises(ResnetCifarError, match=r"config.toml: cannot write \(No space left on device\)") as caught:
         save_config(resolve(data_dir, preset="long"), path)
     assert not isinstance(caught.value, UsageError)  # a full disk is a failed run (exit 1), not bad usage
     assert path.read_bytes() == before

@@ -16,7 +16,7 @@ from typing import Any
 
 from resnet_cifar.config.keys import sectioned
 from resnet_cifar.config.train import TrainConfig
-from resnet_cifar.errors import ResnetCifarError, UsageError
+from resnet_cifar.errors import UsageError
 from resnet_cifar.files import atomic_write, one_line
 
 CONFIG_SUFFIXES = (".toml", ".yaml", ".yml")
@@ -51,8 +51,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike[str]) -> Path:
-    """Write ``cfg`` as TOML or YAML (by suffix), atomically: a temp file in the same folder, fsync,
-    os.replace. TOML has no null, so None settings are left out; absent means default, and every
+    """Write ``cfg`` as TOML or YAML (by suffix) with ``files.atomic_write`` (WriteError, exit 1, when
+    the disk fails; UnwritableFolder, exit 2, for a folder it cannot write into). TOML has no null, so None settings are left out; absent means default, and every
     field that may be None defaults to None, so ``resolve_config(file=path)`` returns ``cfg``."""
     path = Path(path)
     suffix = _suffix(path, "config file")
@@ -66,11 +66,7 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike[str]) -> Path:
         import yaml
 
         text = "# resnet-cifar resolved config.\n" + yaml.safe_dump(values, sort_keys=False, default_flow_style=False)
-    try:
-        atomic_write(path, text)
-    except OSError as error:
-        # A full or read-only disk is a failed run (exit 1), not a bad command line.
-        raise ResnetCifarError(f"{path}: cannot write the config ({error.strerror or error})") from None
+    atomic_write(path, text)
     return path
 
 

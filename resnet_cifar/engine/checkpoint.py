@@ -5,10 +5,10 @@ there is the one list. This module only knows that it is a dict of plain types (
 str, int, float, bool, None) and tensors, so ``torch.load(weights_only=True)`` reads it without
 executing anything.
 
-Writes are atomic: the serialized bytes go to a temp file in the target's folder (same file
-system, so the rename is atomic), are flushed and fsynced, renamed over the target with
-``os.replace``, and the folder is fsynced so the rename itself survives a power cut. A failure at
-any point leaves the previous checkpoint intact and removes the temp file.
+Writes go through ``resnet_cifar.files.atomic_write``: a temp file in the target's folder,
+fsynced, renamed over the target, the folder fsynced so the rename survives a power cut. A
+failure at any point leaves the previous checkpoint intact, removes the temp file and is one
+WriteError naming the file (exit 1).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from resnet_cifar.errors import DataError, ResnetCifarError, UsageError
+from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.files import atomic_write, first_line, weights_only_refusal
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6 is a zip archive
@@ -29,11 +29,7 @@ _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6 is a zip archive
 
 def write_checkpoint_bytes(path: Path, data: bytes | memoryview) -> None:
     """Write a serialized checkpoint to ``path`` atomically (see the module notes)."""
-    path = Path(path)
-    try:
-        atomic_write(path, data, fsync_folder=True)
-    except OSError as error:
-        raise ResnetCifarError(f"could not write checkpoint {path}: {error.strerror or error}") from error
+    atomic_write(Path(path), data)
 
 
 def load_checkpoint(path: Path, *, require: Iterable[str] = ("model",)) -> dict[str, Any]:

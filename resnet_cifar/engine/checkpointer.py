@@ -42,15 +42,14 @@ the lock also removes the project's own stale temp files (``.last.pt.*.tmp`` and
 killed process left behind.
 
 Every file goes through ``resnet_cifar.files.atomic_write``: a disk that fills up (or fails)
-while writing is a one-line error (exit 1) naming the file and the reason, the temp file is
+while writing is its WriteError (exit 1) naming the file and the reason, the temp file is
 removed and the previous file stays as it was; a run folder that cannot be written into at all
-is refused when the lock is taken (exit 2), before anything else. Under torchrun only rank 0
+is refused when the lock is taken (UnwritableFolder, exit 2), before anything else. Under torchrun only rank 0
 writes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import fcntl
 import io
@@ -58,7 +57,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -70,9 +69,9 @@ from resnet_cifar.config import TrainConfig, save_config
 from resnet_cifar.engine.build import RunParts
 from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, write_checkpoint_bytes
 from resnet_cifar.engine.early_stopping import EarlyStopping, Monitor
-from resnet_cifar.errors import DataError, ResnetCifarError, UsageError
+from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation.plots import plot_training_curves
-from resnet_cifar.files import atomic_write, first_line
+from resnet_cifar.files import UnwritableFolder, atomic_write, first_line
 
 CHECKPOINT_FORMAT = 1
 CONFIG_FILE = "config.toml"
@@ -246,7 +245,7 @@ class Checkpointer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path(LOCK), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:  # a folder the user named that cannot be written into: bad input
-            raise UsageError(f"{self.out_dir}: cannot write into the run folder ({error.strerror or error})") from None
+            raise UnwritableFolder(self.out_dir, error) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -425,36 +424,22 @@ class Checkpointer:
         if not self.is_main:
             return
         lines = "".join(json.dumps(dict(record)) + "\n" for record in history)
-        with _reported_write(self.path(METRICS_JSONL)):
-            atomic_write(self.path(METRICS_JSONL), lines)
+        atomic_write(self.path(METRICS_JSONL), lines)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(fields))
         writer.writeheader()
         for record in history:
             writer.writerow(dict(record))
-        with _reported_write(self.path(METRICS_CSV)):
-            atomic_write(self.path(METRICS_CSV), buffer.getvalue())
+        atomic_write(self.path(METRICS_CSV), buffer.getvalue())
 
     def write_curves(self, history: Sequence[Mapping[str, Any]]) -> None:
         if history and self.is_main:
-            with _reported_write(self.path(CURVES)):
-                plot_training_curves(list(history), self.path(CURVES))
+            plot_training_curves(list(history), self.path(CURVES))
 
     def write_result(self, summary: Mapping[str, Any]) -> None:
         if not self.is_main:
             return
-        with _reported_write(self.path(RESULT)):
-            atomic_write(self.path(RESULT), json.dumps(dict(summary), indent=2) + "\n")
-
-
-@contextlib.contextmanager
-def _reported_write(path: Path) -> Iterator[None]:
-    """An OSError while writing a run file (a full or read-only disk, a folder that cannot be
-    made) as the one-line error of a failed run (exit 1)."""
-    try:
-        yield
-    except OSError as error:
-        raise ResnetCifarError(f"could not write {path}: {error.strerror or error}") from None
+        atomic_write(self.path(RESULT), json.dumps(dict(summary), indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- reading a checkpoint: the rules

@@ -50,8 +50,7 @@ from typing import Any
 from resnet_cifar.config import TrainConfig, save_config
 from resnet_cifar.engine.trainer import EpochFinished, Event, StepFinished, StopRequest, train
 from resnet_cifar.errors import ResnetCifarError, UsageError
-from resnet_cifar.evaluation.plots import atomic_write
-from resnet_cifar.files import first_line, one_line
+from resnet_cifar.files import atomic_write, first_line, one_line
 from resnet_cifar.tuning.space import SearchSpace, check_space
 
 DEFAULT_STUDY_NAME = "resnet-cifar"
