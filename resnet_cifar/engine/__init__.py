@@ -1,6 +1,7 @@
 """Training engine building blocks: precision, optimizers and schedules, the training step,
-early stopping and checkpoints. The trainer maps the frozen config onto these plain-keyword APIs;
-the named choices they build (optimizers, schedules, monitors) come from resnet_cifar.choices."""
+early stopping and checkpoints. ``build_run`` (engine/build.py) maps the frozen config onto these
+plain-keyword APIs and the Trainer loops over what it built; the named choices they build
+(optimizers, schedules, monitors) come from resnet_cifar.choices."""
 
 from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
 from resnet_cifar.engine.early_stopping import EarlyStopping

@@ -97,9 +97,9 @@ def param_groups(
         # finetune_param_groups defines the split (and validates the multiplier and the ``fc``);
         # it omits empty groups, so a group is the top's when its parameters belong to ``fc``.
         groups_by_lr = finetune_param_groups(model, lr, backbone_lr_mult)
-        head_ids = {id(param) for param in model.fc.parameters()}
+        top_ids = {id(param) for param in model.fc.parameters()}
         lr_groups = [
-            ("top" if id(group["params"][0]) in head_ids else "backbone", group["lr"], group["params"])
+            ("top" if id(group["params"][0]) in top_ids else "backbone", group["lr"], group["params"])
             for group in groups_by_lr
         ]
     no_decay_ids = set() if decay_norm_and_bias else _no_decay_param_ids(model)
