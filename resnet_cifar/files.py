@@ -125,8 +125,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     created, so no thread ever changes the process's umask to read it.
     """
     with _replacing(Path(path)) as (descriptor, temp):
+        mode = os.fstat(descriptor).st_mode & 0o777  # what the umask gave it
         os.close(descriptor)
         yield temp
+        os.chmod(temp, mode)  # a writer that wrote a new file (safetensors does) may have made it private
         _fsync_file(temp)
 
 

@@ -25,13 +25,20 @@ from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from resnet_cifar.engine.step import build_ema
 from resnet_cifar.inference import evaluate_checkpoint, load_eval_split
+from resnet_cifar.choices import described
 from resnet_cifar.export import (
+    FORMATS,
+    METADATA_KEYS,
     PARITY_IMAGES,
     PARITY_TOLERANCE,
+    Exported,
+    ExportFormat,
     ExportResult,
+    ExportSource,
     Preprocessed,
     export_checkpoint,
     model_from_safetensors,
+    model_metadata,
     read_safetensors_export,
 )
 from resnet_cifar.models import resnet18
@@ -399,3 +406,77 @@ def test_onnx_without_its_packages_exits_2_with_the_pip_command(
     assert code == 2 and stdout == ""
     one_line_error(err, "onnxruntime", "pip install")
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- a new format
+
+
+def write_pt2(source: ExportSource, path: Path) -> None:
+    program = torch.export.export(source.module, (source.example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    with open(path, "wb") as out:  # a file object: torch.export.save warns about a path not ending in .pt2
+        torch.export.save(program, out, extra_files=dict(source.metadata))
+
+
+def open_pt2(path: Path) -> Exported:
+    metadata = dict.fromkeys(METADATA_KEYS, "")
+    with open(path, "rb") as stream:
+        module = torch.export.load(stream, extra_files=metadata).module()
+
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(images)
+
+    return Exported(metadata=metadata, logits=logits)
+
+
+# torch.export's ExportedProgram, a format the project does not ship: its registry entry is all it is.
+PT2 = ExportFormat(
+    title="ExportedProgram",
+    help="torch.export's program, for torch.export.load",
+    suffix=".pt2",
+    runnable=True,
+    metadata=model_metadata,
+    write=write_pt2,
+    open=open_pt2,
+    runtime="torch.export.load",
+    predicts=True,
+)
+
+
+def test_a_new_export_format_needs_only_its_registry_entry(
+    trained: Trained, real_data_root: Path, tmp_path: Path, capsys, cli_cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from resnet_cifar.cli.main import app
+
+    out = tmp_path / "model.pt2"
+    code, _, err = run_in_process(capsys, "export", str(trained.path), "--format", "pt2", "--out", str(out))
+    assert code == 2
+    one_line_error(err, "--format must be one of onnx, torchscript, safetensors, got 'pt2'")
+
+    monkeypatch.setitem(FORMATS, "pt2", PT2)
+    help_text = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "1000", "TERM": "dumb"}).output
+    assert described(FORMATS) in help_text and "or pt2 (torch.export's program, for torch.export.load)" in help_text
+    code, _, err = run_in_process(capsys, "export", str(trained.path), "--format", "pt2", "--out", str(out), "--opset", "18")
+    assert code == 2
+    one_line_error(err, "--opset applies to --format onnx only, not pt2")
+
+    # Written, read back and run on the parity images like the shipped model formats.
+    code, stdout, err = run_in_process(capsys, "export", str(trained.path), "--format", "pt2", "--out", str(out), "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert (report["format"], report["verified"], report["parity_images"]) == ("pt2", True, PARITY_IMAGES)
+    assert report["max_abs_diff"] <= PARITY_TOLERANCE and leftovers(tmp_path) == []
+    assert open_pt2(out).metadata["classes"] == json.dumps(list(CIFAR10_CLASSES))
+
+    # predict takes it by its suffix and answers as the checkpoint does.
+    images = [str(real_data_root / "test" / "cat" / "0000.jpg"), str(real_data_root / "test" / "ship" / "0001.jpg")]
+    answers = []
+    for model_file in (trained.path, out):
+        code, stdout, err = run_in_process(capsys, "predict", str(model_file), *images, "--device", "cpu", "--json")
+        assert code == 0, err
+        answers.append([prediction["top"] for prediction in json.loads(stdout)["predictions"]])
+    for mine, theirs in zip(answers[1], answers[0]):
+        assert [item["class"] for item in mine] == [item["class"] for item in theirs]
+        assert [item["probability"] for item in mine] == pytest.approx([item["probability"] for item in theirs], abs=1e-5)
