@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from resnet_cifar.choices import described
 from resnet_cifar.export import (
     FORMATS,
     METADATA_KEYS,
+    OUTPUT_NAME,
     PARITY_IMAGES,
     PARITY_TOLERANCE,
     Exported,
@@ -44,6 +46,7 @@ from resnet_cifar.export import (
 from resnet_cifar.models import resnet18
 
 from helpers import save_checkpoint
+from test_faults_cli import _drop_file_permission_override, assert_one_line_error, run_cli
 
 TRAIN_STEPS = 30
 TRAIN_BATCH = 64
@@ -480,3 +483,56 @@ def test_a_new_export_format_needs_only_its_registry_entry(
     for mine, theirs in zip(answers[1], answers[0]):
         assert [item["class"] for item in mine] == [item["class"] for item in theirs]
         assert [item["probability"] for item in mine] == pytest.approx([item["probability"] for item in theirs], abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- refused in one line (issue 29)
+
+
+def test_export_into_a_folder_it_cannot_write_is_one_line_exit_2(trained: Trained, tmp_path: Path) -> None:
+    """A real process without root's permission override, as test_faults_cli makes them."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        result = run_cli(
+            "export", str(trained.path), "--format", "safetensors", "--out", str(folder / "model.safetensors"),
+            env={}, preexec_fn=_drop_file_permission_override if os.geteuid() == 0 else None,
+        )
+    finally:
+        folder.chmod(0o755)
+    assert_one_line_error(result, 2, f"error: cannot write into {folder} (Permission denied)")
+    assert result.stdout == "" and list(folder.iterdir()) == []
+
+
+def altered_onnx(source: Path, target: Path, *, classes: list[str] | None = None, output: str | None = None) -> Path:
+    """A copy of an ONNX export with other class names in its metadata, or its output renamed."""
+    proto = onnx.load(str(source))
+    for entry in proto.metadata_props:
+        if entry.key == "classes" and classes is not None:
+            entry.value = json.dumps(classes)
+    if output is not None:
+        for node in proto.graph.node:
+            node.output[:] = [output if name == OUTPUT_NAME else name for name in node.output]
+        proto.graph.output[0].name = output
+    onnx.save(proto, str(target))
+    return target
+
+
+@pytest.mark.parametrize("names", [9, 11], ids=["fewer-names-than-outputs", "fewer-outputs-than-names"])
+@pytest.mark.parametrize("tta", [False, True], ids=["plain", "tta"])
+def test_predict_refuses_an_onnx_file_whose_class_names_do_not_match_its_outputs(
+    exports, real_data_root: Path, tmp_path: Path, capsys, names: int, tta: bool
+) -> None:
+    onnx_file = altered_onnx(exports["onnx"].path, tmp_path / "renamed.onnx", classes=[f"c{i}" for i in range(names)])
+    image = str(real_data_root / "test" / "cat" / "0000.jpg")
+    code, out, err = run_in_process(capsys, "predict", str(onnx_file), image, *(["--tta"] if tta else []))
+    assert code == 1 and out == ""
+    one_line_error(err, f"{onnx_file}: its model returns 10 scores per image but its 'classes' metadata names {names}")
+
+
+def test_predict_refuses_an_onnx_file_with_another_output(exports, real_data_root: Path, tmp_path: Path, capsys) -> None:
+    onnx_file = altered_onnx(exports["onnx"].path, tmp_path / "other.onnx", output="probabilities")
+    image = str(real_data_root / "test" / "cat" / "0000.jpg")
+    code, out, err = run_in_process(capsys, "predict", str(onnx_file), image)
+    assert code == 1 and out == ""
+    one_line_error(err, f"{onnx_file}: not a resnet-cifar export", "outputs ['probabilities']")

@@ -67,7 +67,7 @@ from resnet_cifar.export.formats import (
     read_safetensors_export,
     requested_format,
 )
-from resnet_cifar.files import atomic_path, first_line
+from resnet_cifar.files import atomic_path, check_writable, first_line
 from resnet_cifar.inference import ImagePrediction, TrainedModel, load_eval_split, load_trained_model, read_image_file
 from resnet_cifar.models import resize_batch
 
@@ -163,6 +163,7 @@ def _check_target(out: Path, data_dir: Path | None) -> None:
         raise UsageError(f"--out {out}: is a folder; give a file name")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: the folder {out.parent} does not exist")
+    check_writable(out)  # a read-only folder is one line now, not after the slow export
     if data_dir is not None and not data_dir.is_dir():
         raise UsageError(f"--data-dir {data_dir}: no such folder")
 
@@ -220,7 +221,8 @@ def export_checkpoint(
     Raises UsageError (exit 2) for a bad request (unknown format, --opset off a format that takes
     one, missing packages, a missing folder, no readable images for the check), DataError for a
     checkpoint that is not this project's, ParityError (exit 1) when the written file does not
-    reproduce the checkpoint, WriteError (exit 1) when the disk fails. ``out`` is then left as it was.
+    reproduce the checkpoint, UnwritableFolder (exit 2) when ``out``'s folder cannot be written
+    into, WriteError (exit 1) when the disk fails. ``out`` is then left as it was.
     """
     checkpoint, out = Path(checkpoint), Path(out)
     data_dir = Path(data_dir) if data_dir is not None else None
@@ -292,10 +294,21 @@ class ExportedClassifier:
         """float32 logits of images in [0, 1] ``[N, 3, 32, 32]``; with TTA averaged with the mirror,
         as ``predict_logits`` does for a checkpoint."""
         assert self.exported.logits is not None
-        logits = self.exported.logits(images)
+        logits = self._checked(self.exported.logits(images))
         if tta:
-            logits = (logits + self.exported.logits(images.flip(-1))) / 2
+            logits = (logits + self._checked(self.exported.logits(images.flip(-1)))) / 2
         return logits.float()
+
+    def _checked(self, logits: Tensor) -> Tensor:
+        """``logits`` when they hold one score per class name (a DataError otherwise: names taken
+        by position from a list of another length would label the answers wrongly, or not at all)."""
+        if logits.ndim != 2 or logits.shape[1] != len(self.classes):
+            scores = f"{logits.shape[1]} scores per image" if logits.ndim == 2 else f"an output of shape {tuple(logits.shape)}"
+            raise DataError(
+                f"{self.path}: its model returns {scores} but its 'classes' metadata names {len(self.classes)} "
+                "classes; a file `resnet-cifar export` wrote has one name per score"
+            )
+        return logits
 
 
 def load_exported_classifier(path: Path, *, device: str = "auto") -> ExportedClassifier:
@@ -319,7 +332,7 @@ def load_exported_classifier(path: Path, *, device: str = "auto") -> ExportedCla
         raise DataError(f"{path}: no 'classes' metadata; not a file written by `resnet-cifar export`") from None
     if metadata.get("input_range") != INPUT_RANGE or exported.logits is None:
         raise DataError(f"{path}: not a resnet-cifar export (input {INPUT_NAME!r} in {INPUT_RANGE} expected)")
-    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+    if not isinstance(classes, list) or not classes or not all(isinstance(name, str) for name in classes):
         raise DataError(f"{path}: its 'classes' metadata is not a list of names")
     return ExportedClassifier(path=path, exported=exported, classes=tuple(classes))
 

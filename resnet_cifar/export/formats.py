@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import reprlib  # names from the file, cut short in the message
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -210,11 +211,18 @@ def _open_onnx(path: Path) -> Exported:
         session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types for unreadable models
         raise DataError(f"{path}: onnxruntime cannot load it ({first_line(error)})") from None
-    if [item.name for item in session.get_inputs()] != [INPUT_NAME]:
-        raise DataError(f"{path}: not a resnet-cifar export (input {INPUT_NAME!r} in {INPUT_RANGE} expected)")
+    inputs, outputs = [item.name for item in session.get_inputs()], [item.name for item in session.get_outputs()]
+    if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
+        raise DataError(
+            f"{path}: not a resnet-cifar export (input {INPUT_NAME!r} in {INPUT_RANGE} and output {OUTPUT_NAME!r} "
+            f"expected, found inputs {reprlib.repr(inputs)} and outputs {reprlib.repr(outputs)})"
+        )
 
     def logits(images: Tensor) -> Tensor:
-        return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: images.contiguous().numpy()})[0])
+        try:
+            return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: images.contiguous().numpy()})[0])
+        except Exception as error:  # onnxruntime's own types: a graph that does not take this input
+            raise DataError(f"{path}: onnxruntime cannot run it on [N, 3, H, W] float32 images ({first_line(error)})") from None
 
     return Exported(metadata=dict(session.get_modelmeta().custom_metadata_map), logits=logits)
 
