@@ -9,11 +9,10 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import numpy as np
 import pytest
@@ -111,22 +110,6 @@ def read_until(stream: IO[str], prefix: str) -> str:
             return line
         seen.append(line)
     raise AssertionError(f"no line starting with {prefix!r} before the output ended:\n{''.join(seen)}")
-
-
-Found = TypeVar("Found")
-
-
-def wait_for(find: Callable[[], Found | None], what: str, *, timeout: float = 120) -> Found:
-    """Poll ``find`` until it returns something other than None: a bounded wait on a state (a
-    file written, a process started), never a pause that assumes how long something takes. The
-    deadline only turns a state that never comes into a failure naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = find()
-        if found is not None:
-            return found
-        time.sleep(0.02)
-    raise AssertionError(f"{what}: not seen within {timeout:g} s")
 
 
 @contextlib.contextmanager
