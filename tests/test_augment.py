@@ -20,11 +20,11 @@ from resnet_cifar.data.augment.policies import PolicyPlan
 from resnet_cifar.data.dali_loader import DaliLoader
 from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.tensor_loader import TensorLoader
-from resnet_cifar.data.types import CIFAR10_MEAN, CIFAR10_STD, CifarSplit
+from resnet_cifar.data.types import CifarSplit
 from resnet_cifar.errors import UsageError
 
-MEAN = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
-STD = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+from helpers import MEAN, STD, random_subset
+
 REFERENCE = v2.AutoAugment()  # its _apply_image_or_video_transform maps (op, magnitude) to v2's functional
 
 
@@ -43,8 +43,7 @@ def reference(images: torch.Tensor, ops: torch.Tensor, magnitudes: torch.Tensor)
 @pytest.fixture(scope="module")
 def fixed_images(real_splits) -> torch.Tensor:
     """96 real test images, uint8 [N, 3, 32, 32]."""
-    chosen = np.random.default_rng(0).choice(len(real_splits.test), size=96, replace=False)
-    return torch.from_numpy(real_splits.test.images[chosen]).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(random_subset(real_splits.test, 96).images).permute(0, 3, 1, 2).contiguous()
 
 
 # Magnitudes spanning every policy's bins (signed where the op is), in v2's units.
@@ -220,14 +219,9 @@ def test_mixup_matches_torchvision_v2_for_its_lambda() -> None:
 # ----------------------------------------------------------------------------- the loaders
 
 
-def identity_split(split: CifarSplit, count: int) -> CifarSplit:
-    chosen = np.random.default_rng(0).choice(len(split), size=count, replace=False)
-    return CifarSplit(split.images[chosen], split.labels[chosen], split.classes)
-
-
 @pytest.fixture(scope="module")
 def small_split(real_splits) -> CifarSplit:
-    return identity_split(real_splits.train, 384)
+    return random_subset(real_splits.train, 384)
 
 
 def to_pixels(images: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,6 @@ a policy and mixing on, config validation, and exit 2 for unknown values."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,8 +16,11 @@ from resnet_cifar.config import PRESETS, TrainConfig, resolve_config
 from resnet_cifar.engine.checkpoint import load_checkpoint
 from resnet_cifar.engine.precision import Precision, make_grad_scaler
 from resnet_cifar.engine.step import TrainStep, build_loss
-from resnet_cifar.engine.trainer import TIMING_FIELDS, StepFinished, StopRequest, build_trainer
+from resnet_cifar.engine.trainer import StepFinished, StopRequest, build_trainer
 from resnet_cifar.errors import UsageError
+
+import helpers
+from helpers import assert_one_line_error, run_cli, without_timing
 
 CPU = torch.device("cpu")
 
@@ -53,31 +54,8 @@ def test_soft_targets_compose_with_label_smoothing_and_count_the_dominant_label(
 
 
 def small_config(data_root: Path, cache: Path, out: Path, **overrides: Any) -> TrainConfig:
-    settings = {
-        "data.data_dir": data_root,
-        "data.cache_dir": cache,
-        "data.batch_size": 64,
-        "data.eval_batch_size": 256,
-        "data.limit_train": 256,
-        "data.limit_val": 128,
-        "data.limit_test": 128,
-        "data.loader": "tensor",
-        "model.depth": 18,
-        "model.stem": "imagenet",
-        "optim.epochs": 2,
-        "precision.device": "cpu",
-        "precision.deterministic": True,
-        "run.out_dir": out,
-    }
-    settings.update(overrides)
-    return resolve_config(preset="smoke", overrides=settings)
-
-
-def _without_timing(history) -> list[dict[str, Any]]:
-    return [
-        {key: value for key, value in record.to_dict().items() if key not in TIMING_FIELDS}
-        for record in history
-    ]
+    """helpers.small_config, deterministic (runs compared bit for bit)."""
+    return helpers.small_config(data_root, cache, out, **{"precision.deterministic": True, **overrides})
 
 
 def test_resume_mid_epoch_is_exact_with_a_policy_and_mixing(
@@ -103,7 +81,7 @@ def test_resume_mid_epoch_is_exact_with_a_policy_and_mixing(
 
     resumed = build_trainer(replace(split_cfg, run=replace(split_cfg.run, resume=tmp_path / "split" / "last.pt")))
     resumed_result = resumed.fit()
-    assert _without_timing(resumed_result.history) == _without_timing(straight_result.history)
+    assert without_timing(resumed_result.history) == without_timing(straight_result.history)
     for (name, expected), actual in zip(straight.parts.module.state_dict().items(), resumed.parts.module.state_dict().values()):
         assert torch.equal(expected, actual), name
 
@@ -150,13 +128,8 @@ def test_augmentation_settings_validate_and_round_trip(tmp_path: Path) -> None:
 def test_bad_augmentation_flags_exit_2_with_one_line(
     real_data_root: Path, tmp_path: Path, flags: list[str], message: str
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "resnet_cifar.cli", "train", "--data-dir", str(real_data_root), "--out", str(tmp_path / "run"), *flags],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    result = run_cli("train", "--data-dir", str(real_data_root), "--out", str(tmp_path / "run"), *flags)
+    assert_one_line_error(result, 2, message)
     assert not (tmp_path / "run").exists()
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_cifar.config import PrecisionConfig, TrainConfig, resolve_config
+from resnet_cifar.config import PrecisionConfig, TrainConfig
 from resnet_cifar.data import build_loaders
 from resnet_cifar.data.split import limit_split
-from resnet_cifar.data.types import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from resnet_cifar.data.types import CIFAR10_CLASSES
 from resnet_cifar.engine.checkpointer import select_weights
 from resnet_cifar.engine.step import build_ema
 from resnet_cifar.errors import DataError, UsageError
@@ -28,55 +28,20 @@ from resnet_cifar.inference import (
     predict_files,
     read_image_file,
 )
-from resnet_cifar.models import resnet18, resnet34
+from resnet_cifar.models import resnet34
 
-from helpers import save_checkpoint
+from helpers import normalize_by_hand, random_resnet18, save_checkpoint, smoke_config, write_checkpoint
 
 CPU = torch.device("cpu")
 
 
-def smoke_config(data_root: Path, **overrides: Any) -> TrainConfig:
-    # ResNet-18 with the ImageNet stem: 32 px images shrink to 8 px at once, so it is cheap on a CPU.
-    return resolve_config(
-        preset="smoke", overrides={"data.data_dir": str(data_root), "model.stem": "imagenet", **overrides}
-    )
-
-
 def random_model(seed: int, **kwargs: Any) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = resnet18(num_classes=10, stem="imagenet", **kwargs)
-    # Random batch-norm statistics, so the eval-mode model is not close to the identity per layer
-    # and two seeds give clearly different answers.
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return model
+    return random_resnet18(seed, random_batch_norm=True, **kwargs)
 
 
-def write_checkpoint(
-    path: Path, cfg: TrainConfig, model: torch.nn.Module, ema: torch.nn.Module | None = None, **extra: Any
-) -> Path:
-    payload = {
-        "format": 1,
-        "model": model.state_dict(),
-        # The trainer's EMA: an AveragedModel over the weights and buffers.
-        "ema": build_ema(ema, 0.999).state_dict() if ema is not None else None,
-        "classes": list(CIFAR10_CLASSES),
-        "config": cfg.to_dict(),
-        "epoch": 3,
-        **extra,
-    }
-    save_checkpoint(path, payload)
-    return path
-
-
-def normalize_by_hand(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 [N, 32, 32, 3] -> float [N, 3, 32, 32], (x / 255 - mean) / std, written independently."""
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).double() / 255.0
-    mean = torch.tensor(CIFAR10_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, dtype=torch.float64).view(1, 3, 1, 1)
-    return ((images - mean) / std).float()
+def ema_state(model: torch.nn.Module) -> dict[str, Any]:
+    """The trainer's EMA over ``model``'s weights and buffers: an AveragedModel's state dict."""
+    return build_ema(model, 0.999).state_dict()
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +55,7 @@ def cfg(real_data_root: Path, decoded_cache_dir: Path, real_splits) -> TrainConf
 
 def test_ema_weights_are_chosen_with_the_averaged_model_prefix_stripped(tmp_path: Path, cfg: TrainConfig) -> None:
     model, ema = random_model(0), random_model(1)
-    path = write_checkpoint(tmp_path / "best.pt", cfg, model, ema)
+    path = write_checkpoint(tmp_path / "best.pt", cfg, model, ema_state(ema))
     payload = torch.load(path, weights_only=True)
     assert "n_averaged" in payload["ema"]
     assert all(key.startswith("module.") for key in payload["ema"] if key != "n_averaged")
@@ -107,7 +72,7 @@ def test_ema_weights_are_chosen_with_the_averaged_model_prefix_stripped(tmp_path
 
 def test_the_loaded_model_answers_with_the_ema_weights(tmp_path: Path, cfg: TrainConfig, real_splits) -> None:
     plain, averaged = random_model(0), random_model(1)
-    with_ema = load_trained_model(write_checkpoint(tmp_path / "ema.pt", cfg, plain, averaged), device="cpu")
+    with_ema = load_trained_model(write_checkpoint(tmp_path / "ema.pt", cfg, plain, ema_state(averaged)), device="cpu")
     without = load_trained_model(write_checkpoint(tmp_path / "plain.pt", cfg, plain), device="cpu")
     assert (with_ema.weights, without.weights) == ("ema", "model")
     assert with_ema.epoch == 3 and with_ema.classes == CIFAR10_CLASSES

@@ -8,7 +8,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -26,6 +25,8 @@ from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CifarSplit
 from resnet_cifar.errors import UsageError
+
+from helpers import random_subset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,8 +95,7 @@ WIDE_RANDAUGMENT = PolicySpec(
 
 @pytest.fixture()
 def tiny_split(real_splits) -> CifarSplit:
-    chosen = np.random.default_rng(0).choice(len(real_splits.train), size=64, replace=False)
-    return CifarSplit(real_splits.train.images[chosen], real_splits.train.labels[chosen], real_splits.train.classes)
+    return random_subset(real_splits.train, 64)
 
 
 def test_a_new_policy_needs_only_its_registry_entry(

@@ -4,7 +4,6 @@ commands that need no torch start without it; help texts show the library's valu
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,19 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ANSI = re.compile(r"\x1b\[")
+from helpers import ANSI, assert_one_line_error, cli_env, http_server, run_cli
+
 LIBRARY_FIELD = re.compile(r"\{\w+\.\w+")  # a help text's {source.NAME}, not filled in
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    merged = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "resnet_cifar.cli", *args],
-        capture_output=True,
-        text=True,
-        env=merged,
-        timeout=300,
-    )
 
 
 # The console script's entry point, run in a fresh interpreter; the last line on stderr then says
@@ -44,24 +33,13 @@ TORCH_PROBE = (
 def run_cli_without_torch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``run_cli`` for a command that needs no torch: asserts it imported none, and returns its
     output without the probe's line."""
-    merged = {**os.environ, **(env or {})}
     result = subprocess.run(
-        [sys.executable, "-c", TORCH_PROBE, *args], capture_output=True, text=True, env=merged, timeout=300
+        [sys.executable, "-c", TORCH_PROBE, *args], capture_output=True, text=True, env=cli_env(**(env or {})), timeout=300
     )
     *lines, probe = result.stderr.rstrip("\n").split("\n")
     assert probe == "torch imported: False", result.stderr
     stderr = "".join(line + "\n" for line in lines)
     return subprocess.CompletedProcess(result.args, result.returncode, result.stdout, stderr)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
-    assert result.returncode == code, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0]
 
 
 def write_png_folder(root: Path, per_class: int = 2) -> None:
@@ -128,23 +106,15 @@ def test_data_json_on_the_real_folder(real_data_root: Path, decoded_cache_dir: P
 def test_download_md5_mismatch_exits_1_and_leaves_nothing(tmp_path: Path) -> None:
     import functools
     import http.server
-    import threading
 
     served = tmp_path / "served"
     served.mkdir()
     (served / "cifar-10-python.tar.gz").write_bytes(b"not the official archive" * 1000)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        target = tmp_path / "data"
-        target.mkdir()
-        url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+    target = tmp_path / "data"
+    target.mkdir()
+    with http_server(functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))) as base_url:
+        url = f"{base_url}/cifar-10-python.tar.gz"
         result = run_cli_without_torch("download", "--data-dir", str(target), "--url", url, env={"NO_PROXY": "*", "no_proxy": "*"})
-    finally:
-        server.shutdown()
-        server.server_close()
     assert_one_line_error(result, 1, "md5")
     assert list(target.iterdir()) == []
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import re
 import subprocess
-import sys
 from pathlib import Path
 
 import typer.main
@@ -15,20 +12,7 @@ import typer.main
 from resnet_cifar.config import resolve_config
 from resnet_cifar.tuning import best_config
 
-ANSI = re.compile(r"\x1b\[")
-# 32 training images in batches of 16: two steps a trial.
-TINY = [
-    "--preset", "smoke", "--depth", "18", "--stem", "imagenet", "--device", "cpu", "--schedule", "constant",
-    "--limit-train", "32", "--limit-val", "32", "--limit-test", "32", "--epochs", "1",
-]  # fmt: skip
-LR_SPACE = '["optim.lr"]\ntype = "float"\nlow = 0.01\nhigh = 0.1\nlog = true\n'
-
-
-def sweep(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "resnet_cifar.cli", "sweep", *args],
-        capture_output=True, text=True, env={**os.environ, "RESNET_CIFAR_CACHE": str(cache)}, timeout=600,
-    )  # fmt: skip
+from helpers import ANSI, LR_SPACE, TINY, cli, cli_env, run_cli
 
 
 def test_sweep_writes_study_table_and_best_config_then_tops_up(
@@ -39,7 +23,7 @@ def test_sweep_writes_study_table_and_best_config_then_tops_up(
     out = tmp_path / "sweep"
     common = [*TINY, "--batch-size", "16", "--data-dir", str(real_data_root), "--space", str(space), "--out", str(out)]
 
-    first = sweep(*common, "--trials", "1", cache=decoded_cache_dir)
+    first = run_cli("sweep", *common, "--trials", "1", cache=decoded_cache_dir)
     assert first.returncode == 0, first.stderr
     assert not ANSI.search(first.stdout + first.stderr)
     lines = first.stdout.splitlines()
@@ -49,7 +33,7 @@ def test_sweep_writes_study_table_and_best_config_then_tops_up(
     assert f"resnet-cifar train --config {out / 'best.toml'}" in first.stdout
     assert (out / "study.db").is_file() and (out / "trials" / "0" / "last.pt").is_file()
 
-    second = sweep(*common, "--trials", "2", "--json", cache=decoded_cache_dir)
+    second = run_cli("sweep", *common, "--trials", "2", "--json", cache=decoded_cache_dir)
     assert second.returncode == 0, second.stderr
     report = json.loads(second.stdout)  # one JSON object; the trials' progress went to stderr
     assert report["ran"] == 1  # topped up from 1 trial to 2
@@ -80,10 +64,10 @@ def test_two_processes_share_a_study_and_all_failing_trials_exit_1(
     space.write_text("data.batch_size: {type: categorical, choices: [64]}\n")  # above --limit-train 32: every trial fails
     out = tmp_path / "sweep"
     args = [
-        sys.executable, "-m", "resnet_cifar.cli", "sweep", *TINY, "--config", str(config),
+        *cli("sweep"), *TINY, "--config", str(config),
         "--data-dir", str(real_data_root), "--space", str(space), "--out", str(out), "--trials", "4",
     ]  # fmt: skip
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
+    env = cli_env(decoded_cache_dir)
     workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     results = [worker.communicate(timeout=600) for worker in workers]
 
@@ -103,7 +87,7 @@ def test_two_processes_share_a_study_and_all_failing_trials_exit_1(
 def test_bad_space_file_exits_2_naming_file_and_key(real_data_root: Path, tmp_path: Path) -> None:
     space = tmp_path / "space.toml"
     space.write_text('["model.dropout"]\ntype = "float"\nlow = 0.5\nhigh = 0.1\n')
-    result = sweep("--data-dir", str(real_data_root), "--space", str(space), "--out", str(tmp_path / "s"), cache=tmp_path)
+    result = run_cli("sweep", "--data-dir", str(real_data_root), "--space", str(space), "--out", str(tmp_path / "s"), cache=tmp_path)
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert errors == [f"error: {space}: model.dropout: low must be below high, got low 0.5 and high 0.1"]

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,19 +12,7 @@ import pytest
 from resnet_cifar.config import read_config_file
 from resnet_cifar.engine.checkpoint import load_checkpoint
 
-ANSI = re.compile(r"\x1b\[")
-SMALL = [
-    "--preset", "smoke", "--depth", "18", "--stem", "imagenet", "--device", "cpu", "--batch-size", "64",
-    "--limit-train", "256", "--limit-val", "128", "--limit-test", "128",
-]  # fmt: skip
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "resnet_cifar.cli", *args]
-
-
-def env_with_cache(cache: Path) -> dict[str, str]:
-    return {**os.environ, "RESNET_CIFAR_CACHE": str(cache)}
+from helpers import ANSI, SMALL, assert_one_line_error, cli, cli_env, read_until, run_cli
 
 
 def test_config_file_then_flags_json_result_and_saved_config(
@@ -37,10 +21,9 @@ def test_config_file_then_flags_json_result_and_saved_config(
     config = tmp_path / "run.toml"
     config.write_text('[optim]\nepochs = 1\nlr = 0.02\nlabel_smoothing = 0.0\n[model]\ndropout = 0.1\n')
     out = tmp_path / "run"
-    result = subprocess.run(
-        cli("train", *SMALL, "--data-dir", str(real_data_root), "--out", str(out), "--config", str(config),
-            "--lr", "0.03", "--json"),
-        capture_output=True, text=True, env=env_with_cache(decoded_cache_dir), timeout=600,
+    result = run_cli(
+        "train", *SMALL, "--data-dir", str(real_data_root), "--out", str(out), "--config", str(config),
+        "--lr", "0.03", "--json", cache=decoded_cache_dir,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)  # exactly one JSON object on stdout
@@ -59,12 +42,12 @@ def test_sigterm_leaves_a_resumable_checkpoint(real_data_root: Path, decoded_cac
     out = tmp_path / "run"
     command = cli("train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out))
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with_cache(decoded_cache_dir)
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(decoded_cache_dir)
     )
     assert process.stdout is not None
-    first_line = process.stdout.readline()  # printed when training starts
-    assert first_line.startswith("training on cpu"), first_line + (process.stderr.read() if process.stderr else "")
-    time.sleep(1.0)
+    # Said when training starts, after the signal handlers are in place; the stop is honoured after
+    # the current step, so the signal may come at once.
+    read_until(process.stdout, "training on cpu")
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 143, stderr
@@ -74,10 +57,7 @@ def test_sigterm_leaves_a_resumable_checkpoint(real_data_root: Path, decoded_cac
     assert checkpoint["epoch"] * 4 + checkpoint["batches_done_in_epoch"] >= 1  # at least one step was saved
     assert not list(out.glob(".*.tmp"))
 
-    resumed = subprocess.run(
-        cli("train", "--resume", str(out / "last.pt"), "--json"),
-        capture_output=True, text=True, env=env_with_cache(decoded_cache_dir), timeout=600,
-    )  # fmt: skip
+    resumed = run_cli("train", "--resume", str(out / "last.pt"), "--json", cache=decoded_cache_dir)
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
     assert summary["epochs_run"] == 2 and summary["interrupted"] is None
@@ -96,22 +76,14 @@ def test_sigterm_leaves_a_resumable_checkpoint(real_data_root: Path, decoded_cac
     ],
 )
 def test_bad_values_exit_2_with_one_line(real_data_root: Path, tmp_path: Path, flags: list[str], message: str) -> None:
-    result = subprocess.run(
-        cli("train", "--data-dir", str(real_data_root), "--out", str(tmp_path / "run"), *flags),
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    result = run_cli("train", "--data-dir", str(real_data_root), "--out", str(tmp_path / "run"), *flags)
+    assert_one_line_error(result, 2, message)
     assert not (tmp_path / "run").exists()  # nothing half-written
 
 
 def test_missing_data_dir_exits_2_without_downloading(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-folder"
-    result = subprocess.run(
-        cli("train", "--data-dir", str(missing), "--out", str(tmp_path / "run")),
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_cli("train", "--data-dir", str(missing), "--out", str(tmp_path / "run"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {missing}: no such folder"
     assert not missing.exists()

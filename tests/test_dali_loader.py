@@ -24,7 +24,8 @@ from resnet_cifar.data.sources import read_image_folder_split
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CifarSplit
 from resnet_cifar.errors import DataError, UsageError
-from test_tensor_loader import SHIFTS, collect, identity_split, recover_augmentation, zeroed_pixels
+
+from helpers import SHIFTS, channel_mean_and_std, collect, identity_split, recover_augmentation, zeroed_pixels
 
 FILES_PER_CLASS = 20
 
@@ -148,16 +149,7 @@ def test_dtype_and_memory_format(odd_split: CifarSplit, dtype: torch.dtype, chan
 
 
 def test_normalized_channels_have_zero_mean_and_unit_std(real_splits) -> None:
-    loader = DaliLoader(real_splits.train, LoaderSpec(batch_size=1000, train=False))
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
-    count = 0
-    for images, _ in loader:
-        total += images.double().sum(dim=(0, 2, 3))
-        squares += images.double().square().sum(dim=(0, 2, 3))
-        count += images.shape[0] * 32 * 32
-    mean = total / count
-    std = (squares / count - mean.square()).sqrt()
+    mean, std = channel_mean_and_std(DaliLoader(real_splits.train, LoaderSpec(batch_size=1000, train=False)))
     assert torch.allclose(mean, torch.zeros(3, dtype=torch.float64), atol=0.05)
     assert torch.allclose(std, torch.ones(3, dtype=torch.float64), atol=0.05)
 

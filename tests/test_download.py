@@ -7,7 +7,6 @@ import io
 import os
 import tarfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +26,8 @@ from resnet_cifar.data.download import (
     safe_extract,
 )
 from resnet_cifar.errors import DataError, UsageError
+
+from helpers import http_server
 
 # Incompressible, so the gzipped archive spans several download chunks and progress is called often.
 BATCH_PAYLOAD = os.urandom(3 * download_module.CHUNK_SIZE // 2)
@@ -95,7 +96,8 @@ class Route:
     status: int = 200
     send_length: bool = True
     claimed_length: int | None = None  # a Content-Length larger than the body: a dropped connection
-    delay_s: float = 0.0
+    # Set: the answer waits until it is (the timeout test sets it once the client has given up).
+    held: threading.Event | None = None
 
 
 @dataclass
@@ -114,8 +116,8 @@ def _handler_for(server_state: LocalServer) -> type[BaseHTTPRequestHandler]:
             server_state.requests.append(self.path)
             route = server_state.routes.get(self.path, Route(status=404))
             try:
-                if route.delay_s:
-                    time.sleep(route.delay_s)
+                if route.held is not None:
+                    route.held.wait()
                 self.send_response(route.status)
                 if route.status != 200:
                     self.send_header("Content-Length", "0")
@@ -144,18 +146,9 @@ def _handler_for(server_state: LocalServer) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture()
 def server() -> Iterator[LocalServer]:
     state = LocalServer(base_url="")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(state))
-    httpd.daemon_threads = True
-    state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    # A short poll interval keeps shutdown() (which waits for the next poll) from adding 0.5 s per test.
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
+    with http_server(_handler_for(state)) as base_url:
+        state.base_url = base_url
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture(autouse=True)
@@ -293,11 +286,15 @@ def test_unreachable_host_is_a_data_error_naming_the_url(server: LocalServer, tm
 
 
 def test_timeout_is_a_data_error(server: LocalServer, tmp_path: Path) -> None:
-    server.routes["/slow"] = Route(body=FAKE_ARCHIVE, delay_s=1.5)
+    held = threading.Event()  # no answer at all until the client has given up
+    server.routes["/slow"] = Route(body=FAKE_ARCHIVE, held=held)
     url = server.url("/slow")
 
-    with pytest.raises(DataError, match="timed out") as caught:
-        download_cifar10(tmp_path, url=url, md5=FAKE_MD5, timeout=0.2)
+    try:
+        with pytest.raises(DataError, match="timed out") as caught:
+            download_cifar10(tmp_path, url=url, md5=FAKE_MD5, timeout=0.2)
+    finally:
+        held.set()
 
     assert url in str(caught.value)
     assert os.listdir(tmp_path) == []

@@ -43,39 +43,22 @@ from resnet_cifar.export import (
     model_metadata,
     read_safetensors_export,
 )
-from resnet_cifar.models import resnet18
 
-from helpers import save_checkpoint
-from test_faults_cli import _drop_file_permission_override, assert_one_line_error, run_cli
+from helpers import (
+    assert_one_line_error,
+    drop_file_permission_override,
+    normalize_by_hand,
+    one_line_error,
+    random_resnet18,
+    run_in_process,
+    save_checkpoint,
+    smoke_config,
+    write_checkpoint,
+)
+from test_faults_cli import run_cli_with_prelude
 
 TRAIN_STEPS = 30
 TRAIN_BATCH = 64
-
-
-def run_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """The CLI entry point in this process: exit code, stdout, stderr."""
-    from resnet_cifar.cli.main import run
-
-    with pytest.raises(SystemExit) as exit_info:
-        run(list(args))
-    captured = capsys.readouterr()
-    return int(exit_info.value.code), captured.out, captured.err
-
-
-def one_line_error(err: str, *needles: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
-def normalize_by_hand(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 [N, 32, 32, 3] -> (x / 255 - mean) / std as float32 NCHW, computed in float64."""
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).double() / 255.0
-    mean = torch.tensor(CIFAR10_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, dtype=torch.float64).view(1, 3, 1, 1)
-    return ((images - mean) / std).float()
 
 
 def unit_range(pixels: np.ndarray) -> torch.Tensor:
@@ -86,7 +69,6 @@ def unit_range(pixels: np.ndarray) -> torch.Tensor:
 def leftovers(folder: Path) -> list[str]:
     """Temp files an export may have left behind (it must leave none)."""
     return sorted(path.name for path in folder.iterdir() if path.name.endswith(".tmp"))
-
 
 
 # ----------------------------------------------------------------------------- a small trained model
@@ -106,11 +88,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path, real
 
     Depends on real_splits so the session's decoded cache is filled before any export reads it.
     """
-    config = resolve_config(
-        preset="smoke", overrides={"data.data_dir": str(real_data_root), "model.stem": "imagenet"}
-    )
-    torch.manual_seed(0)
-    model = resnet18(num_classes=10, stem="imagenet")
+    config = smoke_config(real_data_root)
+    model = random_resnet18(0)
     ema = build_ema(model, 0.9)
     subset = limit_split(real_splits.train, TRAIN_STEPS * TRAIN_BATCH, 0)
     loader = TensorLoader(subset, LoaderSpec(batch_size=TRAIN_BATCH, train=True, seed=0))
@@ -125,16 +104,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path, real
         loss.backward()
         optimizer.step()
         ema.update_parameters(model)
-    path = tmp_path_factory.mktemp("run") / "best.pt"
-    payload = {
-        "format": 1,
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),
-        "classes": list(CIFAR10_CLASSES),
-        "config": config.to_dict(),
-        "epoch": 1,
-    }
-    save_checkpoint(path, payload)
+    path = write_checkpoint(tmp_path_factory.mktemp("run") / "best.pt", config, model, ema.state_dict(), epoch=1)
     return Trained(path, config, model.eval(), ema.module.eval())
 
 
@@ -494,9 +464,9 @@ def test_export_into_a_folder_it_cannot_write_is_one_line_exit_2(trained: Traine
     folder.mkdir()
     folder.chmod(0o555)
     try:
-        result = run_cli(
+        result = run_cli_with_prelude(
             "export", str(trained.path), "--format", "safetensors", "--out", str(folder / "model.safetensors"),
-            env={}, preexec_fn=_drop_file_permission_override if os.geteuid() == 0 else None,
+            env={}, preexec_fn=drop_file_permission_override if os.geteuid() == 0 else None,
         )
     finally:
         folder.chmod(0o755)

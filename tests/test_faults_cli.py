@@ -16,7 +16,6 @@ How the faults are made real although the tests run as root (as CI does):
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import inspect
 import os
@@ -24,25 +23,21 @@ import shutil
 import struct
 import subprocess
 import sys
-import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from resnet_cifar.config import resolve_config
 from resnet_cifar.data.types import CIFAR10_CLASSES
 from resnet_cifar import files
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation import plots
-from resnet_cifar.models import resnet18
 
-from helpers import save_checkpoint
+from helpers import assert_one_line_error, drop_file_permission_override, http_server, random_resnet18, smoke_config, write_checkpoint
 
 TIMEOUT_S = 120
 IMAGES_PER_CLASS = 2
@@ -55,7 +50,7 @@ DISK_SIZE = "512k"
 def fail_writes_under(folder: str) -> Callable[[], None]:
     """Make every file the project opens with os.fdopen under ``folder`` fail its writes with
     ENOSPC, as a full disk does; returns the undo. The stand-in for a tmpfs where mounting is not
-    allowed; its source also runs at the start of the CLI subprocesses (see ``run_cli``)."""
+    allowed; its source also runs at the start of the CLI subprocesses (see ``run_cli_with_prelude``)."""
     import errno as errno_module
     import os as os_module
 
@@ -157,7 +152,7 @@ def full_disk_in_process(small_disk: SmallDisk) -> Iterator[SmallDisk]:
             undo()
 
 
-def run_cli(*args: str, env: dict[str, str], prelude: str = "", **kwargs) -> subprocess.CompletedProcess[str]:
+def run_cli_with_prelude(*args: str, env: dict[str, str], prelude: str = "", **kwargs) -> subprocess.CompletedProcess[str]:
     """`resnet-cifar ARGS` in a fresh interpreter (``prelude`` first), with a timeout: a hang fails."""
     code = f"import sys\n{prelude}\nfrom resnet_cifar.cli.main import run\nrun(sys.argv[1:])\n"
     return subprocess.run(
@@ -168,16 +163,6 @@ def run_cli(*args: str, env: dict[str, str], prelude: str = "", **kwargs) -> sub
         timeout=TIMEOUT_S,
         **kwargs,
     )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -207,13 +192,6 @@ def small_image_folder(root: Path, real_data_root: Path) -> Path:
     return root
 
 
-def _drop_file_permission_override() -> None:
-    """In the child before exec: drop CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2) from the
-    bounding set (prctl PR_CAPBSET_DROP = 24), so the exec'd program, root or not, obeys modes."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (1, 2):
-        if libc.prctl(24, capability, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
 
 @pytest.fixture()
@@ -259,13 +237,13 @@ def test_a_broken_entry_in_an_image_folder_is_one_line_naming_it(
     cache = tmp_path / "cache"
     culprit, reason = _make_fault(image_root, case)
     try:
-        result = run_cli(
+        result = run_cli_with_prelude(
             "data",
             str(image_root),
             *(["--no-cache"] if no_cache else []),
             env={"RESNET_CIFAR_CACHE": str(cache)},
             # Root ignores chmod 000; without these capabilities its child does not.
-            preexec_fn=_drop_file_permission_override if os.geteuid() == 0 else None,
+            preexec_fn=drop_file_permission_override if os.geteuid() == 0 else None,
         )
     finally:
         if case == "unreadable class folder":
@@ -283,7 +261,7 @@ def test_the_intact_folder_loads_and_a_link_to_a_real_image_is_read(image_root: 
     source = sorted((image_root / "train" / "cat").iterdir())[0]
     (image_root / "train" / "cat" / "linked.jpg").symlink_to(source)
     for extra in ([], ["--no-cache"]):
-        result = run_cli("data", str(image_root), "--json", *extra, env={"RESNET_CIFAR_CACHE": str(tmp_path / "c")})
+        result = run_cli_with_prelude("data", str(image_root), "--json", *extra, env={"RESNET_CIFAR_CACHE": str(tmp_path / "c")})
         assert result.returncode == 0, result.stderr
         assert '"cat": 3' in result.stdout and f'"count": {10 * IMAGES_PER_CLASS + 1}' in result.stdout
 
@@ -314,16 +292,8 @@ def archive_server() -> Iterator[tuple[str, _Body]]:
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/cifar-10-python.tar.gz", served
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with http_server(Handler) as base_url:
+        yield f"{base_url}/cifar-10-python.tar.gz", served
 
 
 NO_PROXY = {"no_proxy": "*", "http_proxy": "", "HTTP_PROXY": "", "all_proxy": "", "ALL_PROXY": ""}
@@ -342,7 +312,7 @@ def test_a_disk_that_fills_up_during_download_is_one_line_and_keeps_the_previous
     before = snapshot(small_disk.folder)
     if not small_disk.mounted:
         small_disk.fill()
-    result = run_cli("download", "--data-dir", str(data_dir), "--url", url, env=NO_PROXY, prelude=small_disk.prelude())
+    result = run_cli_with_prelude("download", "--data-dir", str(data_dir), "--url", url, env=NO_PROXY, prelude=small_disk.prelude())
     assert_one_line_error(result, 1, f"error: {previous}: cannot write the download", "No space left on device")
     assert snapshot(small_disk.folder) == before  # the previous archive as it was
     assert temp_files(small_disk.folder) == []  # no .cifar-10-python.tar.gz.*.part left
@@ -361,10 +331,10 @@ def test_a_read_only_download_folder_is_a_usage_error_naming_it(
         reason = "Read-only file system"
     else:
         data_dir.chmod(0o555)
-        preexec = _drop_file_permission_override if os.geteuid() == 0 else None
+        preexec = drop_file_permission_override if os.geteuid() == 0 else None
         reason = "Permission denied"
     try:
-        result = run_cli("download", "--data-dir", str(data_dir), "--url", url, env=NO_PROXY, preexec_fn=preexec)
+        result = run_cli_with_prelude("download", "--data-dir", str(data_dir), "--url", url, env=NO_PROXY, preexec_fn=preexec)
     finally:
         if small_disk.mounted:
             _mount("-o", "remount,rw", str(small_disk.folder))
@@ -390,20 +360,7 @@ def test_download_verified_into_a_missing_folder_is_unwritable_folder(tmp_path: 
 
 def _checkpoint(folder: Path, data_dir: Path) -> Path:
     """A ResNet-18 (ImageNet stem: cheap at 32 px) checkpoint in the trainer's format, random weights."""
-    cfg = resolve_config(preset="smoke", overrides={"data.data_dir": str(data_dir), "model.stem": "imagenet"})
-    torch.manual_seed(0)
-    model = resnet18(num_classes=10, stem="imagenet")
-    path = folder / "best.pt"
-    payload = {
-        "format": 1,
-        "model": model.state_dict(),
-        "ema": None,
-        "classes": list(CIFAR10_CLASSES),
-        "config": cfg.to_dict(),
-        "epoch": 1,
-    }
-    save_checkpoint(path, payload)
-    return path
+    return write_checkpoint(folder / "best.pt", smoke_config(data_dir), random_resnet18(), epoch=1)
 
 
 def test_a_full_disk_under_eval_is_one_line_and_keeps_the_previous_report(
@@ -412,12 +369,12 @@ def test_a_full_disk_under_eval_is_one_line_and_keeps_the_previous_report(
     checkpoint = _checkpoint(tmp_path, image_root)
     out = small_disk.folder / "eval"
     env = {"RESNET_CIFAR_CACHE": str(tmp_path / "cache")}
-    first = run_cli("eval", str(checkpoint), "--data-dir", str(image_root), "--out", str(out), env=env)
+    first = run_cli_with_prelude("eval", str(checkpoint), "--data-dir", str(image_root), "--out", str(out), env=env)
     assert first.returncode == 0, first.stderr
     written = snapshot(out)
     assert set(written) == {"metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "report.html"}
     small_disk.fill()
-    again = run_cli(
+    again = run_cli_with_prelude(
         "eval", str(checkpoint), "--data-dir", str(image_root), "--out", str(out), env=env, prelude=small_disk.prelude()
     )
     assert_one_line_error(again, 1, f"error: {out / 'metrics.json'}: cannot write", "No space left on device")
@@ -502,7 +459,7 @@ def test_predict_refuses_a_decompression_bomb_in_one_line(
     bomb = blank_png(tmp_path / "bomb.png", width, height)
     assert bomb.stat().st_size < 100_000
     checkpoint = _checkpoint(tmp_path, image_root)
-    result = run_cli("predict", str(checkpoint), str(bomb), env={})
+    result = run_cli_with_prelude("predict", str(checkpoint), str(bomb), env={})
     line = assert_one_line_error(
         result, 1, f"error: {bomb}: refusing to decode", f"{width * height:,} pixels", f"{Image.MAX_IMAGE_PIXELS:,}"
     )
@@ -513,7 +470,7 @@ def test_predict_still_reads_an_image_just_under_the_limit(tmp_path: Path, image
     """The refusal is at Pillow's limit, not below it: a big (but allowed) image is predicted."""
     bomb = blank_png(tmp_path / "big.png", 4_000, 4_000)
     checkpoint = _checkpoint(tmp_path, image_root)
-    result = run_cli("predict", str(checkpoint), str(bomb), "--json", env={})
+    result = run_cli_with_prelude("predict", str(checkpoint), str(bomb), "--json", env={})
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert str(bomb) in result.stdout
 
@@ -522,7 +479,7 @@ def test_predict_refuses_a_fifo_without_opening_it(tmp_path: Path, image_root: P
     fifo = tmp_path / "photo.jpg"
     os.mkfifo(fifo)
     checkpoint = _checkpoint(tmp_path, image_root)
-    result = run_cli("predict", str(checkpoint), str(fifo), env={})
+    result = run_cli_with_prelude("predict", str(checkpoint), str(fifo), env={})
     assert_one_line_error(result, 2, f"error: {fifo}: not a file")
 
 

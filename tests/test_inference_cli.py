@@ -8,8 +8,6 @@ import json
 import os
 import pickle
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,38 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_cifar.config import TrainConfig, resolve_config
 from resnet_cifar.data.types import CIFAR10_CLASSES
-from resnet_cifar.models import resnet18
 
-from helpers import save_checkpoint
-
-ANSI = re.compile(r"\x1b\[")
-
-
-def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(cache)}
-    return subprocess.run(
-        [sys.executable, "-m", "resnet_cifar.cli", *args], capture_output=True, text=True, env=env, timeout=300
-    )
-
-
-def run_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """The CLI entry point in this process (no interpreter start-up): exit code, stdout, stderr."""
-    from resnet_cifar.cli.main import run
-
-    with pytest.raises(SystemExit) as exit_info:
-        run(list(args))
-    captured = capsys.readouterr()
-    return int(exit_info.value.code), captured.out, captured.err
-
-
-def one_line_error(code: int, err: str, *needles: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+from helpers import ANSI, one_line_error, random_resnet18, run_cli, run_in_process, smoke_config, write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -58,23 +27,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path, r
 
     Depends on real_splits so the session's decoded cache is filled before any subprocess reads it.
     """
-    cfg: TrainConfig = resolve_config(
-        preset="smoke",
-        overrides={"data.data_dir": str(real_data_root), "model.stem": "imagenet", "data.limit_val": 300},
-    )
-    torch.manual_seed(0)
-    model = resnet18(num_classes=10, stem="imagenet")
-    path = tmp_path_factory.mktemp("run") / "best.pt"
-    payload = {
-        "format": 1,
-        "model": model.state_dict(),
-        "ema": None,
-        "classes": list(CIFAR10_CLASSES),
-        "config": cfg.to_dict(),
-        "epoch": 1,
-    }
-    save_checkpoint(path, payload)
-    return path
+    cfg = smoke_config(real_data_root, **{"data.limit_val": 300})
+    return write_checkpoint(tmp_path_factory.mktemp("run") / "best.pt", cfg, random_resnet18(), epoch=1)
 
 
 def check_report_consistency(report: dict[str, Any], count: int) -> None:
@@ -171,13 +125,13 @@ def test_predict_prints_one_plain_line_per_image(checkpoint: Path, real_data_roo
 def test_missing_or_bad_checkpoints(checkpoint: Path, tmp_path: Path, capsys) -> None:
     code, _, err = run_in_process(capsys, "eval", str(tmp_path / "absent.pt"))
     assert code == 2
-    one_line_error(code, err, "absent.pt")
+    one_line_error(err, "absent.pt")
 
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(os.urandom(512))
     code, _, err = run_in_process(capsys, "eval", str(garbage))
     assert code == 1
-    one_line_error(code, err, "garbage.pt")
+    one_line_error(err, "garbage.pt")
 
     class Exploit:
         def __reduce__(self):
@@ -187,14 +141,14 @@ def test_missing_or_bad_checkpoints(checkpoint: Path, tmp_path: Path, capsys) ->
     hostile.write_bytes(pickle.dumps({"model": Exploit()}, protocol=2))
     code, _, err = run_in_process(capsys, "predict", str(hostile), str(checkpoint))
     assert code == 1
-    one_line_error(code, err, "hostile.pt", "refused")
+    one_line_error(err, "hostile.pt", "refused")
     assert not (tmp_path / "pwned").exists()
 
     not_ours = tmp_path / "weights.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, not_ours)  # a bare state dict, not a checkpoint
     code, _, err = run_in_process(capsys, "eval", str(not_ours))
     assert code == 1
-    one_line_error(code, err, "weights.pt")
+    one_line_error(err, "weights.pt")
 
 
 def test_eval_usage_errors_exit_2_and_write_nothing(checkpoint: Path, tmp_path: Path, capsys) -> None:
@@ -208,7 +162,7 @@ def test_eval_usage_errors_exit_2_and_write_nothing(checkpoint: Path, tmp_path: 
     ):
         code, out, err = run_in_process(capsys, "eval", str(checkpoint), "--out", str(out_dir), *args)
         assert code == 2, (args, err)
-        one_line_error(code, err, needle)
+        one_line_error(err, needle)
         assert out == ""
     assert not out_dir.exists()
 
@@ -217,15 +171,15 @@ def test_predict_errors(checkpoint: Path, real_data_root: Path, tmp_path: Path, 
     good = str(real_data_root / "test" / "cat" / "0000.jpg")
     code, out, err = run_in_process(capsys, "predict", str(checkpoint), good, str(tmp_path / "absent.png"))
     assert code == 2 and out == ""
-    one_line_error(code, err, "absent.png")
+    one_line_error(err, "absent.png")
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     code, out, err = run_in_process(capsys, "predict", str(checkpoint), good, str(broken), "--json")
     assert code == 1 and out == ""  # no partial answer for the good image
-    one_line_error(code, err, "broken.jpg")
+    one_line_error(err, "broken.jpg")
 
     for top_k in ("0", "11"):
         code, _, err = run_in_process(capsys, "predict", str(checkpoint), good, "--top-k", top_k)
         assert code == 2
-        one_line_error(code, err, "--top-k")
+        one_line_error(err, "--top-k")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,8 @@ from resnet_cifar.models import (
     resnet50,
     set_train_mode,
 )
+
+from helpers import http_server
 
 TOP_KEYS = ("fc.weight", "fc.bias")
 
@@ -276,41 +278,31 @@ def test_unknown_source_is_a_usage_error(tmp_path: Path) -> None:
 # --- downloads from a local server ---------------------------------------------------------------
 
 
+@dataclass
 class WeightsServer:
-    """A ThreadingHTTPServer on 127.0.0.1 serving a folder and recording the paths requested."""
+    """A local server of a folder's files: its URL and the paths requested."""
 
-    def __init__(self, root: Path) -> None:
-        self.requests: list[str] = []
-        server_self = self
-
-        class Handler(SimpleHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                server_self.requests.append(self.path)
-                super().do_GET()
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - keep test output clean
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+    url: str = ""
+    requests: list[str] = field(default_factory=list)
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[WeightsServer, Path]]:
     root = tmp_path / "served"
     root.mkdir()
-    server = WeightsServer(root)
-    try:
+    server = WeightsServer()
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            server.requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - keep test output clean
+            pass
+
+    with http_server(functools.partial(Handler, directory=str(root))) as url:
+        server.url = url
         yield server, root
-    finally:
-        server.close()
 
 
 def named_with_hash(folder: Path, state: dict[str, Tensor], stem: str) -> Path:

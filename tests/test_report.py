@@ -6,11 +6,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,30 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_cifar.config import resolve_config
 from resnet_cifar.data.types import CIFAR10_CLASSES
-from resnet_cifar.models import resnet18
 from resnet_cifar.report.gallery import select_mistakes, thumbnail_uri
 
-from helpers import save_checkpoint
+from helpers import random_resnet18, run_cli, run_in_process, smoke_config, write_checkpoint
 
 LIMIT = 300  # test images scored: 30 per class
-
-
-def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(cache)}
-    return subprocess.run(
-        [sys.executable, "-m", "resnet_cifar.cli", *args], capture_output=True, text=True, env=env, timeout=300
-    )
-
-
-def run_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    from resnet_cifar.cli.main import run
-
-    with pytest.raises(SystemExit) as exit_info:
-        run(list(args))
-    captured = capsys.readouterr()
-    return int(exit_info.value.code), captured.out, captured.err
 
 
 HISTORY = [
@@ -61,19 +41,9 @@ HISTORY = [
 def run_dir(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path, real_splits) -> Path:
     """A run folder as `train` leaves it, as far as the report reads it: best.pt (a ResNet-18 with
     random weights and batch-norm statistics, so predictions and confidences vary) and metrics.jsonl."""
-    cfg = resolve_config(
-        preset="smoke", overrides={"data.data_dir": str(real_data_root), "model.stem": "imagenet", "model.depth": 18}
-    )
-    torch.manual_seed(0)
-    model = resnet18(num_classes=10, stem="imagenet")
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
+    cfg = smoke_config(real_data_root, **{"model.depth": 18})
     folder = tmp_path_factory.mktemp("run")
-    payload = {"format": 1, "model": model.state_dict(), "ema": None, "classes": list(CIFAR10_CLASSES),
-               "config": cfg.to_dict(), "epoch": 3}  # fmt: skip
-    save_checkpoint(folder / "best.pt", payload)
+    write_checkpoint(folder / "best.pt", cfg, random_resnet18(random_batch_norm=True), epoch=3)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in HISTORY))
     return folder
 

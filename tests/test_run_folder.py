@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -21,29 +20,11 @@ import torch
 from resnet_cifar.engine.checkpointer import Checkpointer
 from resnet_cifar.errors import UsageError
 
+from helpers import LR_SPACE, TINY, assert_one_line_error, cli, cli_env, read_until, run_cli, small_run_flags
+
 REPO = Path(__file__).resolve().parents[1]
-SMALL = [
-    "--depth", "18", "--stem", "imagenet", "--device", "cpu", "--batch-size", "32", "--limit-train", "128",
-    "--limit-val", "64", "--limit-test", "64",
-]  # fmt: skip
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "resnet_cifar.cli", *args]
-
-
-def run(args: list[str], cache: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(cache)}
-    return subprocess.run(cli(*args), capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def one_line(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == code, result.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+# The default recipe (no preset) on 128 training images in batches of 32: 4 steps an epoch.
+SMALL = small_run_flags(preset=None, batch_size=32, train=128, val=64, test=64)
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -58,7 +39,7 @@ def digests(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def finished_run(real_data_root: Path, decoded_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("finished") / "run"
-    result = run(["train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out)], decoded_cache_dir)
+    result = run_cli("train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out), cache=decoded_cache_dir)
     assert result.returncode == 0, result.stderr
     return out
 
@@ -70,32 +51,37 @@ def test_two_train_processes_on_one_folder_exactly_one_runs(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
-    # Long enough (6 epochs) that the first still holds the folder while the second starts up.
-    args = ["train", *SMALL, "--epochs", "6", "--data-dir", str(real_data_root), "--out", str(out), "--json"]
-    first = subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while not ((out / ".lock").exists() and (out / ".lock").read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert (out / ".lock").read_text().strip() == str(first.pid)
-    second = run(args, decoded_cache_dir)
-    one_line(second, 2, str(out), f"pid {first.pid}", "in use by another run")
+    args = ["train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out), "--json"]
+    first = subprocess.Popen(
+        cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(decoded_cache_dir)
+    )
+    try:
+        assert first.stderr is not None
+        # It says (on stderr: the human log, under --json) that training started once it holds the
+        # folder; stopped there, it holds the folder for as long as the second needs.
+        read_until(first.stderr, "training on cpu")
+        first.send_signal(signal.SIGSTOP)
+        assert (out / ".lock").read_text().strip() == str(first.pid)
+        second = run_cli(*args, cache=decoded_cache_dir)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert_one_line_error(second, 2, str(out), f"pid {first.pid}", "in use by another run")
     stdout, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr
     summary = json.loads(stdout)
-    assert summary["epochs_run"] == 6 and summary["checkpoint"] == str(out / "last.pt")
+    assert summary["epochs_run"] == 2 and summary["checkpoint"] == str(out / "last.pt")
     assert json.loads((out / "result.json").read_text()) == summary  # the one run's own record
-    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 6
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
 
 
 def test_a_dead_holders_lock_does_not_block_and_a_live_one_does(tmp_path: Path) -> None:
     folder = tmp_path / "run"
     folder.mkdir()
     hold = (
-        "import fcntl, os, sys, time\n"
+        "import fcntl, os, signal\n"
         f"fd = os.open({str(folder / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('held', flush=True)\n"
-        "time.sleep(120)\n"
+        "signal.pause()\n"  # holds the lock until killed
     )
     holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
@@ -134,17 +120,16 @@ def test_a_refused_resume_exits_2_naming_the_flag_and_changes_no_file(
     finished_run: Path, decoded_cache_dir: Path, flags: list[str], flag: str
 ) -> None:
     before = digests(finished_run)
-    result = run(["train", "--resume", str(finished_run / "last.pt"), *flags], decoded_cache_dir)
-    one_line(result, 2, flag, "differs from the checkpoint's", "start a new run")
+    result = run_cli("train", "--resume", str(finished_run / "last.pt"), *flags, cache=decoded_cache_dir)
+    assert_one_line_error(result, 2, flag, "differs from the checkpoint's", "start a new run")
     assert digests(finished_run) == before
 
 
 def test_a_resume_may_change_where_and_how_fast(finished_run: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "moved"
-    result = run(
-        ["train", "--resume", str(finished_run / "last.pt"), "--out", str(out), "--device", "cpu",
-         "--eval-batch-size", "16", "--checkpoint-every", "2", "--json"],
-        decoded_cache_dir,
+    result = run_cli(
+        "train", "--resume", str(finished_run / "last.pt"), "--out", str(out), "--device", "cpu",
+        "--eval-batch-size", "16", "--checkpoint-every", "2", "--json", cache=decoded_cache_dir,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -172,11 +157,11 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_last_go
     real_data_root: Path, decoded_cache_dir: Path, small_disk: Path
 ) -> None:
     out = small_disk / "run"
-    result = run(
-        ["train", *SMALL, "--stem", "cifar", "--epochs", "3", "--data-dir", str(real_data_root), "--out", str(out)],
-        decoded_cache_dir,
+    result = run_cli(
+        "train", *SMALL, "--stem", "cifar", "--epochs", "3", "--data-dir", str(real_data_root), "--out", str(out),
+        cache=decoded_cache_dir,
     )
-    one_line(result, 1, ".pt: cannot write (No space left on device)")
+    assert_one_line_error(result, 1, ".pt: cannot write (No space left on device)")
     assert "Traceback" not in result.stderr
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1  # the previous good checkpoint
     assert not list(out.glob(".*.tmp"))
@@ -219,8 +204,8 @@ def test_each_kind_of_damaged_checkpoint_is_told_apart_on_resume(
     finished_run: Path, decoded_cache_dir: Path, tmp_path: Path, kind: str, needle: str
 ) -> None:
     path = _damaged(finished_run, tmp_path / "damaged")[kind]
-    result = run(["train", "--resume", str(path), "--out", str(tmp_path / "out")], decoded_cache_dir)
-    one_line(result, 1, str(path), needle)
+    result = run_cli("train", "--resume", str(path), "--out", str(tmp_path / "out"), cache=decoded_cache_dir)
+    assert_one_line_error(result, 1, str(path), needle)
     assert not (tmp_path / "out" / "config.toml").exists()
 
 
@@ -233,8 +218,8 @@ def test_a_hostile_checkpoint_is_refused_unread(tmp_path: Path, decoded_cache_di
 
     path = tmp_path / "hostile.pt"
     torch.save({"model": Exploit(), "config": {}}, path)
-    result = run(["train", "--resume", str(path)], decoded_cache_dir)
-    one_line(result, 1, "refused without running it", "posix.system")
+    result = run_cli("train", "--resume", str(path), cache=decoded_cache_dir)
+    assert_one_line_error(result, 1, "refused without running it", "posix.system")
     assert not marker.exists()
 
 
@@ -245,17 +230,18 @@ def test_two_sweep_workers_stop_at_exactly_the_trials_asked_for(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
 ) -> None:
     space = tmp_path / "space.toml"
-    space.write_text('["optim.lr"]\ntype = "float"\nlow = 0.01\nhigh = 0.1\nlog = true\n')
+    space.write_text(LR_SPACE)
     out = tmp_path / "sweep"
     args = [
-        "sweep", "--trials", "3", "--preset", "smoke", "--depth", "18", "--stem", "imagenet", "--device", "cpu",
-        "--schedule", "constant",
-        "--batch-size", "16", "--limit-train", "32", "--limit-val", "32", "--limit-test", "32", "--epochs", "1",
+        "sweep", "--trials", "3", *TINY, "--batch-size", "16",
         "--data-dir", str(real_data_root), "--space", str(space), "--out", str(out), "--json",
     ]  # fmt: skip
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
+    env = cli_env(decoded_cache_dir)
     workers = [subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)]
-    time.sleep(1.0)  # the second starts while the first is setting up
+    assert workers[0].stderr is not None
+    # The second starts once the first has opened the study and begun trial 0 (it says so on
+    # stderr), so the two share the study while trials are running.
+    read_until(workers[0].stderr, "trial 0:")
     workers.append(subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     outputs = [worker.communicate(timeout=900) for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], [err for _, err in outputs]

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +13,10 @@ from resnet_cifar.config import PRESETS, read_config_file, resolve_config
 from resnet_cifar.engine.trainer import StepFinished, build_trainer
 from resnet_cifar.evaluation.plots import training_curves_figure
 
+from helpers import run_cli
+
 # 128 training images in batches of 32: 4 steps an epoch, enough for one-cycle's two phases.
-SMALL = {
+SMALL_SETTINGS = {
     "model.depth": 18,
     "data.batch_size": 32,
     "data.eval_batch_size": 64,
@@ -29,12 +27,8 @@ SMALL = {
 }
 
 
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "resnet_cifar.cli", *args]
-
-
-def small_config(real_data_root: Path, cache: Path, out: Path, **more: object):
-    return dict(SMALL, **{"data.data_dir": real_data_root, "data.cache_dir": cache, "run.out_dir": out}, **more)
+def small_overrides(real_data_root: Path, cache: Path, out: Path, **more: object):
+    return dict(SMALL_SETTINGS, **{"data.data_dir": real_data_root, "data.cache_dir": cache, "run.out_dir": out}, **more)
 
 
 # finetune needs ResNet-50 and ImageNet weights: tests/test_finetune_recipe.py trains it end to end
@@ -54,7 +48,7 @@ def test_the_finetune_preset_keeps_its_shape_for_one_and_two_epochs(tmp_path: Pa
 def test_every_preset_trains_one_and_two_epochs(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, preset: str, epochs: int
 ) -> None:
-    overrides = small_config(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": epochs})
+    overrides = small_overrides(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": epochs})
     cfg = resolve_config(preset=preset, overrides=overrides)
     # The preset's warm-up is a share of the run, so it fits any number of epochs.
     assert cfg.optim.warmup_epochs == pytest.approx(cfg.optim.warmup_fraction * epochs)
@@ -82,14 +76,13 @@ def test_warmup_resolves_from_the_fraction_and_records_what_it_used(tmp_path: Pa
 def test_explicit_too_long_warmup_is_a_usage_error_naming_both_settings(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
 ) -> None:
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
     flags = ["train", "--data-dir", str(real_data_root), "--out", str(tmp_path / "run"), "--epochs", "3"]
-    by_flag = subprocess.run(cli(*flags, "--warmup-epochs", "3"), capture_output=True, text=True, env=env, timeout=120)
+    by_flag = run_cli(*flags, "--warmup-epochs", "3", cache=decoded_cache_dir)
     assert by_flag.returncode == 2
     assert by_flag.stderr.strip() == "error: --warmup-epochs must be in [0, --epochs 3), got 3"
     config = tmp_path / "warm.toml"
     config.write_text("[optim]\nwarmup_epochs = 9\n")
-    by_file = subprocess.run(cli(*flags, "--config", str(config)), capture_output=True, text=True, env=env, timeout=120)
+    by_file = run_cli(*flags, "--config", str(config), cache=decoded_cache_dir)
     assert by_file.returncode == 2
     assert "--warmup-epochs must be in [0, --epochs 3), got 9" in by_file.stderr
     assert f"optim.warmup_epochs in {config}" in by_file.stderr
@@ -99,14 +92,10 @@ def test_explicit_too_long_warmup_is_a_usage_error_naming_both_settings(
 def test_a_saved_config_replays_the_same_per_step_learning_rates(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
 ) -> None:
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
     small = ["--depth", "18", "--device", "cpu", "--batch-size", "32", "--limit-train", "128", "--limit-val", "64",
              "--limit-test", "64", "--data-dir", str(real_data_root)]  # fmt: skip
     out = tmp_path / "first"
-    first = subprocess.run(
-        cli("train", *small, "--epochs", "2", "--out", str(out), "--json"), capture_output=True, text=True, env=env,
-        timeout=600,
-    )  # fmt: skip
+    first = run_cli("train", *small, "--epochs", "2", "--out", str(out), "--json", cache=decoded_cache_dir)
     assert first.returncode == 0, first.stderr
     saved = read_config_file(out / "config.toml")
     assert saved["optim"]["warmup_epochs"] == 0.6 and saved["optim"]["lr"] == 0.025  # 0.4 x 32/512
@@ -125,14 +114,13 @@ def test_a_saved_config_replays_the_same_per_step_learning_rates(
     assert [entry["lr"] for entry in history] == pytest.approx([replayed[3], replayed[7]], rel=1e-12)
     # And a run resolved from the same flags (not the file) steps through the same rates.
     direct = resolve_config(
-        overrides=small_config(real_data_root, decoded_cache_dir, tmp_path / "direct", **{"optim.epochs": 2})
+        overrides=small_overrides(real_data_root, decoded_cache_dir, tmp_path / "direct", **{"optim.epochs": 2})
     )
     assert step_lrs(direct) == replayed
 
 
 def _help(command: str) -> str:
-    env = {**os.environ, "COLUMNS": "400", "TERM": "dumb"}
-    result = subprocess.run(cli(command, "--help"), capture_output=True, text=True, env=env, timeout=120)
+    result = run_cli(command, "--help", env={"COLUMNS": "400", "TERM": "dumb"})
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -175,13 +163,11 @@ def test_sweep_trains_one_epoch_with_the_default_preset(
 ) -> None:
     space = tmp_path / "space.toml"
     space.write_text('["optim.weight_decay"]\ntype = "float"\nlow = 1e-4\nhigh = 1e-3\nlog = true\n')
-    command = cli(
+    result = run_cli(
         "sweep", "--trials", "1", "--epochs", "1", "--depth", "18", "--device", "cpu", "--batch-size", "32",
         "--limit-train", "128", "--limit-val", "64", "--limit-test", "64", "--data-dir", str(real_data_root),
-        "--space", str(space), "--out", str(tmp_path / "sweep"), "--json",
+        "--space", str(space), "--out", str(tmp_path / "sweep"), "--json", cache=decoded_cache_dir,
     )  # fmt: skip
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert [trial["state"] for trial in report["trials"]] == ["COMPLETE"]

@@ -10,64 +10,18 @@ from resnet_cifar.config import DataConfig
 from resnet_cifar.data.augment import Augmentation
 from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.tensor_loader import TensorLoader
-from resnet_cifar.data.types import CIFAR10_MEAN, CIFAR10_STD, CifarSplit
+from resnet_cifar.data.types import CifarSplit
 from resnet_cifar.errors import UsageError
 
-MEAN = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
-STD = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
-SHIFTS = range(-4, 5)
-
-
-def identity_split(split: CifarSplit, count: int, seed: int = 0) -> CifarSplit:
-    """`count` real images whose label is their own index, so every output names its source."""
-    chosen = np.random.default_rng(seed).choice(len(split), size=count, replace=False)
-    names = tuple(f"sample{index}" for index in range(count))
-    return CifarSplit(split.images[chosen], np.arange(count, dtype=np.int64), names)
-
-
-def denormalize(images: torch.Tensor) -> torch.Tensor:
-    """Normalized NCHW floats back to 0..255 pixel values, NHWC, still as floats."""
-    pixels = (images.float().cpu() * STD + MEAN) * 255.0
-    return pixels.permute(0, 2, 3, 1)
-
-
-def recover_augmentation(
-    source: np.ndarray, images: torch.Tensor, labels: torch.Tensor
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For each output: the (shift_y, shift_x, flip) whose crop of its source fits best, and the error.
-
-    The candidates are built independently of the loader: the source zero-padded by 4 pixels
-    (torchvision RandomCrop(32, padding=4)), cut at each of the 9 x 9 offsets, optionally
-    mirrored. The best candidate minimizes the squared difference of the R+G+B sums, found
-    for all 162 candidates at once as ||window||^2 - 2 <window, output> + ||output||^2 with
-    grouped convolutions; its error is then measured exactly, as the mean absolute RGB
-    difference in pixel units (0 for a perfect crop).
-    """
-    conv2d = torch.nn.functional.conv2d
-    count = len(labels)
-    outputs = denormalize(images)  # [n, 32, 32, 3], 0..255
-    padded = torch.from_numpy(np.pad(source[labels.cpu().numpy()], ((0, 0), (4, 4), (4, 4), (0, 0)))).float()
-    padded_gray = padded.sum(dim=3).unsqueeze(0) / 765.0  # [1, n, 40, 40]
-    output_gray = outputs.sum(dim=3) / 765.0
-    ones = torch.ones(count, 1, 32, 32)
-    window_energy = conv2d(padded_gray.square(), ones, groups=count)[0]  # [n, 9, 9]
-    distances = []
-    # A mirrored crop equals the output exactly when the crop equals the mirrored output.
-    for target in (output_gray, output_gray.flip(-1)):
-        correlation = conv2d(padded_gray, target.unsqueeze(1), groups=count)[0]
-        distances.append(window_energy - 2 * correlation + target.square().sum(dim=(1, 2)).view(-1, 1, 1))
-    best = torch.stack(distances, dim=-1).flatten(1).argmin(dim=1)  # index of (row, column, flip)
-    row, column, flip = best // 18, best % 18 // 2, best % 2 == 1
-    windows = padded.unfold(1, 32, 1).unfold(2, 32, 1)  # [n, 9, 9, 3, 32, 32], a view
-    chosen = windows[torch.arange(count), row, column].permute(0, 2, 3, 1)  # [n, 32, 32, 3]
-    chosen = torch.where(flip.view(-1, 1, 1, 1), chosen.flip(2), chosen)
-    error = (chosen - outputs).abs().mean(dim=(1, 2, 3))
-    return (row - 4).numpy(), (column - 4).numpy(), flip.numpy(), error.numpy()
-
-
-def collect(loader) -> tuple[torch.Tensor, torch.Tensor]:
-    batches = list(loader)
-    return torch.cat([images for images, _ in batches]), torch.cat([labels for _, labels in batches])
+from helpers import (
+    SHIFTS,
+    channel_mean_and_std,
+    collect,
+    denormalize,
+    identity_split,
+    recover_augmentation,
+    zeroed_pixels,
+)
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +50,7 @@ def test_eval_yields_the_unaugmented_images_in_order(small_split: CifarSplit) ->
 
 
 def test_normalized_channels_have_zero_mean_and_unit_std(real_splits) -> None:
-    loader = TensorLoader(real_splits.train, LoaderSpec(batch_size=1000, train=False))
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
-    count = 0
-    for images, _ in loader:
-        total += images.double().sum(dim=(0, 2, 3))
-        squares += images.double().square().sum(dim=(0, 2, 3))
-        count += images.shape[0] * 32 * 32
-    mean = total / count
-    std = (squares / count - mean.square()).sqrt()
+    mean, std = channel_mean_and_std(TensorLoader(real_splits.train, LoaderSpec(batch_size=1000, train=False)))
     assert torch.allclose(mean, torch.zeros(3, dtype=torch.float64), atol=0.05)
     assert torch.allclose(std, torch.ones(3, dtype=torch.float64), atol=0.05)
 
@@ -235,15 +180,6 @@ def test_bad_cutout_is_one_usage_error_naming_the_flag(tmp_path, cutout: int) ->
 
 
 # --- augmentation options: crop, flip, cutout ----------------------------------------------
-
-
-def zeroed_pixels(images: torch.Tensor) -> torch.Tensor:
-    """bool [n, 32, 32]: pixels whose every channel is exactly zero (the mean, once normalized).
-
-    Never true of an unerased pixel: 0 would need pixel / 255 == mean in all three channels,
-    and the crop's black padding normalizes to -mean / std, not 0.
-    """
-    return (images.float() == 0).all(dim=1)
 
 
 def zeroed_boxes(zeroed: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from resnet_cifar.engine.tensorboard import TensorBoardLogger
 from resnet_cifar.engine.trainer import EpochFinished, EpochRecord, RunStarted, StepFinished
 
-SMALL = [
-    "--preset", "smoke", "--depth", "18", "--stem", "imagenet", "--device", "cpu", "--batch-size", "64",
-    "--limit-train", "256", "--limit-val", "128", "--limit-test", "128",
-]  # fmt: skip
+from helpers import SMALL, one_line_error, run_cli, run_in_process
 
 
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -51,11 +47,7 @@ def test_logger_writes_step_and_epoch_scalars(tmp_path: Path) -> None:
 
 
 def run_train(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(cache)}
-    return subprocess.run(
-        [sys.executable, "-m", "resnet_cifar.cli", "train", *SMALL, *args],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+    return run_cli("train", *SMALL, *args, cache=cache)
 
 
 def test_train_tensorboard_flag_writes_the_runs_scalars(
@@ -87,19 +79,16 @@ def test_train_without_tensorboard_writes_none(real_data_root: Path, decoded_cac
 def test_config_key_without_the_package_exits_2_with_the_pip_command(
     real_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from resnet_cifar.cli.main import run
-
     config = tmp_path / "run.toml"
     config.write_text("[run]\ntensorboard = true\n")
     # None in sys.modules makes `import torch.utils.tensorboard` raise ImportError, as when it is absent.
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     out = tmp_path / "run"
-    with pytest.raises(SystemExit) as exit_info:
-        run(["train", *SMALL, "--config", str(config), "--data-dir", str(real_data_root), "--out", str(out)])
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert exit_info.value.code == 2 and len(lines) == 1, err
-    assert lines[0].startswith("error: ") and 'pip install "resnet-cifar[tensorboard]"' in lines[0]
+    code, _, err = run_in_process(
+        capsys, "train", *SMALL, "--config", str(config), "--data-dir", str(real_data_root), "--out", str(out)
+    )
+    assert code == 2, err
+    one_line_error(err, 'pip install "resnet-cifar[tensorboard]"')
     assert not out.exists()  # refused before anything was written
 
 

@@ -15,15 +15,14 @@ from typing import Any
 import pytest
 import torch
 
-from resnet_cifar.config import TrainConfig, resolve_config
 from resnet_cifar.engine.checkpoint import load_checkpoint
 from resnet_cifar.engine.step import NonFiniteLossError
 from resnet_cifar.engine.build import RunParts, build_run
 from resnet_cifar.engine.checkpointer import CHECKPOINT_KEYS, Checkpointer
 from resnet_cifar.engine.trainer import (
-    TIMING_FIELDS,
     EpochFinished,
     EpochRecord,
+    FitResult,
     StepFinished,
     StopRequest,
     Trainer,
@@ -32,25 +31,7 @@ from resnet_cifar.engine.trainer import (
 )
 from resnet_cifar.errors import UsageError
 
-
-def small_config(data_root: Path, cache: Path, out: Path, **overrides: Any) -> TrainConfig:
-    settings = {
-        "data.data_dir": data_root,
-        "data.cache_dir": cache,
-        "data.batch_size": 64,
-        "data.eval_batch_size": 256,
-        "data.limit_train": 256,
-        "data.limit_val": 128,
-        "data.limit_test": 128,
-        "data.loader": "tensor",
-        "model.depth": 18,
-        "model.stem": "imagenet",
-        "optim.epochs": 2,
-        "precision.device": "cpu",
-        "run.out_dir": out,
-    }
-    settings.update(overrides)
-    return resolve_config(preset="smoke", overrides=settings)
+from helpers import small_config, without_timing
 
 
 @pytest.mark.parametrize("loader", ["tensor", "dali"])
@@ -132,23 +113,30 @@ def _stop_after(stop: StopRequest, *, epoch: int, step: int | None = None):
     return on_event
 
 
-def _without_timing(history: tuple[EpochRecord, ...]) -> list[dict[str, float]]:
-    return [
-        {key: value for key, value in record.to_dict().items() if key not in TIMING_FIELDS}
-        for record in history
-    ]
+# The runs a resume is compared with: deterministic, with dropout (its random draws must resume too).
+RESUMED_RUN = {"precision.deterministic": True, "model.dropout": 0.2, "optim.epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def straight_run(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[FitResult, dict[str, torch.Tensor]]:
+    """RESUMED_RUN trained without a stop, once for every resume compared with it: its result and weights."""
+    out = tmp_path_factory.mktemp("straight")
+    straight = build_trainer(small_config(real_data_root, decoded_cache_dir, out, **RESUMED_RUN))
+    return straight.fit(), straight.parts.module.state_dict()
 
 
 @pytest.mark.parametrize("stop_step", [None, 2], ids=["at-epoch-end", "mid-epoch"])
 def test_resume_continues_exactly(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, stop_step: int | None
+    real_data_root: Path,
+    decoded_cache_dir: Path,
+    tmp_path: Path,
+    straight_run: tuple[FitResult, dict[str, torch.Tensor]],
+    stop_step: int | None,
 ) -> None:
-    common = {"precision.deterministic": True, "model.dropout": 0.2, "optim.epochs": 2}
-    straight_cfg = small_config(real_data_root, decoded_cache_dir, tmp_path / "straight", **common)
-    straight = build_trainer(straight_cfg)
-    straight_result = straight.fit()
-
-    split_cfg = small_config(real_data_root, decoded_cache_dir, tmp_path / "split", **common)
+    straight_result, straight_weights = straight_run
+    split_cfg = small_config(real_data_root, decoded_cache_dir, tmp_path / "split", **RESUMED_RUN)
     stop = StopRequest()
     first = build_trainer(split_cfg, on_event=_stop_after(stop, epoch=1, step=stop_step), stop=stop)
     interrupted = first.fit()
@@ -161,9 +149,9 @@ def test_resume_continues_exactly(
     resumed_result = resumed.fit()
 
     assert resumed_result.epochs_run == 2
-    assert _without_timing(resumed_result.history) == _without_timing(straight_result.history)
+    assert without_timing(resumed_result.history) == without_timing(straight_result.history)
     assert resumed_result.test == straight_result.test
-    for (name, expected), actual in zip(straight.parts.module.state_dict().items(), resumed.parts.module.state_dict().values()):
+    for (name, expected), actual in zip(straight_weights.items(), resumed.parts.module.state_dict().values()):
         assert torch.equal(expected, actual), name
     logged = [json.loads(line)["epoch"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert logged == [1, 2]
@@ -200,6 +188,8 @@ def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(
     with pytest.raises(NonFiniteLossError, match=f"global step {poisoned_step}") as raised:
         trainer.fit()
     assert raised.value.exit_code == 1
+    # No write may still be running behind the failure: the files are read only once none can be.
+    trainer.checkpointer.wait()
     assert (tmp_path / "last.pt").read_bytes() == snapshots["last.pt"]
     assert (tmp_path / "best.pt").read_bytes() == snapshots["best.pt"]
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1

@@ -69,11 +69,6 @@ METRIC_FIELDS = (
 )
 
 
-# The EpochRecord fields that are wall-clock measurements: they differ between any two runs, even
-# a run and its bit-exact resume.
-TIMING_FIELDS = ("images_per_sec", "epoch_seconds", "eval_seconds", "checkpoint_seconds")
-
-
 # ----------------------------------------------------------------------------- values and events
 
 
