@@ -37,8 +37,10 @@ SMALL = [
     "--preset", "smoke", "--depth", "18", "--stem", "imagenet", "--device", "cpu", "--batch-size", "32",
     "--limit-train", "256", "--limit-val", "100", "--limit-test", "100",
 ]  # fmt: skip
-# The run's files, and the lock file that says which process holds the folder.
-RUN_FILES = {".lock", "best.pt", "config.toml", "curves.png", "last.pt", "metrics.csv", "metrics.jsonl", "result.json"}
+# The run's files, the lock file that says which process holds the folder and the torchrun job's record.
+RUN_FILES = {
+    ".lock", ".torchrun-job", "best.pt", "config.toml", "curves.png", "last.pt", "metrics.csv", "metrics.jsonl", "result.json"
+}  # fmt: skip
 
 
 def console_script() -> str:
@@ -237,7 +239,7 @@ def test_two_process_run_writes_one_run_folder_and_counts_each_image_once(
     assert whole.loss == pytest.approx(record["val_loss"], rel=1e-5)
 
 
-def _worker_pid(marker: str, rank: int, deadline: float) -> int:
+def worker_pid(marker: str, rank: int, deadline: float) -> int:
     """The pid of the torchrun worker of `rank` in the job whose environment holds `marker`."""
     wanted = {f"RESNET_CIFAR_TEST_JOB={marker}".encode(), f"RANK={rank}".encode()}
     while time.monotonic() < deadline:
@@ -269,7 +271,7 @@ def test_sigterm_to_one_rank_stops_both_and_the_job_resumes(
     try:
         first = process.stdout.readline()
         assert first.startswith("training on cpu"), first
-        rank1 = _worker_pid(marker, 1, time.monotonic() + 60)
+        rank1 = worker_pid(marker, 1, time.monotonic() + 60)
         line = process.stdout.readline()
         assert line.startswith("epoch 1 "), line
         os.kill(rank1, signal.SIGTERM)  # to rank 1 alone, during epoch 2
