@@ -80,7 +80,7 @@ def train(**values: Any) -> None:
                 if board is not None:
                     handlers.handlers.append(board)
                 try:
-                    result = trainer.fit()
+                    result = _fit(trainer, job)
                 finally:
                     if renderer is not None:
                         renderer.close()
@@ -100,6 +100,20 @@ def train(**values: Any) -> None:
 
 # Typer reads a command's options from its signature: the run options, then every setting flag.
 with_signature(train, [*parameters_of(run_options), *setting_parameters()])
+
+
+def _fit(trainer: Any, job: DistEnv) -> Any:
+    """``trainer.fit()``; a collective that fails because another process of the job is gone
+    (killed outright, its machine lost) is one line (exit 1), not gloo's or NCCL's traceback."""
+    from resnet_cifar.distributed import peer_lost
+
+    try:
+        return trainer.fit()
+    except RuntimeError as error:
+        lost = peer_lost(job, error)
+        if lost is None:
+            raise
+        raise lost from None
 
 
 def _elastic_resume(values: dict[str, Any], job: DistEnv) -> Path | None:

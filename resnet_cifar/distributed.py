@@ -22,6 +22,7 @@ from its job's last checkpoint (docs/distributed.md, "Training across nodes").
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,9 +32,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnet_cifar.errors import UsageError
+from resnet_cifar.errors import ResnetCifarError, UsageError
+from resnet_cifar.files import first_line
 
-__all__ = ["SINGLE_PROCESS", "DistEnv", "process_group", "read_env", "sync_batchnorm"]
+__all__ = ["SINGLE_PROCESS", "DistEnv", "PeerLost", "peer_lost", "process_group", "read_env", "sync_batchnorm"]
+
+
+class PeerLost(ResnetCifarError):
+    """Another process of the job is gone (killed, or its machine lost), so a collective failed."""
+
+    exit_code = 1
+
+
+# How gloo and NCCL say that the process at the other end of a collective is gone.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
 
 
 @dataclass(frozen=True)
@@ -264,6 +276,20 @@ def process_group(env: DistEnv, device: torch.device) -> Iterator[DistEnv]:
         yield env
     finally:
         dist.destroy_process_group()
+
+
+def peer_lost(env: DistEnv, error: BaseException) -> PeerLost | None:
+    """``error`` as a one-line PeerLost when it is a collective of ``env``'s job failing because
+    another process of the job is gone; None for anything else, which keeps its traceback."""
+    text = str(error)
+    if not (env.is_distributed and isinstance(error, RuntimeError) and any(sign in text for sign in _PEER_GONE)):
+        return None
+    # The message without gloo's source location, advice and emoji: "Connection closed by peer [host]:port".
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", first_line(error)).split(". ")[0]
+    return PeerLost(
+        f"rank {env.rank}: another process of the job is gone ({reason}); its last checkpoint is the run "
+        "folder's last.pt"
+    )
 
 
 def sync_batchnorm(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:

@@ -26,7 +26,7 @@ import pytest
 import torch
 from test_distributed import SMALL, console_script, job_env, worker_pid
 
-from resnet_cifar.distributed import DistEnv, read_env
+from resnet_cifar.distributed import DistEnv, PeerLost, peer_lost, read_env
 from resnet_cifar.engine.checkpoint import load_checkpoint
 from resnet_cifar.engine.checkpointer import JOB, elastic_resume
 from resnet_cifar.engine.trainer import TIMING_FIELDS
@@ -187,6 +187,22 @@ def test_a_job_resumes_only_its_own_run(tmp_path: Path) -> None:
     assert elastic_resume(tmp_path, read_env({**NODE, "TORCHELASTIC_RUN_ID": "none"})) is None
     (tmp_path / "last.pt").unlink()
     assert elastic_resume(tmp_path, job) is None  # stopped before its first checkpoint: starts afresh
+
+
+def test_a_collective_failing_on_a_gone_peer_is_one_line() -> None:
+    gloo = RuntimeError(
+        "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [10.0.0.2]:12171. "
+        "This is typically caused by a remote worker crashing. Check the logs of the remote worker."
+    )
+    lost = peer_lost(read_env(NODE), gloo)
+    assert isinstance(lost, PeerLost) and lost.exit_code == 1
+    assert str(lost) == (
+        "rank 1: another process of the job is gone (Connection closed by peer [10.0.0.2]:12171); "
+        "its last checkpoint is the run folder's last.pt"
+    )
+    # Anything else keeps its traceback: another error, or no job at all.
+    assert peer_lost(read_env(NODE), RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert peer_lost(DistEnv(), gloo) is None
 
 
 # --- two launchers ---------------------------------------------------------------------------------
