@@ -216,7 +216,7 @@ def test_a_stopped_node_stops_the_job_which_resumes_exactly(
     job = start_job(decoded_cache_dir, (out, out), train, run_id="stopped")
     job_cleanup.append(job)
     deadline = time.monotonic() + 600
-    wait_for_file(out / "metrics.jsonl", job, deadline)  # epoch 1 is done (written by rank 0)
+    wait_for_file(out / "last.pt", job, deadline)  # epoch 1 is done: its checkpoint is in place
     os.kill(worker_pid(job.marker, 1, deadline), signal.SIGTERM)  # one node's worker, as a scheduler would
     job.finish()
     # Both nodes stop (torchrun reports its worker's 143 as a failure) and rank 0 says how to go on.
@@ -248,7 +248,7 @@ def test_elastic_restart_after_a_killed_node_resumes_from_last_checkpoint(
     )
     job_cleanup.append(job)
     deadline = time.monotonic() + 600
-    wait_for_file(out / "metrics.jsonl", job, deadline)
+    wait_for_file(out / "last.pt", job, deadline)  # epoch 1's checkpoint is in place
     os.kill(worker_pid(job.marker, 1, deadline), signal.SIGKILL)  # no chance to save: a crash
     job.finish()
     # torchrun restarted both nodes' workers, which found this job's last.pt and finished the run.
