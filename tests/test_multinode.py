@@ -253,7 +253,9 @@ def test_elastic_restart_after_a_killed_node_resumes_from_last_checkpoint(
     job.finish()
     # torchrun restarted both nodes' workers, which found this job's last.pt and finished the run.
     assert job.codes == [0, 0], job.outputs
-    assert "torchrun job elastic" in "".join(stdout for stdout, _ in job.outputs or [])
+    stderr = "".join(printed for _, printed in job.outputs or [])
+    assert "torchrun job elastic" in stderr and "resuming from" in stderr  # --json: notes go to stderr
+    assert "cli/train.py" not in stderr  # the survivor's failed collective was one line, no traceback
     summary = summary_of(job)
     assert summary["interrupted"] is None and [record["epoch"] for record in summary["history"]] == [1, 2]
     assert_same_training(straight_run, out)
