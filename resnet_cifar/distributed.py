@@ -15,9 +15,11 @@ A job of one process (no torchrun, or ``--nproc_per_node=1``) is an ordinary run
 
 Across machines (``torchrun --nnodes=M --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT --rdzv-id=JOB``
 on each), torchrun also sets ``TORCHELASTIC_RUN_ID`` (the job: the same on every machine and across
-restarts) and ``TORCHELASTIC_RESTART_COUNT`` (0, then 1.. after each elastic restart of the
-workers, ``--max-restarts``); :class:`DistEnv` carries both, so a restarted worker can continue
-from its job's last checkpoint (docs/distributed.md, "Training across nodes").
+restarts) and ``TORCHELASTIC_RESTART_COUNT`` (0, then 1.. after each elastic restart of this
+machine's workers, ``--max-restarts``); :class:`DistEnv` carries both. The job id is what lets
+restarted workers continue from their job's last checkpoint (the checkpointer's
+``elastic_resume``; docs/distributed.md, "Training across nodes"); the count, kept per machine, is
+only reported.
 """
 
 from __future__ import annotations
