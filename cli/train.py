@@ -32,6 +32,7 @@ from .progress import EventFanOut, ProgressRenderer
 from .render import Output
 
 if TYPE_CHECKING:
+    from resnet_cifar.distributed import DistEnv
     from resnet_cifar.engine.checkpointer import ResumeCheckpoint
 
 
@@ -49,9 +50,13 @@ def train(**values: Any) -> None:
     with reported_errors(output):
         job = read_env(os.environ)  # a single process unless torchrun started this one
         if not job.is_main:
-            # One voice per job: rank 0 prints (errors included, which every rank meets alike).
-            output.console.quiet = True
-            output.errors.quiet = True
+            output.console.quiet = True  # one voice per job: rank 0 prints
+        # Errors, which every rank meets alike, once per machine: its first process says why it stopped.
+        output.errors.quiet = job.local_rank != 0
+        restarted = _elastic_resume(values, job)
+        if restarted is not None:
+            output.line(f"torchrun job {job.run_id} (restart {job.restart} here): resuming from {restarted}")
+            values = {**values, "resume": restarted}
         resume, under = _resumed_settings(values["resume"], out_given=values["out"] is not None)
         cfg = resolve_run_config(values, defaults=run_defaults(os.environ), world_size=job.world_size, under=under)
         if cfg.run.tensorboard:
@@ -75,7 +80,7 @@ def train(**values: Any) -> None:
                 if board is not None:
                     handlers.handlers.append(board)
                 try:
-                    result = trainer.fit()
+                    result = _fit(trainer, job)
                 finally:
                     if renderer is not None:
                         renderer.close()
@@ -95,6 +100,37 @@ def train(**values: Any) -> None:
 
 # Typer reads a command's options from its signature: the run options, then every setting flag.
 with_signature(train, [*parameters_of(run_options), *setting_parameters()])
+
+
+def _fit(trainer: Any, job: DistEnv) -> Any:
+    """``trainer.fit()``; a collective that fails because another process of the job is gone
+    (killed outright, its machine lost) is one line (exit 1), not gloo's or NCCL's traceback."""
+    from resnet_cifar.distributed import peer_lost
+
+    try:
+        return trainer.fit()
+    except RuntimeError as error:
+        lost = peer_lost(job, error)
+        if lost is None:
+            raise
+        raise lost from None
+
+
+def _elastic_resume(values: dict[str, Any], job: DistEnv) -> Path | None:
+    """When torchrun starts this job's workers again (``--max-restarts``, or a relaunch with the
+    same ``--rdzv-id``), the checkpoint the job continues from: its run folder's last.pt, when the
+    folder holds this job's run (the checkpointer's elastic_resume); None otherwise, which is a
+    fresh run or --resume's."""
+    if not job.is_distributed:
+        return None
+    from resnet_cifar.engine.checkpointer import elastic_resume
+
+    out = values["out"]
+    if out is None and values["resume"] is not None:
+        out = Path(values["resume"]).parent
+    if out is None:  # the folder a --config file or the default names
+        out = resolve_run_config(values, defaults=run_defaults(os.environ), world_size=job.world_size).run.out_dir
+    return elastic_resume(Path(out).expanduser(), job)
 
 
 def _resumed_settings(resume: Path | None, *, out_given: bool) -> tuple[ResumeCheckpoint | None, dict[str, Any]]:

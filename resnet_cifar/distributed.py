@@ -12,10 +12,19 @@ destroys it afterwards. The :class:`DistEnv` methods are the collectives the tra
 single process they are no-ops (or return their input), so callers use them unconditionally.
 
 A job of one process (no torchrun, or ``--nproc_per_node=1``) is an ordinary run: no process group.
+
+Across machines (``torchrun --nnodes=M --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT --rdzv-id=JOB``
+on each), torchrun also sets ``TORCHELASTIC_RUN_ID`` (the job: the same on every machine and across
+restarts) and ``TORCHELASTIC_RESTART_COUNT`` (0, then 1.. after each elastic restart of this
+machine's workers, ``--max-restarts``); :class:`DistEnv` carries both. The job id is what lets
+restarted workers continue from their job's last checkpoint (the checkpointer's
+``elastic_resume``; docs/distributed.md, "Training across nodes"); the count, kept per machine, is
+only reported.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,9 +34,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnet_cifar.errors import UsageError
+from resnet_cifar.errors import ResnetCifarError, UsageError
+from resnet_cifar.files import first_line
 
-__all__ = ["SINGLE_PROCESS", "DistEnv", "process_group", "read_env", "sync_batchnorm"]
+__all__ = ["SINGLE_PROCESS", "DistEnv", "PeerLost", "peer_lost", "process_group", "read_env", "sync_batchnorm"]
+
+
+class PeerLost(ResnetCifarError):
+    """Another process of the job is gone (killed, or its machine lost), so a collective failed."""
+
+    exit_code = 1
+
+
+# How gloo and NCCL say that the process at the other end of a collective is gone.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
 
 
 @dataclass(frozen=True)
@@ -37,6 +57,8 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    run_id: str = ""  # torchrun's job id (--rdzv-id, TORCHELASTIC_RUN_ID); "" outside torchrun
+    restart: int = 0  # how many times torchrun has restarted the job's workers (TORCHELASTIC_RESTART_COUNT)
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -164,6 +186,23 @@ def _int_var(environ: Mapping[str, str], key: str) -> int:
         raise UsageError(f"{key} must be an integer, got {environ[key]!r}") from None
 
 
+def _optional_int(environ: Mapping[str, str], key: str, default: int) -> int:
+    return _int_var(environ, key) if environ.get(key, "").strip() else default
+
+
+def _check_restartable(environ: Mapping[str, str]) -> None:
+    """Refuse a job torchrun would restart (``--max-restarts`` > 0) through a rendezvous store its
+    agents share with the workers (the c10d default): the store outlives the workers, so restarted
+    ones find the previous attempt's addresses (of processes now gone) and cannot connect
+    (pytorch/pytorch#135712). Asking torchrun for a fresh store per attempt avoids it."""
+    shared = environ.get("TORCHELASTIC_USE_AGENT_STORE", "").strip() == "True"
+    if shared and _optional_int(environ, "TORCHELASTIC_MAX_RESTARTS", 0) > 0:
+        raise UsageError(
+            "torchrun --max-restarts needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in every launcher's environment "
+            "(a shared rendezvous store hands restarted workers the previous attempt's addresses)"
+        )
+
+
 def read_env(environ: Mapping[str, str]) -> DistEnv:
     """This process's place in a torchrun job, from ``environ`` (pass ``os.environ``).
 
@@ -182,8 +221,12 @@ def read_env(environ: Mapping[str, str]) -> DistEnv:
         raise UsageError(f"{present[0]} is set but {missing} is not; launch with torchrun, which sets both")
     rank = _int_var(environ, "RANK")
     world_size = _int_var(environ, "WORLD_SIZE")
-    local_rank = _int_var(environ, "LOCAL_RANK") if environ.get("LOCAL_RANK", "").strip() else rank
-    env = DistEnv(rank=rank, world_size=world_size, local_rank=local_rank)
+    local_rank = _optional_int(environ, "LOCAL_RANK", rank)
+    restart = _optional_int(environ, "TORCHELASTIC_RESTART_COUNT", 0)
+    if restart < 0:
+        raise UsageError(f"TORCHELASTIC_RESTART_COUNT must be at least 0, got {restart}")
+    run_id = environ.get("TORCHELASTIC_RUN_ID", "").strip()
+    env = DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, run_id=run_id, restart=restart)
     if env.is_distributed:
         if environ.get("LOCAL_WORLD_SIZE", "").strip():
             local_world = _int_var(environ, "LOCAL_WORLD_SIZE")
@@ -197,6 +240,7 @@ def read_env(environ: Mapping[str, str]) -> DistEnv:
         port = _int_var(environ, "MASTER_PORT")
         if not 0 < port < 65536:
             raise UsageError(f"MASTER_PORT must be a TCP port (1-65535), got {port}")
+        _check_restartable(environ)
     return env
 
 
@@ -234,6 +278,20 @@ def process_group(env: DistEnv, device: torch.device) -> Iterator[DistEnv]:
         yield env
     finally:
         dist.destroy_process_group()
+
+
+def peer_lost(env: DistEnv, error: BaseException) -> PeerLost | None:
+    """``error`` as a one-line PeerLost when it is a collective of ``env``'s job failing because
+    another process of the job is gone; None for anything else, which keeps its traceback."""
+    text = str(error)
+    if not (env.is_distributed and isinstance(error, RuntimeError) and any(sign in text for sign in _PEER_GONE)):
+        return None
+    # The message without gloo's source location, advice and emoji: "Connection closed by peer [host]:port".
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", first_line(error)).split(". ")[0]
+    return PeerLost(
+        f"rank {env.rank}: another process of the job is gone ({reason}); its last checkpoint is the run "
+        "folder's last.pt"
+    )
 
 
 def sync_batchnorm(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:

@@ -36,8 +36,8 @@ from helpers import cli_env, small_run_flags
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 # 256 training images in batches of 32 per process: 4 steps an epoch on each of the 2 ranks.
 SMALL = small_run_flags(batch_size=32, val=100, test=100)
-# The run's files, and the lock file that says which process holds the folder.
-RUN_FILES = {".lock", "best.pt", "config.toml", "curves.png", "last.pt", "metrics.csv", "metrics.jsonl", "result.json"}
+# The run's files, the lock file that says which process holds the folder and the torchrun job's record.
+RUN_FILES = {".lock", ".torchrun-job", "best.pt", "config.toml", "curves.png", "last.pt", "metrics.csv", "metrics.jsonl", "result.json"}
 
 
 def console_script() -> str:
@@ -236,7 +236,7 @@ def test_two_process_run_writes_one_run_folder_and_counts_each_image_once(
     assert whole.loss == pytest.approx(record["val_loss"], rel=1e-5)
 
 
-def _worker_pid(marker: str, rank: int) -> int | None:
+def worker_pid(marker: str, rank: int) -> int | None:
     """The pid of the torchrun worker of `rank` in the job whose environment holds `marker`, if it runs."""
     wanted = {f"RESNET_CIFAR_TEST_JOB={marker}".encode(), f"RANK={rank}".encode()}
     for entry in Path("/proc").iterdir():
@@ -269,7 +269,7 @@ def test_sigterm_to_one_rank_stops_both_and_the_job_resumes(
         line = process.stdout.readline()
         assert line.startswith("epoch 1 "), line
         # Both ranks trained epoch 1 together (their gradients are all-reduced), so rank 1 runs now.
-        rank1 = _worker_pid(marker, 1)
+        rank1 = worker_pid(marker, 1)
         assert rank1 is not None, "no worker of rank 1 found"
         os.kill(rank1, signal.SIGTERM)  # to rank 1 alone, during epoch 2
         stdout, stderr = process.communicate(timeout=300)

@@ -46,6 +46,15 @@ while writing is its WriteError (exit 1) naming the file and the reason, the tem
 removed and the previous file stays as it was; a run folder that cannot be written into at all
 is refused when the lock is taken (UnwritableFolder, exit 2), before anything else. Under torchrun only rank 0
 writes.
+
+Across machines the run folder must be one folder on a file system every machine shares: rank 0
+alone writes, and every rank reads the checkpoint a resume (or the best weights at the end) loads.
+Per-machine folders, with rank 0's checkpoints copied to the others, are not supported: in a job
+of several processes ``open_run`` has every rank look for the token rank 0 has just written into
+``OUT/.lock`` and refuses the run (exit 2, on every rank) when one cannot see it. Once a job's run
+is accepted, rank 0 records torchrun's job id in ``OUT/.torchrun-job``; after an elastic restart
+(``torchrun --max-restarts``) ``elastic_resume`` finds that record and the job's last.pt, so the
+restarted workers continue where the job stopped instead of being refused as a new run.
 """
 
 from __future__ import annotations
@@ -55,8 +64,10 @@ import fcntl
 import io
 import json
 import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -66,6 +77,7 @@ import torch
 from torch import Tensor, nn
 
 from resnet_cifar.config import TrainConfig, save_config
+from resnet_cifar.distributed import SINGLE_PROCESS, DistEnv
 from resnet_cifar.engine.build import RunParts
 from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, write_checkpoint_bytes
 from resnet_cifar.engine.early_stopping import EarlyStopping, Monitor
@@ -82,6 +94,7 @@ BEST = "best.pt"
 CURVES = "curves.png"
 RESULT = "result.json"
 LOCK = ".lock"
+JOB = ".torchrun-job"  # the torchrun job id whose run the folder holds (see elastic_resume)
 RUN_FILES = (CONFIG_FILE, METRICS_JSONL, METRICS_CSV, LAST, BEST, CURVES, RESULT)
 
 # ----------------------------------------------------------------------------- the checkpoint format
@@ -236,6 +249,7 @@ class Checkpointer:
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
         self._lock_fd: int | None = None
+        self._token = uuid.uuid4().hex  # written into .lock beside the pid: the mark other machines look for
 
     def acquire(self) -> None:
         """Take the run folder (see the module notes); a no-op on ranks other than 0."""
@@ -249,13 +263,13 @@ class Checkpointer:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            holder = (os.read(fd, 64).decode(errors="replace").split() or ["unknown"])[0]
             os.close(fd)
             raise UsageError(
                 f"{self.out_dir} is in use by another run (pid {holder}); wait for it to finish or use another --out"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} {self._token}\n".encode())
         self._lock_fd = fd
         for name in RUN_FILES:  # what a process killed in the middle of a write left behind
             for stale in self.out_dir.glob(f".{name}.*.tmp"):
@@ -353,24 +367,52 @@ class Checkpointer:
 
     # -- what the loop asks for: the checkpointer picks the files
 
-    def open_run(self, cfg: TrainConfig, *, world_size: int, resume: ResumeCheckpoint | None = None) -> None:
+    def open_run(
+        self, cfg: TrainConfig, *, world_size: int, resume: ResumeCheckpoint | None = None, job: DistEnv = SINGLE_PROCESS
+    ) -> None:
         """Take the folder (``acquire``) and check, before anything is built, that the run may
         start: a fresh run over no earlier one, or a resume of ``cfg.run.resume`` (``resume``: that
         checkpoint already read, e.g. by the CLI for its settings) with its settings and number of
-        processes; ``restore`` then puts it back. The folder is let go on refusal."""
+        processes; ``restore`` then puts it back. In a torchrun ``job`` every rank calls it: the
+        ranks first confirm they all see the folder rank 0 took (``confirm_shared``), and rank 0
+        records the job's id once the run is accepted. The folder is let go on refusal."""
         self.acquire()
         try:
+            self.confirm_shared(job)
             if cfg.run.resume is None:
                 self.check_new_run()
-                return
-            if resume is None:
-                resume = ResumeCheckpoint.read(cfg.run.resume)
-            assert resume.path.expanduser() == cfg.run.resume, "the checkpoint read is the one cfg.run.resume names"
-            resume.check_run(cfg, world_size=world_size)
-            self._resume = resume
+            else:
+                if resume is None:
+                    resume = ResumeCheckpoint.read(cfg.run.resume)
+                assert resume.path.expanduser() == cfg.run.resume, "the checkpoint read is the one cfg.run.resume names"
+                resume.check_run(cfg, world_size=world_size)
+                self._resume = resume
+            if self.is_main and job.is_distributed:
+                atomic_write(self.path(JOB), job.run_id + "\n")
         except BaseException:
             self.release()
             raise
+
+    def confirm_shared(self, job: DistEnv) -> None:
+        """Refuse (exit 2, on every rank of ``job``) a run folder that is not the same folder for
+        every rank: each one looks for the token rank 0 wrote into its lock file (taken before this
+        call), so a machine with a folder of its own, or none, cannot pass. A collective: every
+        rank calls it. Nothing to check in a single process."""
+        if not job.is_distributed:
+            return
+        token = job.gather_objects(self._token if self.is_main else None)[0]  # rank 0 has written it by now
+        try:
+            seen = token in self.path(LOCK).read_text().split()
+        except OSError:
+            seen = False
+        verdicts = job.gather_objects((seen, socket.gethostname()))
+        blind = [f"rank {rank} (on {host})" for rank, (ok, host) in enumerate(verdicts) if not ok]
+        if blind:
+            raise UsageError(
+                f"--out {self.out_dir} is not one folder that every process of the job sees: {blind[0]} cannot "
+                "see rank 0's files there; across machines put --out on a file system they all share (NFS, "
+                "Lustre, ...): per-machine run folders are not supported"
+            )
 
     def restore(self, state: RunState) -> LoopPosition:
         """The resumed checkpoint (the one ``open_run`` accepted) put back into ``state``, and the
@@ -469,6 +511,29 @@ def describe_mismatch(expected: Mapping[str, Tensor], weights: Mapping[str, Tens
         shapes = f"{tuple(weights[key].shape)} instead of {tuple(expected[key].shape)}"
         parts.append(f"{len(reshaped)} of another shape (first {key}: {shapes})")
     return ", ".join(parts)
+
+
+# torchrun's job id when none is given (--rdzv-id): it names no job in particular.
+UNNAMED_JOB = "none"
+
+
+def elastic_resume(out_dir: Path, job: DistEnv) -> Path | None:
+    """The checkpoint a torchrun job continues from when its workers start again (an elastic
+    restart, ``--max-restarts``, or the same command relaunched with the same ``--rdzv-id``):
+    ``out_dir``'s last.pt, when the folder's job record names this job (``open_run`` writes it
+    once the job's run is accepted, so an attempt refused over another job's run never resumes
+    that run). Not the restart count: torchrun counts restarts per machine, and a machine whose
+    workers were only stopped for a new rendezvous round keeps counting 0, while every rank must
+    decide alike. None otherwise (a job without an id of its own, a first start, or a job
+    stopped before its first checkpoint, which starts afresh)."""
+    if not job.is_distributed or job.run_id in ("", UNNAMED_JOB):
+        return None
+    try:
+        recorded = (out_dir / JOB).read_text().strip()
+    except OSError:
+        return None
+    last = out_dir / LAST
+    return last if recorded == job.run_id and last.is_file() else None
 
 
 def _read_payload(path: Path, *, require: Sequence[str]) -> dict[str, Any]:

@@ -506,7 +506,7 @@ def build_trainer(
     its settings). Under torchrun, pass the job's DistEnv and call it inside
     resnet_cifar.distributed.process_group."""
     checkpointer = Checkpointer(cfg.run.out_dir, is_main=distributed.is_main, every=cfg.run.checkpoint_every)
-    checkpointer.open_run(cfg, world_size=distributed.world_size, resume=resume)
+    checkpointer.open_run(cfg, world_size=distributed.world_size, resume=resume, job=distributed)
     try:
         parts = build_run(cfg, distributed=distributed)
         return Trainer(parts, checkpointer, on_event=on_event, stop=stop)
