@@ -13,7 +13,8 @@ Checkpoints hold everything a resume needs (see engine/checkpointer.py), so `res
 exactly where the checkpoint was taken: the loaders' order and augmentation depend only on
 (seed, epoch), and the RNG states cover dropout.
 
-A stop request (the CLI's SIGTERM/SIGINT handler sets it) is honoured after the current step:
+A stop request (the CLI's SIGTERM/SIGINT handler sets it) is honoured after the current step
+(under torchrun within STOP_AGREEMENT_STEPS steps, when the ranks agree on it):
 a resumable last.pt is written and the result says which signal stopped the run. A non-finite
 loss raises NonFiniteLossError before any update, and no checkpoint is written after it, so the
 last good last.pt/best.pt stay as they were.
@@ -23,9 +24,10 @@ Multi-process (DDP) training: give the Trainer the job's DistEnv, inside a start
 epoch's permutation (``--batch-size`` is per process) with the model wrapped in
 DistributedDataParallel after compilation, and evaluates its own shard of the validation and test
 sets; the confusion matrices, loss sums and train sums are summed over the ranks, so every rank
-sees the global metrics and takes the same early-stopping decision. The stop request and the
-non-finite-loss check are agreed on by all ranks (one tiny all-reduce each per step), so no rank is
-left waiting in a collective. Only rank 0 writes files; checkpoints hold the unwrapped module's
+sees the global metrics and takes the same early-stopping decision. The non-finite-loss check
+(the loss's all-reduce, every step) and the stop request (every few steps and at each epoch's end,
+resnet_cifar.distributed.STOP_AGREEMENT_STEPS) are agreed on by all ranks, so no rank is left
+waiting in a collective. Only rank 0 writes files; checkpoints hold the unwrapped module's
 state, rank 0's RNG state and every rank's (for an exact resume), and resume with the same number
 of processes.
 """
@@ -400,9 +402,10 @@ class Trainer:
             tta=tta,
         )
 
-    def _agreed_stop(self) -> str | None:
-        """The job's stop request, the same on every rank (see DistEnv.agree_on_stop)."""
-        agreed = self.dist.agree_on_stop(self.stop.signal_name, self.device)
+    def _agreed_stop(self, *, step: int | None = None) -> str | None:
+        """The job's stop request, the same on every rank (see DistEnv.agree_on_stop; ``step``
+        spaces the agreement out inside an epoch)."""
+        agreed = self.dist.agree_on_stop(self.stop.signal_name, self.device, step=step)
         if agreed is not None and agreed != self.stop.signal_name:
             self.stop.request(agreed)  # another rank got a signal: this one stops, and reports, with it
         return agreed
@@ -467,6 +470,9 @@ class Trainer:
         self._write_metrics()
         self.on_event(self._started())
         self.compile_seconds = self._warm_up_compiled_model()
+        # The checkpoints' host buffers are allocated here, not in the first epoch's checkpoint.
+        if self.is_main:
+            self.checkpointer.prepare(self._payload(epoch=self.start_epoch, batches_done=self.batches_done))
         self.clock_started = time.perf_counter()
         stopped_early, stop_reason = False, None
         target = cfg.run.target_acc
@@ -549,7 +555,7 @@ class Trainer:
                     images_per_sec=(seen - seen_before) * world / elapsed,
                 )
             )
-            if self._agreed_stop() is not None:
+            if self._agreed_stop(step=index + 1) is not None:
                 total_loss, total_correct, total_seen = self._summed(loss_sum, correct, seen)
                 partial = {"loss_sum": total_loss, "correct": int(total_correct), "seen": int(total_seen)}
                 self._save([LAST], epoch=epoch, batches_done=index + 1, partial=partial)
