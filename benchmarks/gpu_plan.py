@@ -92,7 +92,8 @@ CALL_MARGIN_S = 15.0  # each call's work ends this long before its timeout_s
 GOALS_RESERVE_S = 3.0  # judging the goals and copying the files at the end
 GRACE_S = {False: 15.0, True: 5.0}  # SIGINT this long before a step's limit (device, dry run)
 DEFAULT_BUDGET_S = {False: sum(CALLS.values()) - len(CALLS) * CALL_MARGIN_S, True: 900.0}
-FINAL = ("done", "failed", "cut at its limit", "skipped")  # statuses no later call revisits
+# Statuses a later call keeps (unless GPU_RUN_STEPS names the step: a rerun of what failed).
+FINAL = ("done", "failed", "cut at its limit", "skipped")
 # Which benchmarks each group runs, the same on the device and in the dry run: the fp32 compiled
 # step is left out (the goals compare with eager fp32; its compilation would cost the budget),
 # onnxruntime's benchmark is a CPU figure, and the loader group's CPU references would take most
@@ -102,10 +103,22 @@ BENCH_SELECT = {
     "inference": "not onnxruntime",
     "loader": "not baseline and not torchvision_autoaugment",
 }
+# The dry run on a CPU without native bf16 leaves out the bf16 benchmarks (see cpu_has_native_bf16).
+NO_BF16_SELECT = {"train_step": "baseline or tf32", "inference": "not onnxruntime and not best"}
 DRY_BENCH_ENV = {
     "RESNET_CIFAR_BENCH_TRAIN_BATCH": "2", "RESNET_CIFAR_BENCH_INFER_BATCH": "2", "RESNET_CIFAR_BENCH_ROUNDS": "1",
     "RESNET_CIFAR_BENCH_LOADER_BATCH": "8", "RESNET_CIFAR_BENCH_SKIP_COMPILE": "1",
 }  # fmt: skip
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16): elsewhere oneDNN
+    emulates it, ResNet-50 steps take minutes, and the dry run keeps to fp32."""
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def now() -> float:
@@ -133,7 +146,8 @@ class Runner:
         self.args = args
         self.dry = args.dry_run
         self.grace = GRACE_S[self.dry]
-        self.settings = gpu_train.TrainSettings(data_dir=args.data_dir, dry_run=self.dry)
+        self.bf16 = not self.dry or cpu_has_native_bf16()
+        self.settings = gpu_train.TrainSettings(data_dir=args.data_dir, dry_run=self.dry, cpu_bf16=self.bf16)
         self.keep: Path = args.keep
         self.out: Path = args.out
         self.log_file: IO[str] = (self.out / "run.log").open("a")
@@ -143,8 +157,7 @@ class Runner:
         self.call_started = args.started
         used = sum(call["seconds"] for call in self.state["calls"])
         self.plan_deadline = self.call_started + args.budget - used
-        last = args.call in ("all", str(max(CALLS)))
-        self.last_call = last
+        self.last_call = args.call in ("all", str(max(CALLS)))
         limit = float("inf") if args.call == "all" else CALLS[int(args.call)] - CALL_MARGIN_S
         self.call_deadline = self.call_started + limit
         self.env = gpu_report.read_json(self.out / "env.json") or {}
@@ -314,7 +327,7 @@ class Runner:
         return ("done" if ok else "failed"), {"seconds": round(limit - max(ends - now(), 0.0), 1)}
 
     def run_bench(self, step: Step, limit: float) -> tuple[str, dict[str, Any]]:
-        select = BENCH_SELECT[step.name]
+        select = BENCH_SELECT[step.name] if self.bf16 else NO_BF16_SELECT.get(step.name, BENCH_SELECT[step.name])
         if step.name == "loader" and not self.env.get("optional", {}).get("dali"):
             select += " and not dali"
         result = self.keep / f"bench_{step.name}.json"
@@ -351,12 +364,16 @@ class Runner:
         self.log(f"plan: call {self.args.call}, {'dry run (CPU, tiny sizes)' if self.dry else 'GPU run'}, "
                  f"{max(self.plan_deadline - now(), 0):.0f} s of the {self.args.budget:.0f} s budget left, "
                  f"call deadline in {min(self.call_deadline - now(), 1e9):.0f} s")  # fmt: skip
-        shutil.copy(self.out / "env.json", self.keep / "env.json") if (self.out / "env.json").is_file() else None
+        if not self.bf16:
+            self.log("dry run on a CPU without native bf16: the training commands add --no-amp, the bf16 "
+                     "benchmarks are left out (the same plumbing in fp32)")  # fmt: skip
+        if (self.out / "env.json").is_file():
+            shutil.copy(self.out / "env.json", self.keep / "env.json")
         deferring = False
         for step in STEPS:
             previous = self.state["steps"].get(step.name, {}).get("status", "")
-            if previous.startswith(FINAL):
-                continue
+            if previous.startswith(FINAL) and step.name not in self.args.steps:
+                continue  # an earlier call's outcome; GPU_RUN_STEPS naming it runs it again
             decision, limit = self.decide(step, deferring)
             if decision != "run":
                 deferring = deferring or decision.startswith("deferred")

@@ -1,16 +1,20 @@
 """The GPU run rehearsed on the CPU, in the device's own environment, and its Python helpers.
 
 The rehearsal is the device run: `bash benchmarks/gpu_prepare.sh` fills a .device folder (a real
-image subset packed as the data archive, the wheels of what the device lacks: a real download),
-then `bash benchmarks/gpu_run.sh --dry-run` runs every step of the plan with `python3` from PATH
-being a virtual environment that holds only the device list's packages (benchmarks/device_env.py
-builds it from this interpreter's, as links), the wheels and the project installed offline, and
-the import fence on. Around it: a budget too small for the plan, a missing wheel, a failed install,
-a signal, and the fence itself. The helpers are checked where a CPU can check them.
+image subset packed as the data archive, and the wheels of what the device lacks, which pip
+downloads; no test touches the internet, so pip's index is a local folder holding a wheel
+repacked from this interpreter's own tomli-w), then `bash benchmarks/gpu_run.sh --dry-run` runs
+every step of the plan with `python3` from PATH being a virtual environment that holds only the
+device list's packages (benchmarks/device_env.py builds it from this interpreter's, as links),
+the wheels and the project installed offline, and the import fence on. Around it: a budget too
+small for the plan, a missing wheel, a failed install, a signal, and the fence itself. The
+helpers are checked where a CPU can check them.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
 import json
 import os
@@ -20,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -88,11 +93,35 @@ def data_subset(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path) 
     return root
 
 
+def wheel_from_installed(name: str, folder: Path) -> Path:
+    """A wheel of an installed pure-Python distribution, repacked from its files (RECORD anew)."""
+    dist = metadata.distribution(name)
+    root = Path(dist.locate_file(""))
+    files = [Path(str(file)) for file in dist.files or []]
+    info = next(file.parts[0] for file in files if file.parts[0].endswith(".dist-info"))
+    assert "Root-Is-Purelib: true" in (root / info / "WHEEL").read_text()
+    skipped = ("INSTALLER", "RECORD", "REQUESTED", "direct_url.json")
+    kept = [file for file in files if "__pycache__" not in file.parts and file.name not in skipped]
+    wheel = folder / f"{info.removesuffix('.dist-info')}-py3-none-any.whl"
+    records = []
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for file in kept:
+            data = (root / file).read_bytes()
+            archive.writestr(str(file), data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            records.append(f"{file},sha256={digest},{len(data)}")
+        archive.writestr(f"{info}/RECORD", "\n".join([*records, f"{info}/RECORD,,"]) + "\n")
+    return wheel
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory, device_venv: Path, data_subset: Path) -> Path:
-    """A .device folder filled by gpu_prepare.sh, run in the device venv (wheels downloaded for real)."""
+    """A .device folder filled by gpu_prepare.sh in the device venv, pip's index a local folder."""
     device_dir = tmp_path_factory.mktemp("prepared") / ".device"
-    env = clean_env(PATH=venv_path(device_venv), GPU_RUN_DEVICE_DIR=str(device_dir), RESNET_CIFAR_TEST_DATA=str(data_subset))
+    index = tmp_path_factory.mktemp("index")
+    wheel_from_installed("tomli-w", index)
+    env = clean_env(PATH=venv_path(device_venv), GPU_RUN_DEVICE_DIR=str(device_dir), RESNET_CIFAR_TEST_DATA=str(data_subset),
+                    PIP_NO_INDEX="1", PIP_FIND_LINKS=str(index), PIP_CONFIG_FILE=os.devnull)  # fmt: skip
     done = subprocess.run(["bash", str(PREPARE)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return device_dir
@@ -181,6 +210,7 @@ def test_every_training_run_exits_0_and_is_timed(rehearsal) -> None:
         assert command[0].endswith("/project/bin/resnet-cifar") and command[1] == "train"
         for flag in ("--json", "--amp", "--compile"):
             assert flag in command
+        assert ("--no-amp" in command) is not gpu_plan.cpu_has_native_bf16()  # the dry run's fp32 on such a CPU
         assert command[command.index("--preset") + 1] == run["name"]
         for epoch in run["epochs"]:  # checkpoints on, as a user gets them: last.pt every epoch
             assert epoch["checkpoint_seconds"] > 0 and epoch["images_per_sec"] > 0
@@ -202,12 +232,13 @@ def test_the_benchmarks_ran_the_devices_selection(rehearsal) -> None:
         by_group[group] = {bench["name"]: bench["extra_info"] for bench in benches}
         for info in by_group[group].values():
             assert info["images_per_sec"] > 0 and info["device"] == "cpu"
-    # Eager fp32 (true and TF32) and bf16 + channels_last; the compiled one is left out on a CPU.
-    assert set(by_group["train_step"]) == {
-        "test_train_step_baseline_eager_fp32", "test_train_step[eager_tf32]", "test_train_step[amp_bf16_channels_last]",
-    }  # fmt: skip
+    # Eager fp32 (true and TF32) and bf16 + channels_last; the compiled one is left out on a CPU,
+    # and the bf16 ones on a CPU that would emulate bf16.
+    bf16 = {"test_train_step[amp_bf16_channels_last]"} if gpu_plan.cpu_has_native_bf16() else set()
+    assert set(by_group["train_step"]) == {"test_train_step_baseline_eager_fp32", "test_train_step[eager_tf32]", *bf16}
     assert by_group["train_step"]["test_train_step_baseline_eager_fp32"]["matmul_tf32"] is None  # no TF32 on a CPU
     assert "test_inference_onnxruntime_cpu" not in by_group["inference"]
+    assert ("test_inference_resnet50_best_settings" in by_group["inference"]) is bool(bf16)
     assert "test_tensor_loader" in by_group["loader"] and not any("dali" in name for name in by_group["loader"])
     assert all(info["batch_size"] == 8 for info in by_group["loader"].values())
     assert "images/sec (ratio to the baseline of the same group, same run)" in stdout
@@ -337,6 +368,15 @@ def test_call_1_defers_what_does_not_fit_and_call_2_takes_it_up(tmp_path: Path, 
 )
 def test_a_step_runs_only_when_it_fits(seconds, left, before_last, deferring, expected) -> None:
     assert gpu_plan.fits(seconds, left, before_last_call=before_last, deferring=deferring) == expected
+
+
+def test_native_bf16_is_read_from_the_cpus_flags(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    assert gpu_plan.cpu_has_native_bf16(cpuinfo) is True
+    cpuinfo.write_text("flags\t\t: fpu sse2 avx2\n")  # an AMD EPYC before Zen 4, say
+    assert gpu_plan.cpu_has_native_bf16(cpuinfo) is False
+    assert gpu_plan.cpu_has_native_bf16(tmp_path / "missing") is False
 
 
 def test_the_calls_in_contributing_fit_the_device_time() -> None:

@@ -214,7 +214,15 @@ class Checkpointer:
     def _take_snapshot(self, payload: dict[str, Any]) -> dict[str, Any]:
         self.wait()  # at most one write in flight; its buffers are free again after it
         self._copying_from_cuda = False
-        snapshot = self._snapshot({"format": CHECKPOINT_FORMAT, **payload}, "")
+        # The host copies are memory-bound: one thread moves them about as fast as two, and on a
+        # loaded machine a two-thread copy waits for its slower thread to be scheduled (ResNet-50's
+        # 180 MiB: 0.06 s with one thread, 0.30 s with two, at load 4 on 2 cores).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            snapshot = self._snapshot({"format": CHECKPOINT_FORMAT, **payload}, "")
+        finally:
+            torch.set_num_threads(threads)
         if self._copying_from_cuda:
             torch.cuda.synchronize()  # the non-blocking device-to-host copies have landed
         return snapshot

@@ -123,7 +123,7 @@ class FitResult:
     test: dict[str, Any] | None  # the final model's test report (never used for selection)
     checkpoint: Path
     world_size: int = 1  # processes that trained the run together
-    compile_seconds: float = 0.0  # torch.compile's warm-up, before the training clock started
+    compile_seconds: float = 0.0  # the warm-up step with torch.compile, before the training clock (0 eager)
     train_seconds: float = 0.0  # the loop's wall time: training, validation and checkpointing
     reached_target: bool | None = None  # --target-acc: whether validation reached it (None: no target)
     time_to_target_s: float | None = None  # training seconds (validations included) until it did
@@ -366,11 +366,15 @@ class Trainer:
         payload = self._payload(epoch=epoch, batches_done=batches_done, partial=partial, rng_by_rank=rng_by_rank)
         return self.checkpointer.save(names, payload, stamp_last_record=stamp)
 
-    def _warm_up_compiled_model(self) -> float:
-        """Compile before the training clock starts: one step on the first batch, then every bit
-        of state put back as it was (weights, optimizer, schedule, scaler, EMA, RNG, step count),
-        so the run trains exactly as without the warm-up. Returns the seconds it took."""
-        if not self.cfg.precision.compile:
+    def _warm_up(self) -> float:
+        """Before the training clock starts, one step on the first batch: torch.compile compiles
+        in it, and the checkpointer allocates its snapshot buffers from the state after it (the
+        optimizer makes its state in its first step), so no epoch's checkpoint pays for either.
+        Then every bit of state is put back as it was (weights, optimizer, schedule, scaler, EMA,
+        RNG, step count), so the run trains exactly as without it. Returns the compilation's
+        seconds (0 without --compile). Every rank takes the step (DDP's collectives)."""
+        compiling = self.cfg.precision.compile
+        if not (compiling or self.checkpointer.keep_checkpoints):
             return 0.0
         started = time.perf_counter()
         saved = copy.deepcopy(self._payload(epoch=self.start_epoch, batches_done=self.batches_done))
@@ -381,8 +385,11 @@ class Trainer:
         self.parts.step(images, labels)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self._load_state(saved, "the compile warm-up's snapshot")
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        if self.is_main:
+            self.checkpointer.prepare(self._payload(epoch=self.start_epoch, batches_done=self.batches_done))
+        self._load_state(saved, "the warm-up's snapshot")
+        return seconds if compiling else 0.0
 
     # -- the loop
 
@@ -469,10 +476,7 @@ class Trainer:
         # taken (a crash between the two) must not appear twice.
         self._write_metrics()
         self.on_event(self._started())
-        self.compile_seconds = self._warm_up_compiled_model()
-        # The checkpoints' host buffers are allocated here, not in the first epoch's checkpoint.
-        if self.is_main:
-            self.checkpointer.prepare(self._payload(epoch=self.start_epoch, batches_done=self.batches_done))
+        self.compile_seconds = self._warm_up()
         self.clock_started = time.perf_counter()
         stopped_early, stop_reason = False, None
         target = cfg.run.target_acc
