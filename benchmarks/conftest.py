@@ -128,13 +128,33 @@ def _cell(value: object, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def startup_lines(benchmarks) -> list[str]:
+    """The start-up figures (benchmarks/test_startup.py), with the goal where there is one."""
+    lines = []
+    for info in (bench.extra_info for bench in benchmarks):
+        if "seconds_median" not in info:
+            continue
+        goal = f"; goal <= {info['goal_seconds']:g} s): {info['verdict']}" if "goal_seconds" in info else ")"
+        lines.append(
+            f"  {info['command']}: median {info['seconds_median']:.3f} s "
+            f"(bare interpreter {info['bare_interpreter_seconds']:.3f} s{goal}"
+        )
+    return lines
+
+
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     session = getattr(config, "_benchmarksession", None)
-    rows = summary_rows(getattr(session, "benchmarks", None) or [])
+    benchmarks = getattr(session, "benchmarks", None) or []
+    write = terminalreporter.write_line
+    startup = startup_lines(benchmarks)
+    if startup:
+        terminalreporter.section("start-up (issue 25)")
+        for line in startup:
+            write(line)
+    rows = summary_rows(benchmarks)
     if not rows:
         return
-    write = terminalreporter.write_line
     terminalreporter.section("images/sec (ratio to the baseline of the same group, same run)")
     header = (
         f"{'group':<11} {'benchmark':<52} {'device':<6} {'dtype':<8} {'batch':>5} {'compile':<7} "

@@ -221,7 +221,7 @@ def onnx_and_eager_forwards(tmp_path, images: torch.Tensor) -> tuple[Forward, Fo
 
     from resnet_cifar.config import resolve_config
     from resnet_cifar.data.types import CIFAR10_CLASSES
-    from resnet_cifar.engine.checkpoint import save_checkpoint
+    from resnet_cifar.engine.checkpointer import Checkpointer
     from resnet_cifar.export import Preprocessed, export_checkpoint
 
     torch.manual_seed(0)
@@ -229,7 +229,9 @@ def onnx_and_eager_forwards(tmp_path, images: torch.Tensor) -> tuple[Forward, Fo
     config = resolve_config(overrides={"data.data_dir": str(tmp_path), "model.depth": 50, "model.stem": "cifar"})
     checkpoint = tmp_path / "best.pt"
     payload = {"format": 1, "model": model.state_dict(), "ema": None, "classes": list(CIFAR10_CLASSES)}
-    save_checkpoint(checkpoint, {**payload, "config": config.to_dict(), "epoch": 1})
+    writer = Checkpointer(tmp_path)  # the one checkpoint writer
+    writer.save([checkpoint.name], {**payload, "config": config.to_dict(), "epoch": 1})
+    writer.wait()
     start = time.perf_counter()
     # No parity check here (it needs the real test split); the benchmark checks the outputs below.
     exported = export_checkpoint(checkpoint, tmp_path / "model.onnx", format="onnx", verify=False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,11 +30,14 @@ import torch
 
 from resnet_cifar.data.augment import Augmentation
 from resnet_cifar.data.dali_loader import DaliLoader
+from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CIFAR10_MEAN, CIFAR10_STD, CifarSplit
 
 BATCH_SIZE = int(os.environ.get("RESNET_CIFAR_BENCH_LOADER_BATCH", 512))
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Every benchmark's loader: a training epoch on the device (crop and flip, the default augmentation).
+TRAIN = LoaderSpec(batch_size=BATCH_SIZE, train=True, device=torch.device(DEVICE))
 
 
 def run_epoch(loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> int:
@@ -55,6 +59,8 @@ def train_images(real_train_dir: Path) -> int:
 def measure(benchmark, loader, *, rounds: int, device: str, dtype: torch.dtype, images: int) -> None:
     count = benchmark.pedantic(run_epoch, args=(loader,), rounds=rounds, iterations=1, warmup_rounds=1)
     assert count == images // BATCH_SIZE * BATCH_SIZE  # every full batch of the epoch, each image once
+    if benchmark.stats is None:  # under --benchmark-disable: one untimed run, no figures
+        return
     benchmark.extra_info.update(
         images_per_sec=round(count / benchmark.stats.stats.mean),
         images=count,
@@ -66,27 +72,27 @@ def measure(benchmark, loader, *, rounds: int, device: str, dtype: torch.dtype, 
 
 @pytest.mark.benchmark(group="loader")
 def test_tensor_loader(benchmark, train_images: int, real_train_split: CifarSplit) -> None:
-    loader = TensorLoader(real_train_split, batch_size=BATCH_SIZE, train=True, device=DEVICE)
+    loader = TensorLoader(real_train_split, TRAIN)
     measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32, images=train_images)
 
 
 @pytest.mark.benchmark(group="loader")
 def test_tensor_loader_cutout(benchmark, train_images: int, real_train_split: CifarSplit) -> None:
     """The longer recipe's augmentation: crop, flip and a 16-pixel cutout square."""
-    loader = TensorLoader(real_train_split, batch_size=BATCH_SIZE, train=True, device=DEVICE, cutout=16)
+    loader = TensorLoader(real_train_split, replace(TRAIN, augmentation=Augmentation(cutout=16)))
     measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32, images=train_images)
     benchmark.extra_info["cutout"] = 16
 
 
 @pytest.mark.benchmark(group="loader")
 def test_dali_loader_in_memory(benchmark, train_images: int, real_train_split: CifarSplit) -> None:
-    loader = DaliLoader(real_train_split, batch_size=BATCH_SIZE, train=True, device=DEVICE)
+    loader = DaliLoader(real_train_split, TRAIN)
     measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32, images=train_images)
 
 
 @pytest.mark.benchmark(group="loader")
 def test_dali_loader_from_image_folder(benchmark, train_images: int, real_train_dir: Path) -> None:
-    loader = DaliLoader.from_image_folder(real_train_dir, batch_size=BATCH_SIZE, train=True, device=DEVICE)
+    loader = DaliLoader.from_image_folder(real_train_dir, TRAIN)
     measure(benchmark, loader, rounds=2, device=DEVICE, dtype=torch.float32, images=train_images)
 
 
@@ -119,7 +125,7 @@ AUGMENT_REFERENCE = "test_torchvision_autoaugment_dataloader"
 def test_tensor_loader_policy(benchmark, train_images: int, real_train_split: CifarSplit, policy: str) -> None:
     """Crop, flip and the policy, batched on the device (RandAugment at torchvision's N=2, M=9)."""
     augmentation = Augmentation(policy=policy)
-    loader = TensorLoader(real_train_split, batch_size=BATCH_SIZE, train=True, device=DEVICE, augmentation=augmentation)
+    loader = TensorLoader(real_train_split, replace(TRAIN, augmentation=augmentation))
     measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32, images=train_images)
     benchmark.extra_info.update(augment=policy, baseline=AUGMENT_REFERENCE)
 
@@ -128,7 +134,7 @@ def test_tensor_loader_policy(benchmark, train_images: int, real_train_split: Ci
 def test_tensor_loader_trivialaugment_cutmix(benchmark, train_images: int, real_train_split: CifarSplit) -> None:
     """TrivialAugment Wide then cutmix (alpha 1) on every batch: soft targets [N, 10]."""
     augmentation = Augmentation(policy="trivialaugment", cutmix=1.0)
-    loader = TensorLoader(real_train_split, batch_size=BATCH_SIZE, train=True, device=DEVICE, augmentation=augmentation)
+    loader = TensorLoader(real_train_split, replace(TRAIN, augmentation=augmentation))
     measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32, images=train_images)
     benchmark.extra_info.update(augment="trivialaugment", cutmix=1.0, baseline=AUGMENT_REFERENCE)
 

@@ -45,6 +45,7 @@ import pytest
 import torch
 from PIL import Image
 
+from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.sources import list_image_folder_split
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CifarSplit
@@ -134,7 +135,7 @@ def real_batches(real_train_dir: Path) -> list[tuple[torch.Tensor, torch.Tensor]
     picked = np.linspace(0, len(files) - 1, NUM_BATCHES * BATCH_SIZE).round().astype(np.int64)
     images = np.stack([decode_rgb(files[index]) for index in picked])
     split = CifarSplit(images, labels[picked], classes)
-    loader = TensorLoader(split, batch_size=BATCH_SIZE, train=True, device=DEVICE)
+    loader = TensorLoader(split, LoaderSpec(batch_size=BATCH_SIZE, train=True, device=DEVICE))
     batches = list(loader)
     assert len(batches) == NUM_BATCHES
     return batches

@@ -66,13 +66,15 @@ def download_progress(out: Output) -> Iterator[Callable[[int, int | None], None]
     so commands that find their data already there show nothing."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
+    from resnet_cifar.data.download import ARCHIVE_NAME
+
     progress: Progress | None = None
 
     def update(done: int, total: int | None) -> None:
         nonlocal progress
         if progress is None:
             progress = Progress(
-                "cifar-10-python.tar.gz",
+                ARCHIVE_NAME,
                 BarColumn(),
                 DownloadColumn(),
                 TransferSpeedColumn(),

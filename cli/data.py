@@ -9,18 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from .common import cache_dir_from_env, download_progress, reported_errors
+from .options import JsonOption, NoCacheOption, setting_option
 from .render import Output
 
-DataDirOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--data-dir",
-        help="CIFAR-10 folder (python or binary release, or train/ and test/ image folders). "
-        "Default: $RESNET_CIFAR_DATA, else ~/.cache/resnet-cifar/data, downloaded when empty.",
-        show_default=False,
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+# The --data-dir of train: the same folder, help and default.
+DataDirOption = setting_option("data.data_dir")
 
 
 def data(
@@ -29,7 +22,7 @@ def data(
         typer.Argument(help="The CIFAR-10 folder to check (default: the default data folder).", show_default=False),
     ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the md5 check of the official release files.")] = False,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode image folders without the decoded cache.")] = False,
+    no_cache: NoCacheOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Detect the layout, validate every file, and print per-split and per-class counts."""
@@ -57,7 +50,8 @@ def data(
 def download(
     data_dir: DataDirOption = None,
     url: Annotated[
-        Optional[str], typer.Option("--url", help="A mirror of cifar-10-python.tar.gz (its md5 is still checked).")
+        Optional[str],
+        typer.Option("--url", help="A mirror of {download.ARCHIVE_NAME} (its md5 is still checked)."),
     ] = None,
     json_output: JsonOption = False,
 ) -> None:

@@ -13,18 +13,18 @@ from typing import Annotated, Optional
 import typer
 
 from .common import cache_dir_from_env, reported_errors
+from .options import CheckpointArgument, JsonOption
 from .render import Output
 
 
 def export_command(
-    checkpoint: Annotated[
-        Path, typer.Argument(help="A checkpoint written by `resnet-cifar train` (best.pt or last.pt).", show_default=False)
-    ],
+    checkpoint: CheckpointArgument,
     format: Annotated[
         str,
         typer.Option(
             "--format",
-            help="onnx or torchscript (float32 RGB [N, 3, 32, 32] in [0, 1] in, normalized inside, logits out), "
+            help="onnx or torchscript (float32 RGB [N, 3, {config.IMAGE_SIDE}, {config.IMAGE_SIDE}] in "
+            "{export.INPUT_RANGE} in, normalized inside, logits out), "
             "or safetensors (the plain state dict, config and classes in its metadata).",
             show_default=False,
         ),
@@ -39,7 +39,7 @@ def export_command(
     ],
     opset: Annotated[
         Optional[int],
-        typer.Option("--opset", help="ONNX opset (--format onnx only). Default: 18.", show_default=False),
+        typer.Option("--opset", help="ONNX opset (--format onnx only). Default: {export.DEFAULT_OPSET}.", show_default=False),
     ] = None,
     data_dir: Annotated[
         Optional[Path],
@@ -55,16 +55,16 @@ def export_command(
         bool,
         typer.Option(
             "--no-verify",
-            help="Skip the parity check: by default the written file is run (onnxruntime, torch.jit.load) on 64 "
-            "real test images and kept only when its logits are within 1e-4 of the checkpoint's (else exit 1, "
-            "no file). safetensors is always checked, bit for bit, without images.",
+            help="Skip the parity check: by default the written file is run (onnxruntime, torch.jit.load) on "
+            "{export.PARITY_IMAGES} real test images and kept only when its logits are within "
+            "{export.PARITY_TOLERANCE:g} of the checkpoint's (else exit 1, no file). safetensors is always "
+            "checked, bit for bit, without images.",
         ),
     ] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Export a checkpoint (EMA weights when it has them, eval mode) and verify the file before keeping it."""
     from resnet_cifar.export import PARITY_TOLERANCE, export_checkpoint
-
 
     output = Output(json_mode=json_output)
     with reported_errors(output):

@@ -13,11 +13,16 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .common import cache_dir_from_env, reported_errors
+from .options import (
+    CheckpointArgument,
+    CheckpointDataDirOption,
+    DeviceOption,
+    EvalBatchSizeOption,
+    JsonOption,
+    TtaOption,
+)
 from .render import Output
 
-CheckpointArgument = Annotated[
-    Path, typer.Argument(help="A checkpoint written by `resnet-cifar train` (best.pt or last.pt).", show_default=False)
-]
 PredictModelArgument = Annotated[
     Path,
     typer.Argument(
@@ -25,9 +30,6 @@ PredictModelArgument = Annotated[
         show_default=False,
     ),
 ]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-TtaOption = Annotated[bool, typer.Option("--tta", help="Average the logits with those of the mirrored image.")]
 
 
 def _number(value: float) -> str:
@@ -56,14 +58,9 @@ def render_eval(out: Output, report: dict[str, Any], out_dir: Path) -> None:
 
 def eval_command(
     checkpoint: CheckpointArgument,
-    data_dir: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--data-dir", help="CIFAR-10 folder. Default: the folder the checkpoint was trained on.", show_default=False
-        ),
-    ] = None,
+    data_dir: CheckpointDataDirOption = None,
     split: Annotated[
-        str, typer.Option("--split", help="test, or val (the trainer's own validation split).")
+        str, typer.Option("--split", help="{inference.EVAL_SPLITS:or} (val: the trainer's own validation split).")
     ] = "test",
     limit: Annotated[
         Optional[int],
@@ -75,12 +72,7 @@ def eval_command(
         ),
     ] = None,
     device: DeviceOption = "auto",
-    batch_size: Annotated[
-        Optional[int],
-        typer.Option(
-            "--batch-size", help="Images per batch. Default: the checkpoint's eval batch size.", show_default=False
-        ),
-    ] = None,
+    batch_size: EvalBatchSizeOption = None,
     tta: TtaOption = False,
     out_dir: Annotated[
         Optional[Path],
@@ -90,7 +82,10 @@ def eval_command(
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Score a checkpoint on the test or val split; write metrics.json, confusion_matrix.csv and .png, report.html."""
+    """Score a checkpoint on a split and write its metrics, confusion matrix and HTML report.
+
+    It writes {inference.METRICS_FILE}, {inference.CONFUSION_CSV_FILE}, {inference.CONFUSION_PNG_FILE} and {report.REPORT_FILE}.
+    """
     from resnet_cifar.report import evaluate_and_report
 
     out = Output(json_mode=json_output)
@@ -116,7 +111,10 @@ def predict_command(
     checkpoint: PredictModelArgument,
     images: Annotated[
         list[Path],
-        typer.Argument(help="Image files of any size and mode (resized to 32 x 32 RGB).", show_default=False),
+        typer.Argument(
+            help="Image files of any size and mode (resized to {config.IMAGE_SIDE} x {config.IMAGE_SIDE} RGB).",
+            show_default=False,
+        ),
     ],
     top_k: Annotated[int, typer.Option("--top-k", help="How many classes to show per image.")] = 3,
     device: DeviceOption = "auto",

@@ -4,15 +4,10 @@ weights are in torchvision's cache (usable offline)."""
 from __future__ import annotations
 
 import platform
-from typing import Annotated
-
-import typer
-
 from resnet_cifar import __version__
 
+from .options import JsonOption
 from .render import Output
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 
 def info(json_output: JsonOption = False) -> None:

@@ -2,7 +2,8 @@
 
 Each command parses its flags, calls the library and renders the result (cli/render.py,
 cli/progress.py); what they share (errors and exit codes, signals, the environment's folders)
-is in cli/common.py, and the setting flags of train and sweep in cli/options.py.
+is in cli/common.py, the options several commands share and the setting flags of train and sweep
+in cli/options.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import typer.exceptions
 
 from .data import data, download
 from .export import export_command
+from .helptext import LibraryHelpCommand
 from .inference import eval_command, predict_command
 from .info import info
 from .render import Output
@@ -28,15 +30,19 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command()(train)
-app.command("eval")(eval_command)
-app.command("predict")(predict_command)
-app.command("export")(export_command)
-app.command("report")(report_command)
-app.command()(sweep)
-app.command()(data)
-app.command()(download)
-app.command()(info)
+# Each command fills in the library values its help texts name when its --help is shown.
+for name, command in (
+    ("train", train),
+    ("eval", eval_command),
+    ("predict", predict_command),
+    ("export", export_command),
+    ("report", report_command),
+    ("sweep", sweep),
+    ("data", data),
+    ("download", download),
+    ("info", info),
+):
+    app.command(name, cls=LibraryHelpCommand)(command)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -1,19 +1,26 @@
-"""The setting flags of `train` and `sweep`, derived from the config's fields, and the one function
-that turns the flags a user gave into a run's TrainConfig.
+"""The options several commands share, each declared once here; the setting flags of `train` and
+`sweep`, derived from the config's fields; and the one function that turns the flags a user gave
+into a run's TrainConfig.
 
 Every field of a TrainConfig section is a flag named by ``config.flag_for`` (``optim.lr`` ->
 ``--lr``), typed by its annotation (a bool field is a ``--x/--no-x`` pair, a tuple of epochs a
 comma-separated list), with the field's one-line help and the value the default preset resolves
 to. Every flag defaults to None, which means "not given": only the flags a user types override,
 so the layering defaults < preset < --config file < flags holds. Adding a setting is adding a
-field (with its help) to a section of resnet_cifar/config.py; nothing here changes.
+field (with its help) to a section of resnet_cifar/config/sections.py; nothing here changes. A
+setting that names a choice (--optimizer, --schedule, --augment, ...) lists the names of its
+registry in resnet_cifar.choices, through the field's help.
 
 Two fields are not flags of their own: ``data.seed`` is set by ``--seed`` together with
 ``run.seed``, and ``data.cache_dir`` comes from $RESNET_CIFAR_CACHE (``--no-cache`` turns it off).
+
+Help texts name the library's values as ``{source.NAME}`` fields, filled in when a command's
+--help is shown (cli/helptext.py).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import typing
@@ -35,7 +42,7 @@ NOT_FLAGS = ("data.seed", "data.cache_dir")
 # One flag that sets several settings.
 ALSO_SETS = {"run.seed": ("data.seed",)}
 # What --help says for a field whose default is not a value a user would type.
-_DATA_DIR_DEFAULT = "$RESNET_CIFAR_DATA, else ~/.cache/resnet-cifar/data, downloaded when empty"
+_DATA_DIR_DEFAULT = "${download.DATA_DIR_ENV}, else ~/.cache/resnet-cifar/data, downloaded when empty"
 
 
 def setting_keys() -> tuple[str, ...]:
@@ -56,7 +63,13 @@ def _field(key: str) -> Any:
 
 def _hint(key: str) -> Any:
     section, name = key.split(".", 1)
-    return typing.get_type_hints(SECTIONS[section])[name]
+    return _section_hints(section)[name]
+
+
+@functools.cache
+def _section_hints(section: str) -> dict[str, Any]:
+    # Once per section: evaluating the annotations is most of what building --help costs.
+    return typing.get_type_hints(SECTIONS[section])
 
 
 def _shown(value: Any) -> str:
@@ -86,8 +99,9 @@ def default_text(key: str, resolved: TrainConfig | None = None) -> str:
     return _shown(getattr(getattr(resolved or _default_config(), section), name))
 
 
-def _option(key: str, resolved: TrainConfig) -> Any:
-    """The Annotated Typer option of one setting."""
+def setting_option(key: str, resolved: TrainConfig | None = None) -> Any:
+    """The Annotated Typer option of one setting (``resolved``: the default preset's config, when
+    the caller has it already)."""
     item = _field(key)
     base, _ = unwrap_optional(_hint(key))
     flag = flag_for(key)
@@ -109,7 +123,7 @@ def setting_parameters(*, exclude: tuple[str, ...] = ()) -> list[inspect.Paramet
     """One keyword parameter per setting flag (default None), for a command's signature."""
     resolved = _default_config()
     return [
-        inspect.Parameter(parameter_name(key), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_option(key, resolved))
+        inspect.Parameter(parameter_name(key), inspect.Parameter.KEYWORD_ONLY, default=None, annotation=setting_option(key, resolved))
         for key in setting_keys()
         if key not in exclude
     ]
@@ -158,6 +172,29 @@ def parse_epochs(flag: str, text: str) -> tuple[int, ...]:
         raise UsageError(f"{flag} must be comma-separated epochs such as 60,120,160, got {text!r}") from None
 
 
+# --- options shared by several commands -----------------------------------------------------------
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object with the result on stdout.")]
+NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Decode image folders without the decoded cache.")]
+# eval, predict and report: the trained model's side.
+CheckpointArgument = Annotated[
+    Path,
+    typer.Argument(
+        help="A checkpoint written by `resnet-cifar train` ({checkpointer.BEST} or {checkpointer.LAST}).",
+        show_default=False,
+    ),
+]
+# train's --device has the same help, the config field's.
+DeviceOption = Annotated[str, typer.Option("--device", help=_field("precision.device").metadata["help"])]
+TtaOption = Annotated[bool, typer.Option("--tta", help="Average the logits with those of the mirrored image.")]
+CheckpointDataDirOption = Annotated[
+    Optional[Path],
+    typer.Option("--data-dir", help="CIFAR-10 folder. Default: the folder the checkpoint was trained on.", show_default=False),
+]
+EvalBatchSizeOption = Annotated[
+    Optional[int],
+    typer.Option("--batch-size", help="Images per batch. Default: the checkpoint's eval batch size.", show_default=False),
+]
 # Options of train and sweep that are not settings.
 ConfigOption = Annotated[
     Optional[Path],
@@ -171,7 +208,15 @@ ScaleLrOption = Annotated[
         "(without --lr the preset's rate is scaled anyway).",
     ),
 ]
-NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Decode image folders without the decoded cache.")]
+
+
+def run_options(
+    config: ConfigOption = None,
+    scale_lr: ScaleLrOption = False,
+    no_cache: NoCacheOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """The options of `train` and `sweep` that are not settings (for ``parameters_of``)."""
 
 
 def resolve_run_config(
@@ -183,7 +228,7 @@ def resolve_run_config(
     exclude: tuple[str, ...] = (),
 ) -> TrainConfig:
     """The run's config from a command's option values: defaults < preset < --config < ``under``
-    (a resumed checkpoint's settings) < the flags given. ``--scale-lr`` turns a given --lr into the
+    (a resumed checkpoint's settings) < the flags given. ``--scale-lr`` takes a given --lr as the
     rate for one process's batch, so the scaling rule takes it to the global batch."""
     from resnet_cifar.errors import UsageError
 
@@ -191,12 +236,10 @@ def resolve_run_config(
     if data_dir is not None and not Path(data_dir).is_dir():
         raise UsageError(f"{data_dir}: no such folder")
     overrides = {**(under or {}), **setting_overrides(values, exclude=exclude)}
-    file = values.get("config")
-    if values.get("scale_lr") and values.get(parameter_name("optim.lr")) is not None and world_size > 1:
-        per_process = resolve_config(file=file, overrides=overrides, defaults=defaults).data.batch_size
-        overrides["optim.lr_base"] = overrides.pop("optim.lr")
-        overrides["optim.lr_base_batch_size"] = per_process
-    cfg = resolve_config(file=file, overrides=overrides, defaults=defaults, world_size=world_size)
+    lr_per_process = bool(values.get("scale_lr")) and values.get(parameter_name("optim.lr")) is not None
+    cfg = resolve_config(
+        file=values.get("config"), overrides=overrides, defaults=defaults, world_size=world_size, lr_per_process=lr_per_process
+    )
     if values.get("no_cache"):
         cfg = replace(cfg, data=replace(cfg.data, cache_dir=None))
     return cfg

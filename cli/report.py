@@ -12,49 +12,49 @@ from typing import Annotated, Optional
 
 import typer
 
+from .common import cache_dir_from_env, reported_errors
+from .inference import render_eval
+from .options import CheckpointDataDirOption, DeviceOption, EvalBatchSizeOption, JsonOption, TtaOption
 from .render import Output
-
-BEST_CHECKPOINT = "best.pt"
 
 
 def report(
     run_dir: Annotated[
-        Path, typer.Argument(help="A run folder written by `resnet-cifar train` (it holds best.pt).", show_default=False)
+        Path,
+        typer.Argument(
+            help="A run folder written by `resnet-cifar train` (it holds {checkpointer.BEST}).", show_default=False
+        ),
     ],
     out_dir: Annotated[
         Optional[Path],
         typer.Option("--out", help="Report folder. Default: eval-test in the run folder.", show_default=False),
     ] = None,
-    data_dir: Annotated[
-        Optional[Path],
-        typer.Option("--data-dir", help="CIFAR-10 folder. Default: the folder the run was trained on.", show_default=False),
-    ] = None,
+    data_dir: CheckpointDataDirOption = None,
     limit: Annotated[
         Optional[int],
         typer.Option("--limit", help="Score a stratified, seeded subset of N test images.", show_default=False),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
-    batch_size: Annotated[
-        Optional[int],
-        typer.Option("--batch-size", help="Images per batch. Default: the run's eval batch size.", show_default=False),
-    ] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Average the logits with those of the mirrored image.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    device: DeviceOption = "auto",
+    batch_size: EvalBatchSizeOption = None,
+    tta: TtaOption = False,
+    json_output: JsonOption = False,
 ) -> None:
-    """Write report.html (accuracy, curves, confusion, mistakes, calibration) for a run's best.pt on the test split."""
+    """Write the HTML report (accuracy, curves, confusion, mistakes, calibration) of a run's best
+    checkpoint on the test split.
+
+    It scores {checkpointer.BEST} as `eval` does and writes the same files, {report.REPORT_FILE} among them.
+    """
+    from resnet_cifar.engine.checkpointer import BEST
     from resnet_cifar.errors import UsageError
     from resnet_cifar.report import REPORT_FILE, evaluate_and_report
-
-    from .inference import render_eval
-    from .common import cache_dir_from_env, reported_errors
 
     out = Output(json_mode=json_output)
     with reported_errors(out):
         if not run_dir.is_dir():
             raise UsageError(f"{run_dir}: no such run folder")
-        checkpoint = run_dir / BEST_CHECKPOINT
+        checkpoint = run_dir / BEST
         if not checkpoint.is_file():
-            raise UsageError(f"{run_dir}: no {BEST_CHECKPOINT} (is it a finished `resnet-cifar train` run folder?)")
+            raise UsageError(f"{run_dir}: no {BEST} (is it a finished `resnet-cifar train` run folder?)")
         outcome = evaluate_and_report(
             checkpoint,
             split="test",

@@ -16,13 +16,11 @@ import typer
 
 from .common import SIGNAL_EXIT_CODES, quiet_known_harmless_logs, reported_errors, stop_on_signals
 from .options import (
-    ConfigOption,
-    NoCacheOption,
-    ScaleLrOption,
     parameters_of,
     resolve_data,
     resolve_run_config,
     run_defaults,
+    run_options,
     setting_overrides,
     setting_parameters,
     with_signature,
@@ -39,17 +37,13 @@ TRAIN_ONLY = ("run.out_dir", "run.resume")
 def _sweep_options(
     trials: Annotated[int, typer.Option("--trials", help="Trials in the study in all: a study that has some already is topped up to this many.")] = 20,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Start no trial after this many seconds.", show_default=False)] = None,
-    space: Annotated[Optional[Path], typer.Option("--space", help="A TOML or YAML search space (default: lr, batch size, weight decay, optimizer, schedule, crop, flip, cutout, augment policy, mixup, cutmix, label smoothing, dropout; see resnet_cifar/tuning/space.py).", show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Sweep folder: study.db, trials/<number>/, trials.csv and the best config. [default: runs/sweep]", show_default=False)] = None,
-    study_name: Annotated[str, typer.Option("--study-name", help="The study's name in its storage.")] = "resnet-cifar",
+    space: Annotated[Optional[Path], typer.Option("--space", help="A TOML or YAML search space (default: {space.DEFAULT_SPACE:flags}; see resnet_cifar/tuning/space.py).", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help=f"Sweep folder: study.db, trials/<number>/, trials.csv and the best config. \\[default: {DEFAULT_OUT}]", show_default=False)] = None,
+    study_name: Annotated[Optional[str], typer.Option("--study-name", help="The study's name in its storage. \\[default: {sweep.DEFAULT_STUDY_NAME}]", show_default=False)] = None,
     storage: Annotated[Optional[str], typer.Option("--storage", help="An Optuna RDB URL shared by several machines (default: sqlite:///<out>/study.db).", show_default=False)] = None,
-    best_format: Annotated[str, typer.Option("--best-format", help="toml or yaml: the best trial's config file, best.toml or best.yaml.")] = "toml",
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (every trial of the study, and the best) on stdout.")] = False,
-    config: ConfigOption = None,
-    scale_lr: ScaleLrOption = False,
-    no_cache: NoCacheOption = False,
+    best_format: Annotated[str, typer.Option("--best-format", help="{sweep.BEST_FORMATS:or}: the best trial's config file, best.toml or best.yaml.")] = "toml",
 ) -> None:
-    """The sweep's own options; train's setting flags follow them."""
+    """The sweep's own options; the run options and train's setting flags follow them."""
 
 
 def _format(value: Any) -> str:
@@ -125,7 +119,7 @@ def sweep(**values: Any) -> None:
     in its own folder, a resumable study in --out, a table of trials and the best config."""
     from resnet_cifar.engine.trainer import StopRequest
     from resnet_cifar.errors import UsageError
-    from resnet_cifar.tuning import default_space, load_space, run_sweep
+    from resnet_cifar.tuning import DEFAULT_STUDY_NAME, default_space, load_space, run_sweep
 
     quiet_known_harmless_logs()
     json_output = values["json_output"]
@@ -153,7 +147,7 @@ def sweep(**values: Any) -> None:
                     out_dir=values["out"] or DEFAULT_OUT,
                     trials=values["trials"],
                     timeout=values["timeout"],
-                    study_name=values["study_name"],
+                    study_name=DEFAULT_STUDY_NAME if values["study_name"] is None else values["study_name"],
                     storage=values["storage"],
                     best_format=values["best_format"],
                     on_event=renderer,
@@ -175,5 +169,6 @@ def sweep(**values: Any) -> None:
         raise typer.Exit(1)
 
 
-# Typer reads a command's options from its signature: the sweep's own, then train's setting flags.
-with_signature(sweep, [*parameters_of(_sweep_options), *setting_parameters(exclude=TRAIN_ONLY)])
+# Typer reads a command's options from its signature: the sweep's own, the run options, then
+# train's setting flags.
+with_signature(sweep, [*parameters_of(_sweep_options), *parameters_of(run_options), *setting_parameters(exclude=TRAIN_ONLY)])

@@ -14,35 +14,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from .common import SIGNAL_EXIT_CODES, quiet_known_harmless_logs, reported_errors, stop_on_signals
 from .options import (
-    ConfigOption,
-    NoCacheOption,
-    ScaleLrOption,
     parameters_of,
     resolve_data,
     resolve_run_config,
     run_defaults,
+    run_options,
     setting_parameters,
     with_signature,
 )
 from .progress import EventFanOut, ProgressRenderer
 from .render import Output
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object with the result on stdout.")]
-
-
-def _own_parameters(
-    config: ConfigOption = None,
-    scale_lr: ScaleLrOption = False,
-    no_cache: NoCacheOption = False,
-    json_output: JsonOption = False,
-) -> None:
-    """The options of `train` that are not settings; the setting flags follow them."""
+if TYPE_CHECKING:
+    from resnet_cifar.engine.checkpointer import ResumeCheckpoint
 
 
 def train(**values: Any) -> None:
@@ -51,7 +41,7 @@ def train(**values: Any) -> None:
     from resnet_cifar.distributed import process_group, read_env
     from resnet_cifar.engine.precision import select_device
     from resnet_cifar.engine.tensorboard import TENSORBOARD_DIR, TensorBoardLogger, require_tensorboard
-    from resnet_cifar.engine.trainer import StopRequest, Trainer
+    from resnet_cifar.engine.trainer import StopRequest, build_trainer
 
     quiet_known_harmless_logs()
     json_output = values["json_output"]
@@ -62,7 +52,7 @@ def train(**values: Any) -> None:
             # One voice per job: rank 0 prints (errors included, which every rank meets alike).
             output.console.quiet = True
             output.errors.quiet = True
-        under = _resumed_settings(values["resume"], out_given=values["out"] is not None)
+        resume, under = _resumed_settings(values["resume"], out_given=values["out"] is not None)
         cfg = resolve_run_config(values, defaults=run_defaults(os.environ), world_size=job.world_size, under=under)
         if cfg.run.tensorboard:
             require_tensorboard()  # a missing package is bad usage, reported before any work
@@ -75,8 +65,8 @@ def train(**values: Any) -> None:
             with stop_on_signals(stop):
                 # The trainer's checkpointer writes the run folder (config.toml, metrics,
                 # checkpoints, curves, result.json); this command only prints.
-                trainer = Trainer(cfg, on_event=handlers, stop=stop, distributed=job)
-                # Made after the Trainer accepted the run folder, so a refused run leaves no event file.
+                trainer = build_trainer(cfg, on_event=handlers, stop=stop, distributed=job, resume=resume)
+                # Made after the checkpointer accepted the run folder, so a refused run leaves no event file.
                 board = (
                     TensorBoardLogger(trainer.checkpointer.path(TENSORBOARD_DIR))
                     if cfg.run.tensorboard and job.is_main
@@ -103,24 +93,26 @@ def train(**values: Any) -> None:
         raise typer.Exit(SIGNAL_EXIT_CODES.get(result.interrupted, 1))
 
 
-# Typer reads a command's options from its signature: train's own options, then every setting flag.
-with_signature(train, [*parameters_of(_own_parameters), *setting_parameters()])
+# Typer reads a command's options from its signature: the run options, then every setting flag.
+with_signature(train, [*parameters_of(run_options), *setting_parameters()])
 
 
-def _resumed_settings(resume: Path | None, *, out_given: bool) -> dict[str, Any]:
-    """A resumed checkpoint's settings, as dotted overrides that the flags given now go on top of;
-    its folder is the run folder unless --out says otherwise."""
+def _resumed_settings(resume: Path | None, *, out_given: bool) -> tuple[ResumeCheckpoint | None, dict[str, Any]]:
+    """The checkpoint to resume from (read once, through the checkpointer: the run restores this
+    one), and its settings as dotted overrides that the flags given now go on top of; its folder is
+    the run folder unless --out says otherwise."""
     if resume is None:
-        return {}
-    from resnet_cifar.engine.checkpointer import read_resume_checkpoint
+        return None, {}
+    from resnet_cifar.engine.checkpointer import ResumeCheckpoint
 
-    saved = read_resume_checkpoint(resume)["config"]
+    checkpoint = ResumeCheckpoint.read(resume)
+    saved = checkpoint.payload["config"]
     under = {
         f"{section}.{key}": value for section, entries in saved.items() for key, value in entries.items() if value is not None
     }
     if not out_given:
         under["run.out_dir"] = str(resume.parent)
-    return under
+    return checkpoint, under
 
 
 def _print_summary(output: Output, result: Any) -> None:

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SHAPE
 from resnet_cifar.engine.build import build_model
@@ -240,11 +241,9 @@ def parity_batch(
             "check needs its test images; pass --data-dir DIR (a CIFAR-10 folder), or --no-verify to skip the check"
         )
     split = load_eval_split(trained.config.data, "test", data_dir=Path(root), limit=count, cache_dir=cache_dir)
-    loader = TensorLoader(
-        split, batch_size=len(split), train=False, device=torch.device("cpu"), dtype=torch.float32, channels_last=False
-    )
+    loader = TensorLoader(split, LoaderSpec(batch_size=len(split), train=False))  # float32 NCHW on the CPU
     with torch.inference_mode():
-        reference = torch.cat([predict_logits(model, trained.transform(batch)) for batch, _ in loader])
+        reference = torch.cat([predict_logits(model, trained.resize(batch)) for batch, _ in loader])
     images = torch.from_numpy(split.images).permute(0, 3, 1, 2).float().div(255.0).contiguous()
     return images, reference
 

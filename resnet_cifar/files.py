@@ -7,24 +7,27 @@ so any module (and the CLI) can use it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import http.client
 import os
 import pickle
 import re
-import tempfile
+import secrets
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Union
 
-from resnet_cifar.errors import DataError
+from resnet_cifar.errors import DataError, UsageError
 
 __all__ = [
     "DownloadError",
     "UnwritableFolder",
+    "WriteError",
+    "atomic_path",
     "atomic_write",
     "download_verified",
     "file_digest",
@@ -38,8 +41,6 @@ __all__ = [
 Content = Union[bytes, memoryview, str, Callable[[IO[bytes]], None]]
 ProgressCallback = Callable[[int, Union[int, None]], None]
 
-# Files the project writes are for reading by anyone (mkstemp alone would leave them 0600).
-FILE_MODE = 0o644
 HASH_CHUNK = 1 << 20
 DOWNLOAD_CHUNK = 256 * 1024
 
@@ -49,69 +50,157 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 # --------------------------------------------------------------------------- atomic write
 
 
-class UnwritableFolder(OSError):
-    """The destination folder of a write cannot be created or written into (nothing was written).
+class WriteError(DataError):
+    """A file could not be written: the one error of every writer of a run, report or export file.
 
-    An OSError, so callers that report any OSError keep doing so; a caller may tell it apart
-    from a failure of the write itself (a full disk, say)."""
+    One line, ``"{path}: cannot write ({reason})"``. Exit 1: the run failed (a disk that filled up,
+    a quota, an I/O error). The previous file at ``path`` is as it was and no temp file is left.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        return f"{self.path}: cannot write ({self.reason})"
 
 
-def atomic_write(path: Path, content: Content, *, fsync_folder: bool = False, mode: int = FILE_MODE) -> None:
+class UnwritableFolder(WriteError, UsageError):
+    """The folder of a write cannot be created or written into (read-only, no permission, a file in
+    the way, missing where it is not created): nothing was written. A WriteError, and a UsageError
+    (exit 2): the folder is the user's to fix, not a failed run. One line, ``"cannot write into
+    {folder} ({reason})"``; ``path`` is the folder, ``errno`` and ``strerror`` the failing call's,
+    for callers that word it their own way (the data folder of a download).
+    """
+
+    exit_code = 2
+
+    def __init__(self, folder: Path, error: OSError) -> None:
+        self.errno = error.errno
+        self.strerror = error.strerror or str(error)
+        super().__init__(folder, self.strerror)
+
+    def _text(self) -> str:
+        return f"cannot write into {self.path} ({self.reason})"
+
+
+def atomic_write(path: Path, content: Content) -> None:
     """Write ``content`` to ``path`` so that a reader sees the old file or the new one, never half.
 
-    The content goes to a hidden temp file in the same folder (same file system, so the rename is
-    atomic), is flushed and fsynced, given ``mode``, and renamed over ``path`` with os.replace. The
-    folder is created if needed. On any failure, KeyboardInterrupt included, the temp file is
-    removed and ``path`` keeps its previous content. ``fsync_folder`` also fsyncs the folder after
-    the rename, so the rename itself survives a power cut (worth it for checkpoints).
+    ``content`` is bytes, text (UTF-8), or a callback that writes into the open binary file (a
+    figure's savefig, a page). The steps and the rules are ``atomic_path``'s; the bytes go
+    through ``os.fdopen``, flushed and fsynced before the rename.
 
-    Raises UnwritableFolder when the folder or the temp file cannot be created, else the OSError
-    (or whatever ``content`` raised) of the failing step.
+    Raises WriteError naming ``path`` (exit 1) when the write fails, UnwritableFolder (exit 2) when
+    the folder cannot be created or written into; whatever else ``content`` raises propagates.
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise _as_folder_error(error) from error
-    temp_path = Path(temp_name)
-    try:
-        with os.fdopen(handle, "wb") as out:
+    with _replacing(Path(path)) as (descriptor, _):
+        with os.fdopen(descriptor, "wb") as out:
             if callable(content):
                 content(out)
             else:
                 out.write(content.encode("utf-8") if isinstance(content, str) else content)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(temp_path, mode)
-        os.replace(temp_path, path)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
-    if fsync_folder:
-        _fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp path for a writer that needs a path rather than bytes (an ONNX or TorchScript
+    exporter, safetensors); when the block ends, its file becomes ``path``.
+
+    The temp file is a hidden, empty ``.NAME.XXXXXXXX.tmp`` in ``path``'s folder (created if
+    needed; same file system, so the rename is atomic). When the block ends without an error, the
+    file is fsynced and renamed over ``path`` with os.replace, then the folder is fsynced so the
+    rename survives a power cut. When the block raises, KeyboardInterrupt included, the temp file
+    is removed and ``path`` keeps its previous content; an OSError (the writer's disk filled up)
+    is raised as WriteError naming ``path``, anything else as it was. The writer may replace the
+    temp file (write a new one at that path) but must leave a file there.
+
+    Permissions: a written file gets what any new file gets under the user's umask (0o666 less
+    the umask: 0o644 under the usual 022), as ``open()`` would give it; not mkstemp's private
+    0o600, since run folders, reports and exports are meant to be read by others, nor a fixed mode
+    that would ignore a stricter umask. The kernel applies the umask when the temp file is
+    created, so no thread ever changes the process's umask to read it.
+    """
+    with _replacing(Path(path)) as (descriptor, temp):
+        os.close(descriptor)
+        yield temp
+        _fsync_file(temp)
 
 
 # Errors of the disk rather than of the folder: the same folder works again once there is room.
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+_TEMP_ATTEMPTS = 100
 
 
-def _as_folder_error(error: OSError) -> OSError:
-    """``error`` (creating a folder or a temp file in it) as UnwritableFolder, unless the disk
-    itself failed (full, over quota, I/O error): that stays a plain OSError, as a failed write."""
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[tuple[int, Path]]:
+    """A new temp file beside ``path`` (its open descriptor, which the block owns, and its path),
+    renamed over ``path`` when the block ends; see ``atomic_path`` for the rules."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as error:  # a file where the folder should be
+        raise UnwritableFolder(path.parent, NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))) from error
+    except OSError as error:
+        raise _creation_error(path, error) from error
+    descriptor, temp = _new_temp_file(path, ".tmp")
+    try:
+        try:
+            yield descriptor, temp
+            os.replace(temp, path)
+        except OSError as error:
+            raise WriteError(path, error.strerror or str(error)) from error
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    try:
+        _fsync_folder(path.parent)
+    except OSError as error:  # the new file is in place, but its rename may not survive a power cut
+        raise WriteError(path, error.strerror or str(error)) from error
+
+
+def _new_temp_file(path: Path, suffix: str) -> tuple[int, Path]:
+    """Create ``.NAME.XXXXXXXX<suffix>`` in ``path``'s folder, open for writing, with the umask's
+    permissions (see ``atomic_path``); returns its descriptor and path.
+
+    Raises UnwritableFolder when the folder is missing or cannot be written into, WriteError
+    naming ``path`` when the disk is full (ENOSPC, EDQUOT) or failed (EIO).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        for _ in range(_TEMP_ATTEMPTS):
+            temp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+            try:
+                return os.open(temp, flags, 0o666), temp
+            except FileExistsError:
+                continue
+        raise FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent))
+    except OSError as error:
+        raise _creation_error(path, error) from error
+
+
+def _creation_error(path: Path, error: OSError) -> WriteError:
+    """``error`` (making ``path``'s folder or a file in it) as UnwritableFolder, unless the disk
+    itself failed (full, over quota, an I/O error): that is a failed write of ``path``."""
     if error.errno in _DISK_ERRNOS:
-        return error
-    return UnwritableFolder(error.errno, error.strerror or str(error), error.filename)
+        return WriteError(path, error.strerror or str(error))
+    return UnwritableFolder(path.parent, error)
+
+
+def _fsync_file(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _fsync_folder(folder: Path) -> None:
     if os.name == "nt":  # Windows cannot open a folder for fsync; its renames are durable enough
         return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_file(folder)
 
 
 # --------------------------------------------------------------------------- hashing
@@ -165,14 +254,7 @@ def download_verified(
     temp file cannot be created (read-only, no permission), UnwritableFolder; a write that fails
     (a full disk), DataError naming ``dest`` and the reason. The caller checks the URL's scheme.
     """
-    try:
-        descriptor, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    except OSError as error:
-        folder_error = _as_folder_error(error)
-        if not isinstance(folder_error, UnwritableFolder):
-            raise DataError(f"{dest}: cannot write the download ({error.strerror or error})") from None
-        raise folder_error from error
-    temp_path = Path(temp_name)
+    descriptor, temp_path = _new_temp_file(dest, ".part")
     try:
         try:
             with os.fdopen(descriptor, "wb") as out:

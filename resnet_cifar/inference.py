@@ -5,16 +5,15 @@ export that build on them); nothing here prints. It sits above the engine: the m
 the engine's ``build_model`` and its precision decided by the engine's ``run_precision``, the
 functions training uses, so a checkpoint is rebuilt exactly as it was trained.
 
-The checkpoint is the trainer's (engine/checkpointer.py): a dict with ``format`` 1, ``model`` (the
-plain module's state dict), ``ema`` (None, or a ``torch.optim.swa_utils.AveragedModel`` state
-dict: ``module.<name>`` keys plus ``n_averaged``), ``classes`` and ``config``
-(``TrainConfig.to_dict()``). It is read with ``weights_only=True``, so a file that would run code
-is refused, never run.
+The checkpoint is the trainer's, read through the engine's checkpointer
+(``read_trained_checkpoint``, engine/checkpointer.py, which owns the format and its checks) with
+``weights_only=True``, so a file that would run code is refused, never run.
 
 Choices, and why:
 
 - **EMA weights win.** When the checkpoint has them they are what the trainer validated and
-  tested (``Trainer._evaluate`` uses the EMA model), so they are what ``eval`` reports.
+  tested (``Trainer._evaluate`` uses the EMA model), so they are what ``eval`` reports
+  (``select_weights`` in engine/checkpointer.py).
 - **No pretrained source is touched.** The architecture comes from ``config["model"]`` (depth,
   stem, dropout; ``num_classes`` = number of checkpoint classes) and every weight from the file,
   so evaluation never downloads or reads ImageNet weights.
@@ -50,14 +49,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from resnet_cifar.config import DataConfig, PrecisionConfig, TrainConfig
-from resnet_cifar.data import load_cifar10, validation_split
+from resnet_cifar.config import DataConfig, PrecisionConfig
+from resnet_cifar.data import validation_split
+from resnet_cifar.data.load import load_cifar10
+from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.split import limit_split
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit
 from resnet_cifar.engine.build import build_model, run_precision
-from resnet_cifar.engine.checkpoint import describe_mismatch, load_checkpoint
-from resnet_cifar.engine.checkpointer import CHECKPOINT_FORMAT, stored_config
+from resnet_cifar.engine.checkpointer import TrainedCheckpoint, read_trained_checkpoint
 from resnet_cifar.engine.precision import Precision, select_device
 from resnet_cifar.engine.step import build_loss
 from resnet_cifar.errors import DataError, UsageError
@@ -79,12 +79,10 @@ __all__ = [
     "load_trained_model",
     "predict_files",
     "read_image_file",
-    "select_weights",
     "write_eval_files",
 ]
 
 EVAL_SPLITS = ("test", "val")
-EMA_PREFIX = "module."
 # A good antialiasing filter for the (usually large) downscale to 32 x 32; see the module notes.
 RESAMPLE_FILTER_NAME = "LANCZOS"
 METRICS_FILE = "metrics.json"
@@ -96,18 +94,12 @@ CONFUSION_PNG_FILE = "confusion_matrix.png"
 
 
 @dataclass(frozen=True)
-class TrainedModel:
-    """A model rebuilt from a checkpoint, on its device in eval mode, with what it needs to run."""
+class TrainedModel(TrainedCheckpoint):
+    """A model rebuilt from a checkpoint (what TrainedCheckpoint says about it: path, classes,
+    config, which weights, epoch, starting weights), on its device in eval mode, with its precision."""
 
-    path: Path
     model: nn.Module
-    classes: tuple[str, ...]
-    config: TrainConfig
     precision: Precision
-    weights: str  # "ema" or "model": which weights of the checkpoint were loaded
-    epoch: int | None
-    # The weights training started from (name, file, sha256), as the checkpoint records them.
-    pretrained: dict[str, str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -118,57 +110,22 @@ class TrainedModel:
         """The dtype batches are built in: the autocast dtype (as in training), else float32."""
         return self.precision.amp_dtype or torch.float32
 
-    def transform(self, images: Tensor) -> Tensor:
-        """What the trainer does to a batch before the model: the fine-tuning resize, if any."""
+    def resize(self, images: Tensor) -> Tensor:
+        """What the trainer does to a batch before the model: the --image-size resize, if any."""
         return resize_batch(images, self.config.model.image_size)
 
-
-def select_weights(payload: Mapping[str, Any], path: Path) -> tuple[dict[str, Tensor], str]:
-    """The state dict to evaluate and its name: the EMA weights when present, else ``model``.
-
-    The EMA entry is an ``AveragedModel`` state dict; its ``module.`` prefix is stripped and its
-    ``n_averaged`` counter dropped, which leaves the plain module's keys.
-    """
-    ema = payload.get("ema")
-    if ema is None:
-        return _state_dict(payload["model"], path, "model"), "model"
-    ema = _state_dict(ema, path, "ema")
-    weights: dict[str, Tensor] = {}
-    for key, value in ema.items():
-        if key == "n_averaged":
-            continue
-        if not key.startswith(EMA_PREFIX):
-            raise DataError(f"{path}: EMA weight {key!r} lacks the {EMA_PREFIX!r} prefix of an AveragedModel")
-        weights[key[len(EMA_PREFIX) :]] = value
-    return weights, "ema"
-
-
-def _state_dict(value: Any, path: Path, name: str) -> dict[str, Tensor]:
-    if not isinstance(value, Mapping) or not all(
-        isinstance(key, str) and isinstance(tensor, Tensor) for key, tensor in value.items()
-    ):
-        raise DataError(f"{path}: {name!r} is not a state dict (names to tensors)")
-    return dict(value)
-
-
-def _checked_classes(value: Any, path: Path) -> tuple[str, ...]:
-    if (
-        not isinstance(value, (list, tuple))
-        or len(value) < 2
-        or not all(isinstance(name, str) and name for name in value)
-        or len(set(value)) != len(value)
-    ):
-        raise DataError(f"{path}: 'classes' must be a list of at least two distinct class names")
-    return tuple(value)
-
-
-def _checked_pretrained(value: Any, path: Path) -> dict[str, str] | None:
-    """The checkpoint's record of its starting weights: None (random, or an older checkpoint) or strings."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
-        raise DataError(f"{path}: 'pretrained' must be a table of strings (name, file, sha256)")
-    return {str(key): text for key, text in value.items()}
+    def loader(self, data: CifarSplit, *, batch_size: int, seed: int = 0) -> TensorLoader:
+        """An evaluation loader over ``data`` for this model: every image once, in order, on its
+        device, normalized as in training, in its batch dtype and memory format."""
+        spec = LoaderSpec(
+            batch_size=batch_size,
+            train=False,
+            seed=seed,
+            device=self.precision.device,
+            dtype=self.batch_dtype,
+            channels_last=self.precision.channels_last,
+        )
+        return TensorLoader(data, spec)
 
 
 def eval_precision(cfg: PrecisionConfig, device: torch.device) -> Precision:
@@ -185,42 +142,16 @@ def load_trained_model(path: Path, *, device: str = "auto") -> TrainedModel:
     a checkpoint of this project (including a pickle that would run code, refused unread) or
     whose weights do not fit the architecture its config names.
     """
-    path = Path(path)
-    payload = load_checkpoint(path, require=("model", "classes", "config"))
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        found = payload.get("format")
-        raise DataError(f"{path}: unsupported checkpoint format {found!r} (expected {CHECKPOINT_FORMAT})")
-    classes = _checked_classes(payload["classes"], path)
-    config = stored_config(payload, path)  # a bad one is bad data in the file, as on resume
-    weights, which = select_weights(payload, path)
-
-    model_cfg = config.model
+    saved, state = read_trained_checkpoint(Path(path))
     # Only the architecture: no pretrained source is read, every weight comes from the file.
-    model, _ = build_model(config, len(classes), load_weights=False)
-    mismatch = describe_mismatch(model.state_dict(), weights)
-    if mismatch:
-        raise DataError(
-            f"{path}: the {which} weights do not fit a ResNet-{model_cfg.depth} ({model_cfg.stem} stem, "
-            f"{len(classes)} classes): {mismatch}"
-        )
-    model.load_state_dict(weights, strict=True)
-
-    precision = eval_precision(config.precision, select_device(device))
+    model, _ = build_model(saved.config, len(saved.classes), load_weights=False)
+    saved.load_into(model, state)
+    precision = eval_precision(saved.config.precision, select_device(device))
     model = model.to(precision.device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     model.eval()
-    epoch = payload.get("epoch")
-    return TrainedModel(
-        path=path,
-        model=model,
-        classes=classes,
-        config=config,
-        precision=precision,
-        weights=which,
-        epoch=int(epoch) if isinstance(epoch, int) else None,
-        pretrained=_checked_pretrained(payload.get("pretrained"), path),
-    )
+    return TrainedModel(**vars(saved), model=model, precision=precision)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -283,23 +214,14 @@ def evaluate_split(
         raise DataError(
             f"{trained.path} was trained on classes {list(trained.classes)}, but the data has {list(data.classes)}"
         )
-    loader = TensorLoader(
-        data,
-        batch_size=batch_size,
-        train=False,
-        device=trained.precision.device,
-        dtype=trained.batch_dtype,
-        channels_last=trained.precision.channels_last,
-        seed=trained.config.data.seed,
-    )
     return evaluate(
         trained.model,
-        loader,
+        trained.loader(data, batch_size=batch_size, seed=trained.config.data.seed),
         num_classes=trained.num_classes,
         autocast=trained.precision.autocast,
         tta=tta,
         loss_fn=build_loss(trained.config.optim.label_smoothing),
-        transform=trained.transform,
+        resize=trained.resize,
         keep_predictions=keep_predictions,
     )
 
@@ -470,18 +392,10 @@ def predict_files(
     pixels = np.stack([read_image_file(path) for path in paths])
     # Labels are unused; the loader wants some. It normalizes exactly as evaluation does.
     split = CifarSplit(pixels, np.zeros(len(paths), dtype=np.int64), trained.classes)
-    loader = TensorLoader(
-        split,
-        batch_size=batch_size,
-        train=False,
-        device=trained.precision.device,
-        dtype=trained.batch_dtype,
-        channels_last=trained.precision.channels_last,
-    )
     probabilities: list[Tensor] = []
     with torch.inference_mode():
-        for batch, _ in loader:
-            batch = trained.transform(batch)
+        for batch, _ in trained.loader(split, batch_size=batch_size):
+            batch = trained.resize(batch)
             logits = predict_logits(trained.model, batch, autocast=trained.precision.autocast, tta=tta)
             probabilities.append(torch.softmax(logits, dim=1).cpu())
     top_values, top_indices = torch.cat(probabilities).topk(top_k, dim=1)

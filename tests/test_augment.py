@@ -4,6 +4,7 @@ the policies' op frequencies, mixup/cutmix targets, and both loaders with augmen
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from resnet_cifar.data.augment.mix import CUTMIX, MIXUP, NONE
 from resnet_cifar.data.augment.ops import OP_ID, OP_NAMES
 from resnet_cifar.data.augment.policies import PolicyPlan
 from resnet_cifar.data.dali_loader import DaliLoader
+from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CIFAR10_MEAN, CIFAR10_STD, CifarSplit
 from resnet_cifar.errors import UsageError
@@ -235,8 +237,9 @@ def to_pixels(images: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("policy", ["autoaugment", "randaugment", "trivialaugment"])
 def test_tensor_loader_applies_the_planned_policy_after_crop_and_flip(small_split: CifarSplit, policy: str) -> None:
-    plain = TensorLoader(small_split, batch_size=128, train=True, seed=4)
-    augmented = TensorLoader(small_split, batch_size=128, train=True, seed=4, augmentation=Augmentation(policy=policy))
+    spec = LoaderSpec(batch_size=128, train=True, seed=4)
+    plain = TensorLoader(small_split, spec)
+    augmented = TensorLoader(small_split, replace(spec, augmentation=Augmentation(policy=policy)))
     plan = augmented._next_plan()[1]
     augmented.set_epoch(0)
     assert plan.policy is not None
@@ -252,21 +255,21 @@ def test_tensor_loader_applies_the_planned_policy_after_crop_and_flip(small_spli
 
 
 def test_policy_comes_before_cutout_and_eval_never_augments(small_split: CifarSplit) -> None:
-    options = Augmentation(policy="trivialaugment", mixup=0.2)
-    loader = TensorLoader(small_split, batch_size=128, train=True, seed=1, cutout=16, augmentation=options)
+    options = Augmentation(policy="trivialaugment", cutout=16, mixup=0.2)
+    loader = TensorLoader(small_split, LoaderSpec(batch_size=128, train=True, seed=1, augmentation=options))
     _, targets = next(iter(loader))
     assert targets.dtype == torch.float32 and targets.shape == (128, 10)
-    evaluation = TensorLoader(small_split, batch_size=100, train=False, augmentation=options)
-    for (a, la), (b, lb) in zip(evaluation, TensorLoader(small_split, batch_size=100, train=False)):
+    evaluation = TensorLoader(small_split, LoaderSpec(batch_size=100, train=False, augmentation=options))
+    for (a, la), (b, lb) in zip(evaluation, TensorLoader(small_split, LoaderSpec(batch_size=100, train=False))):
         assert torch.equal(a, b) and torch.equal(la, lb) and la.dtype == torch.int64
     # Cutout zeroes normalized pixels after the policy ran: every image keeps its whole square
     # at exactly 0 (the mean colour), whatever the policy did to the pixels around it.
     no_mix = TensorLoader(
-        small_split, batch_size=128, train=True, seed=1, cutout=16, augmentation=Augmentation(policy="trivialaugment")
+        small_split, LoaderSpec(batch_size=128, train=True, seed=1, augmentation=replace(options, mixup=0.0))
     )
     images, _ = next(iter(no_mix))
     no_mix.set_epoch(0)
-    boxes = no_mix._next_plan()[1].cutout_boxes()
+    boxes = no_mix._next_plan()[1].cutout
     assert boxes is not None
     for index in range(128):
         square = images[index, :, boxes.top[index] : boxes.bottom[index], boxes.left[index] : boxes.right[index]]
@@ -275,8 +278,9 @@ def test_policy_comes_before_cutout_and_eval_never_augments(small_split: CifarSp
 
 def test_same_seed_same_batches_and_epochs_differ(small_split: CifarSplit) -> None:
     options = Augmentation(policy="randaugment", randaugment_ops=2, randaugment_magnitude=12, mixup=0.4, cutmix=1.0)
-    first = [batch for batch in TensorLoader(small_split, batch_size=128, train=True, seed=9, augmentation=options)]
-    again = TensorLoader(small_split, batch_size=128, train=True, seed=9, augmentation=options)
+    spec = LoaderSpec(batch_size=128, train=True, seed=9, augmentation=options)
+    first = list(TensorLoader(small_split, spec))
+    again = TensorLoader(small_split, spec)
     second = list(again)
     for (a, ta), (b, tb) in zip(first, second):
         assert torch.equal(a, b) and torch.equal(ta, tb)
@@ -293,12 +297,13 @@ def test_dali_loader_on_cpu_runs_the_policy_seeded_and_mixes_like_the_tensor_loa
     small_split: CifarSplit, policy: str
 ) -> None:
     options = Augmentation(policy=policy, cutmix=1.0, mixup=0.2, mix_prob=0.8)
-    dali = DaliLoader(small_split, batch_size=128, train=True, seed=2, augmentation=options, num_threads=2)
+    spec = LoaderSpec(batch_size=128, train=True, seed=2, augmentation=options)
+    dali = DaliLoader(small_split, spec, num_threads=2)
     first = list(dali)
     dali.set_epoch(0)
     replay = list(dali)
-    plain = list(DaliLoader(small_split, batch_size=128, train=True, seed=2, num_threads=2))
-    tensor = list(TensorLoader(small_split, batch_size=128, train=True, seed=2, augmentation=options))
+    plain = list(DaliLoader(small_split, replace(spec, augmentation=Augmentation()), num_threads=2))
+    tensor = list(TensorLoader(small_split, spec))
     changed = 0
     for (images, targets), (again, again_targets), (crops, labels), (_, tensor_targets) in zip(first, replay, plain, tensor):
         assert images.shape == (128, 3, 32, 32) and torch.isfinite(images).all()
@@ -310,35 +315,46 @@ def test_dali_loader_on_cpu_runs_the_policy_seeded_and_mixes_like_the_tensor_loa
     assert changed > 128  # the policy (and mixing) changed most images
 
 
-def test_unknown_or_bad_options_are_one_usage_error() -> None:
+def test_unknown_or_bad_options_are_one_usage_error(tmp_path) -> None:
+    # Checked once, by DataConfig (the loaders' Augmentation trusts it), naming the flag.
+    def options(**values: object) -> config.DataConfig:
+        return config.DataConfig(data_dir=tmp_path, **values)
+
     with pytest.raises(UsageError, match="--augment must be one of"):
-        Augmentation(policy="autoaugment-imagenet")
+        options(augment="autoaugment-imagenet")
     with pytest.raises(UsageError, match="--randaugment-magnitude"):
-        Augmentation(policy="randaugment", randaugment_magnitude=31)
+        options(augment="randaugment", randaugment_magnitude=31)
     with pytest.raises(UsageError, match="--randaugment-ops"):
-        Augmentation(randaugment_ops=0)
+        options(randaugment_ops=0)
     with pytest.raises(UsageError, match="--cutmix"):
-        Augmentation(cutmix=float("nan"))
+        options(cutmix=float("nan"))
     with pytest.raises(UsageError, match="--mix-prob"):
-        Augmentation(mix_prob=1.5)
-    assert config.AUGMENT_POLICIES == POLICIES  # config repeats the list to stay free of torch
+        options(mix_prob=1.5)
+    assert config.AUGMENT_POLICIES == POLICIES  # one registry: the config and the loaders read the same
+
+
+def test_augmentation_from_config_carries_every_setting(tmp_path) -> None:
+    # Every option away from its default, so a setting that does not arrive shows.
+    options = dict(crop=False, flip=False, randaugment_ops=3, randaugment_magnitude=12, cutout=8, mixup=0.4, cutmix=1.0)
+    cfg = config.DataConfig(data_dir=tmp_path, augment="randaugment", mix_prob=0.5, **options)
+    assert Augmentation.from_config(cfg) == Augmentation(policy="randaugment", mix_prob=0.5, **options)
+    assert Augmentation.from_config(config.DataConfig(data_dir=tmp_path)) == Augmentation()  # the same defaults
 
 
 def test_plan_is_a_policy_plan_per_sample(small_split: CifarSplit) -> None:
-    loader = TensorLoader(small_split, batch_size=128, train=True, augmentation=Augmentation(policy="autoaugment"))
+    loader = TensorLoader(
+        small_split, LoaderSpec(batch_size=128, train=True, augmentation=Augmentation(policy="autoaugment"))
+    )
     plan = loader._next_plan()[1]
     assert isinstance(plan.policy, PolicyPlan) and plan.policy.ops.shape == (384, 2) and plan.mix is None
 
 
 def test_channels_last_and_bf16_batches_carry_the_same_augmented_values(small_split: CifarSplit) -> None:
-    options = Augmentation(policy="autoaugment", mixup=1.0, cutmix=1.0)
-    base = list(TensorLoader(small_split, batch_size=128, train=True, seed=6, cutout=8, augmentation=options))
-    nhwc = list(
-        TensorLoader(small_split, batch_size=128, train=True, seed=6, cutout=8, augmentation=options, channels_last=True)
-    )
-    half = list(
-        TensorLoader(small_split, batch_size=128, train=True, seed=6, cutout=8, augmentation=options, dtype=torch.bfloat16)
-    )
+    options = Augmentation(policy="autoaugment", cutout=8, mixup=1.0, cutmix=1.0)
+    spec = LoaderSpec(batch_size=128, train=True, seed=6, augmentation=options)
+    base = list(TensorLoader(small_split, spec))
+    nhwc = list(TensorLoader(small_split, replace(spec, channels_last=True)))
+    half = list(TensorLoader(small_split, replace(spec, dtype=torch.bfloat16)))
     for (images, targets), (last, last_targets), (low, low_targets) in zip(base, nhwc, half):
         assert last.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(images, last) and torch.equal(targets, last_targets)

@@ -18,7 +18,7 @@ from resnet_cifar.config import PRESETS, TrainConfig, resolve_config
 from resnet_cifar.engine.checkpoint import load_checkpoint
 from resnet_cifar.engine.precision import Precision, make_grad_scaler
 from resnet_cifar.engine.step import TrainStep, build_loss
-from resnet_cifar.engine.trainer import TIMING_FIELDS, StepFinished, StopRequest, Trainer
+from resnet_cifar.engine.trainer import TIMING_FIELDS, StepFinished, StopRequest, build_trainer
 from resnet_cifar.errors import UsageError
 
 CPU = torch.device("cpu")
@@ -85,7 +85,7 @@ def test_resume_mid_epoch_is_exact_with_a_policy_mixing_and_ema(
 ) -> None:
     augmented = {"data.augment": "trivialaugment", "data.mixup": 0.4, "data.cutmix": 1.0, "data.cutout": 8,
                  "optim.ema": True}  # fmt: skip
-    straight = Trainer(small_config(real_data_root, decoded_cache_dir, tmp_path / "straight", **augmented))
+    straight = build_trainer(small_config(real_data_root, decoded_cache_dir, tmp_path / "straight", **augmented))
     straight_result = straight.fit()
     # Train accuracy counts dominant labels: a fraction, well below 1 on 256 mixed images.
     assert all(0.0 <= record.train_acc <= 1.0 for record in straight_result.history)
@@ -97,12 +97,12 @@ def test_resume_mid_epoch_is_exact_with_a_policy_mixing_and_ema(
         if isinstance(event, StepFinished) and (event.epoch, event.step) == (2, 1):
             stop.request("SIGTERM")
 
-    assert Trainer(split_cfg, on_event=on_event, stop=stop).fit().interrupted == "SIGTERM"
+    assert build_trainer(split_cfg, on_event=on_event, stop=stop).fit().interrupted == "SIGTERM"
     saved = load_checkpoint(tmp_path / "split" / "last.pt")
     assert (saved["epoch"], saved["batches_done_in_epoch"]) == (1, 1)
     assert saved["config"]["data"]["augment"] == "trivialaugment"
 
-    resumed = Trainer(replace(split_cfg, run=replace(split_cfg.run, resume=tmp_path / "split" / "last.pt")))
+    resumed = build_trainer(replace(split_cfg, run=replace(split_cfg.run, resume=tmp_path / "split" / "last.pt")))
     resumed_result = resumed.fit()
     assert _without_timing(resumed_result.history) == _without_timing(straight_result.history)
     for (name, expected), actual in zip(straight.parts.module.state_dict().items(), resumed.parts.module.state_dict().values()):

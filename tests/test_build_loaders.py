@@ -11,6 +11,7 @@ import torch
 
 from resnet_cifar.config import DataConfig
 from resnet_cifar.data import build_loaders, resolve_loader_kind
+from resnet_cifar.data.augment import NO_AUGMENTATION, Augmentation
 from resnet_cifar.errors import UsageError
 
 CPU = torch.device("cpu")
@@ -23,6 +24,11 @@ def test_auto_means_dali_only_on_a_gpu_with_dali() -> None:
     assert resolve_loader_kind("dali", CPU, dali_installed=True) == "dali"
     with pytest.raises(UsageError, match="nvidia-dali"):
         resolve_loader_kind("dali", CPU, dali_installed=False)
+    # The names are DataConfig's to check, naming the flag; the resolver only asserts.
+    with pytest.raises(UsageError, match="^--loader must be one of auto, tensor, dali, got 'fast'$"):
+        DataConfig(data_dir=Path("."), loader="fast")
+    with pytest.raises(AssertionError, match="'fast'"):
+        resolve_loader_kind("fast", CPU, dali_installed=True)
 
 
 @pytest.mark.parametrize("kind", ["tensor", "dali"])
@@ -36,9 +42,16 @@ def test_real_loaders_with_limits(real_data_root: Path, decoded_cache_dir: Path,
         limit_val=250,
         cache_dir=decoded_cache_dir,
         seed=3,
+        cutout=8,
     )
     loaders = build_loaders(cfg, CPU, dtype=torch.bfloat16, channels_last=True)
     assert loaders.kind == kind
+    # One spec, from the config and the run's facts; evaluation's is the same, unaugmented.
+    spec = loaders.train.spec
+    assert (spec.batch_size, spec.train, spec.seed, spec.dtype, spec.channels_last) == (64, True, 3, torch.bfloat16, True)
+    assert spec.augmentation == Augmentation.from_config(cfg) and spec.augmentation.cutout == 8
+    assert loaders.val.spec == loaders.test.spec == spec.for_evaluation(100)
+    assert loaders.val.spec.augmentation == NO_AUGMENTATION and not loaders.val.spec.train
     assert loaders.classes[0] == "airplane" and len(loaders.classes) == 10
     assert (len(loaders.train), loaders.train.num_samples) == (10, 640)
     assert loaders.val.num_samples == 250 and len(loaders.val) == 3

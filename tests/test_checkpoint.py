@@ -1,4 +1,5 @@
-"""Atomic checkpoint writes, safe loading (never executing a pickle) and RNG state round trips."""
+"""Atomic checkpoint writes (through the run folder's Checkpointer, the one writer), safe loading
+(never executing a pickle) and RNG state round trips."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
+from resnet_cifar.engine.checkpointer import CHECKPOINT_FORMAT, RESUME_KEYS, ResumeCheckpoint, read_trained_checkpoint
 from resnet_cifar.engine.early_stopping import EarlyStopping
 from resnet_cifar.engine.optim import build_optimizer, build_scheduler
 from resnet_cifar.engine.precision import Precision
 from resnet_cifar.engine.step import TrainStep, build_ema, build_loss
 from resnet_cifar.errors import DataError, ResnetCifarError, UsageError
+
+from helpers import save_checkpoint
 
 
 SCHEDULE = {"name": "multistep", "epochs": 3, "steps_per_epoch": 2, "milestones": (2,), "warmup_epochs": 1}
@@ -41,7 +45,7 @@ def _assert_same(actual: Any, expected: Any, where: str = "payload") -> None:
 
 
 def _trainer_like_payload() -> dict[str, Any]:
-    """A payload with every key the trainer stores, after a few real steps."""
+    """A payload like the trainer's, from real parts after a few real steps."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
     optimizer = build_optimizer(model, name="sgd", lr=0.1)
@@ -81,7 +85,7 @@ def test_trainer_payload_round_trips_with_weights_only(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
     save_checkpoint(path, payload)
     loaded = load_checkpoint(path)
-    _assert_same(loaded, payload)
+    _assert_same(loaded, {"format": CHECKPOINT_FORMAT, **payload})
     # and it loads back into fresh objects
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
     model.load_state_dict(loaded["model"])
@@ -207,6 +211,14 @@ def test_files_without_a_checkpoint_dict_are_data_errors(tmp_path: Path) -> None
     with pytest.raises(DataError, match="no_model.pt .*missing model"):
         load_checkpoint(no_model)
     assert load_checkpoint(no_model, require=())["epoch"] == 1
+
+
+def test_a_checkpoint_of_another_format_is_refused_by_every_reader(tmp_path: Path) -> None:
+    path = tmp_path / "future.pt"
+    save_checkpoint(path, {**{key: {} for key in RESUME_KEYS}, "format": CHECKPOINT_FORMAT + 1})
+    for read in (ResumeCheckpoint.read, read_trained_checkpoint):
+        with pytest.raises(DataError, match=rf"future.pt: unsupported checkpoint format {CHECKPOINT_FORMAT + 1} "):
+            read(path)
 
 
 def test_rng_state_round_trip_through_a_checkpoint(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from resnet_cifar.config import PrecisionConfig, TrainConfig, resolve_config
 from resnet_cifar.data import build_loaders
 from resnet_cifar.data.split import limit_split
 from resnet_cifar.data.types import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
-from resnet_cifar.engine.checkpoint import save_checkpoint
+from resnet_cifar.engine.checkpointer import select_weights
 from resnet_cifar.engine.step import build_ema
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.inference import (
@@ -27,9 +27,10 @@ from resnet_cifar.inference import (
     load_trained_model,
     predict_files,
     read_image_file,
-    select_weights,
 )
 from resnet_cifar.models import resnet18, resnet34
+
+from helpers import save_checkpoint
 
 CPU = torch.device("cpu")
 

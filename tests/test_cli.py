@@ -1,4 +1,5 @@
-"""The command line through a real subprocess: exit codes, one-line errors, JSON, no ANSI."""
+"""The command line through a real subprocess: exit codes, one-line errors, JSON, no ANSI; the
+commands that need no torch start without it; help texts show the library's values."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ANSI = re.compile(r"\x1b\[")
+LIBRARY_FIELD = re.compile(r"\{\w+\.\w+")  # a help text's {source.NAME}, not filled in
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -24,6 +27,31 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         env=merged,
         timeout=300,
     )
+
+
+# The console script's entry point, run in a fresh interpreter; the last line on stderr then says
+# whether anything imported torch.
+TORCH_PROBE = (
+    "import sys\n"
+    "from resnet_cifar.cli.main import run\n"
+    "try:\n"
+    "    run(sys.argv[1:])\n"
+    "finally:\n"
+    "    print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n"
+)
+
+
+def run_cli_without_torch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``run_cli`` for a command that needs no torch: asserts it imported none, and returns its
+    output without the probe's line."""
+    merged = {**os.environ, **(env or {})}
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_PROBE, *args], capture_output=True, text=True, env=merged, timeout=300
+    )
+    *lines, probe = result.stderr.rstrip("\n").split("\n")
+    assert probe == "torch imported: False", result.stderr
+    stderr = "".join(line + "\n" for line in lines)
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout, stderr)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
@@ -61,12 +89,12 @@ def test_unknown_flag_and_command_exit_2_with_one_line() -> None:
 
 def test_data_missing_folder_exits_2(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    assert_one_line_error(run_cli("data", str(missing)), 2, str(missing))
+    assert_one_line_error(run_cli_without_torch("data", str(missing)), 2, str(missing))
 
 
 def test_download_into_a_named_missing_folder_is_refused(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    assert_one_line_error(run_cli("download", "--data-dir", str(missing)), 2, str(missing))
+    assert_one_line_error(run_cli_without_torch("download", "--data-dir", str(missing)), 2, str(missing))
     assert not missing.exists()
 
 
@@ -74,12 +102,12 @@ def test_data_corrupt_image_exits_1_naming_the_file(tmp_path: Path) -> None:
     write_png_folder(tmp_path)
     broken = tmp_path / "train" / "dog" / "1.png"
     broken.write_bytes(b"\x89PNG not really")
-    assert_one_line_error(run_cli("data", str(tmp_path), "--no-cache"), 1, str(broken))
+    assert_one_line_error(run_cli_without_torch("data", str(tmp_path), "--no-cache"), 1, str(broken))
 
 
 def test_data_small_folder_plain_output_has_no_ansi(tmp_path: Path) -> None:
     write_png_folder(tmp_path)
-    result = run_cli("data", str(tmp_path), "--no-cache", env={"FORCE_COLOR": "", "TERM": "xterm-256color"})
+    result = run_cli_without_torch("data", str(tmp_path), "--no-cache", env={"FORCE_COLOR": "", "TERM": "xterm-256color"})
     assert result.returncode == 0, result.stderr
     assert not ANSI.search(result.stdout + result.stderr)
     assert "image-folder" in result.stdout
@@ -87,7 +115,7 @@ def test_data_small_folder_plain_output_has_no_ansi(tmp_path: Path) -> None:
 
 
 def test_data_json_on_the_real_folder(real_data_root: Path, decoded_cache_dir: Path) -> None:
-    result = run_cli("data", str(real_data_root), "--json", env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)})
+    result = run_cli_without_torch("data", str(real_data_root), "--json", env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)})
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["layout"] == "image-folder"
@@ -113,9 +141,70 @@ def test_download_md5_mismatch_exits_1_and_leaves_nothing(tmp_path: Path) -> Non
         target = tmp_path / "data"
         target.mkdir()
         url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
-        result = run_cli("download", "--data-dir", str(target), "--url", url, env={"NO_PROXY": "*", "no_proxy": "*"})
+        result = run_cli_without_torch("download", "--data-dir", str(target), "--url", url, env={"NO_PROXY": "*", "no_proxy": "*"})
     finally:
         server.shutdown()
         server.server_close()
     assert_one_line_error(result, 1, "md5")
     assert list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["--help"], ["data", "--help"], ["download", "--help"], ["info", "--help"]])
+def test_help_of_the_commands_that_need_no_torch_imports_none(args: list[str]) -> None:
+    result = run_cli_without_torch(*args)
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+    # The command list shows each command's first help paragraph, which names no library value.
+    assert not LIBRARY_FIELD.search(result.stdout), result.stdout
+
+
+def test_every_help_text_fills_in_its_library_values() -> None:
+    import typer.main
+
+    from resnet_cifar.cli.helptext import with_library_values
+    from resnet_cifar.cli.main import app
+
+    for name, command in typer.main.get_command(app).commands.items():  # type: ignore[attr-defined]
+        for owner in (command, *command.params):
+            filled = with_library_values(getattr(owner, "help", None) or "")
+            assert "{" not in filled and "}" not in filled, (name, filled)
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export", "report", "sweep", "download"])
+def test_help_shows_the_library_values(command: str) -> None:
+    from typer.testing import CliRunner
+
+    from resnet_cifar import export, inference, report
+    from resnet_cifar.cli.main import app
+    from resnet_cifar.config import IMAGE_SIDE
+    from resnet_cifar.data.download import ARCHIVE_NAME, DATA_DIR_ENV
+    from resnet_cifar.engine.checkpointer import BEST, LAST
+    from resnet_cifar.tuning import DEFAULT_STUDY_NAME
+
+    expected = {
+        "eval": [f"({BEST} or {LAST})", inference.METRICS_FILE, inference.CONFUSION_PNG_FILE, report.REPORT_FILE],
+        "predict": [f"resized to {IMAGE_SIDE} x {IMAGE_SIDE} RGB"],
+        "export": [f"Default: {export.DEFAULT_OPSET}.", f"on {export.PARITY_IMAGES} real test images", f"within {export.PARITY_TOLERANCE:g} of"],
+        "report": [f"(it holds {BEST})", report.REPORT_FILE],
+        "sweep": [f"[default: {DEFAULT_STUDY_NAME}]", "--weight-decay, --optimizer"],
+        "download": [f"A mirror of {ARCHIVE_NAME}", f"${DATA_DIR_ENV}, else"],
+    }[command]
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "1000", "TERM": "dumb"})
+    assert result.exit_code == 0, result.output
+    for text in expected:
+        assert text in result.output, (text, result.output)
+
+
+def test_an_option_several_commands_share_has_one_help_text() -> None:
+    import typer.main
+
+    from resnet_cifar.cli.main import app
+
+    texts: dict[str, set[str]] = {}
+    for command in typer.main.get_command(app).commands.values():  # type: ignore[attr-defined]
+        for param in command.params:
+            for flag in param.opts:
+                # A setting flag's help ends with the setting's default, which eval's --device lacks.
+                texts.setdefault(flag, set()).add(str(param.help).split(" \\[default: ")[0])
+    for flag in ("--json", "--device", "--tta", "--no-cache", "--config", "--scale-lr"):
+        assert len(texts[flag]) == 1, (flag, texts[flag])

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from resnet_cifar.config import (
+    METRIC_MODES,
     PRESETS,
     PRETRAINED_NAMES,
     SECTIONS,
@@ -82,8 +83,8 @@ def test_every_section_is_valid_with_its_defaults(data_dir: Path) -> None:
     assert cfg.model == ModelConfig() and cfg.optim == OptimConfig(lr=0.4) and cfg.run == RunConfig()
     assert OptimConfig().lr is None and cfg.optim.lr == 0.4
     assert cfg.model.depth == 50 and cfg.model.stem == "cifar"
-    assert cfg.early_stopping.patience is None and cfg.early_stopping.mode == "max"
-    assert EarlyStoppingConfig(monitor="val_loss").mode == "min"
+    assert cfg.early_stopping.patience is None and METRIC_MODES[cfg.early_stopping.monitor] == "max"
+    assert METRIC_MODES[EarlyStoppingConfig(monitor="val_loss").monitor] == "min"
 
 
 @pytest.mark.parametrize(
@@ -605,7 +606,7 @@ def test_a_failed_save_keeps_the_previous_file(data_dir: Path, tmp_path: Path, m
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(ResnetCifarError, match=r"config.toml: cannot write the config \(No space left on device\)") as caught:
+    with pytest.raises(ResnetCifarError, match=r"config.toml: cannot write \(No space left on device\)") as caught:
         save_config(resolve(data_dir, preset="long"), path)
     assert not isinstance(caught.value, UsageError)  # a full disk is a failed run (exit 1), not bad usage
     assert path.read_bytes() == before

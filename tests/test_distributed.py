@@ -27,7 +27,7 @@ from resnet_cifar.distributed import SINGLE_PROCESS, DistEnv, read_env, sync_bat
 from resnet_cifar.data import build_loaders
 from resnet_cifar.engine.checkpoint import load_checkpoint
 from resnet_cifar.engine.step import build_loss
-from resnet_cifar.engine.trainer import Trainer
+from resnet_cifar.engine.trainer import build_trainer
 from resnet_cifar.errors import UsageError
 from resnet_cifar.evaluation import evaluate
 from resnet_cifar.models import resnet18
@@ -304,4 +304,4 @@ def test_sigterm_to_one_rank_stops_both_and_the_job_resumes(
     cfg = TrainConfig.from_dict(checkpoint["config"])
     cfg = replace(cfg, run=replace(cfg.run, resume=out / "last.pt"))
     with pytest.raises(UsageError, match=r"was trained by 2 process\(es\), not 1; .*--nproc_per_node 2"):
-        Trainer(cfg)
+        build_trainer(cfg)

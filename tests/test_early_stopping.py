@@ -16,7 +16,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 
-from resnet_cifar.engine.early_stopping import EarlyStopping
+from resnet_cifar.config import EarlyStoppingConfig
+from resnet_cifar.engine.early_stopping import EarlyStopping, Monitor
 from resnet_cifar.errors import UsageError
 
 
@@ -43,9 +44,6 @@ def test_mode_follows_the_metric() -> None:
         ({"monitor": "val_acc", "mode": "min"}, "not 'min'"),
         ({"monitor": "train_loss"}, "needs a mode"),
         ({"monitor": "train_loss", "mode": "up"}, "'min' or 'max'"),
-        ({"monitor": "val_acc", "patience": -1}, "patience"),
-        ({"monitor": "val_acc", "patience": 1.5}, "patience"),
-        ({"monitor": "val_acc", "min_delta": -0.1}, "min_delta"),
     ],
 )
 def test_bad_settings_are_usage_errors(arguments: dict, message: str) -> None:
@@ -54,10 +52,24 @@ def test_bad_settings_are_usage_errors(arguments: dict, message: str) -> None:
         EarlyStopping(arguments.pop("monitor"), **arguments)
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"patience": -1}, "--patience must be at least 0"),
+        ({"patience": 1.5}, "--patience must be an integer"),
+        ({"min_delta": -0.1}, "--min-delta must be at least 0"),
+    ],
+)
+def test_bad_patience_and_min_delta_are_refused_once_by_the_config(settings: dict, message: str) -> None:
+    # EarlyStopping trusts a validated EarlyStoppingConfig: these are refused there, naming the flag.
+    with pytest.raises(UsageError, match=message):
+        EarlyStoppingConfig(**settings)
+
+
 def test_patience_zero_stops_at_the_first_non_improvement() -> None:
     stopper = EarlyStopping("val_acc", patience=0)
     assert _stop_index(stopper, [0.25, 0.5, 0.75, 0.75, 0.875]) == 3
-    assert stopper.best == 0.75 and stopper.best_step_index == 2 and stopper.best_epoch == 3
+    assert stopper.best == 0.75 and stopper.best_epoch == 3
 
 
 def test_patience_two_counts_checks_without_improvement() -> None:
@@ -70,7 +82,7 @@ def test_patience_two_counts_checks_without_improvement() -> None:
 def test_never_stops_while_improving() -> None:
     stopper = EarlyStopping("val_acc", patience=0)
     assert _stop_index(stopper, [0.1, 0.2, 0.3, 0.4]) is None
-    assert stopper.is_best and stopper.wait_count == 0
+    assert stopper.best_epoch == 4 and stopper.wait_count == 0  # the last check improved
 
 
 @pytest.mark.parametrize(
@@ -85,9 +97,9 @@ def test_never_stops_while_improving() -> None:
 )
 def test_min_delta_edge(mode_metric: str, values: list[float], improves: bool) -> None:
     stopper = EarlyStopping(mode_metric, patience=1, min_delta=0.25)
-    assert stopper.step(values[0]) == (False, None) and stopper.is_best
-    should_stop, _ = stopper.step(values[1])
-    assert stopper.is_best is improves
+    assert stopper.step(values[0], epoch=1) == (False, None) and stopper.best_epoch == 1
+    should_stop, _ = stopper.step(values[1], epoch=2)
+    assert (stopper.best_epoch == 2) is improves
     assert should_stop is (not improves)
     assert stopper.best == (values[1] if improves else values[0])
 
@@ -103,10 +115,10 @@ def test_mode_max_vs_min_read_the_same_sequence_oppositely() -> None:
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_value_stops_at_once(bad: float) -> None:
     stopper = EarlyStopping("val_loss", patience=10)
-    stopper.step(0.5)
-    should_stop, reason = stopper.step(bad)
+    stopper.step(0.5, epoch=1)
+    should_stop, reason = stopper.step(bad, epoch=2)
     assert should_stop and "not finite" in reason and "val_loss" in reason
-    assert stopper.best == 0.5 and not stopper.is_best and stopper.wait_count == 0
+    assert stopper.best == 0.5 and stopper.best_epoch == 1 and stopper.wait_count == 0
 
 
 def test_nan_on_the_first_check_stops() -> None:
@@ -142,6 +154,30 @@ def test_state_round_trip_mid_sequence_gives_the_same_decisions() -> None:
     assert second.state_dict() == straight.state_dict()
 
 
+def test_an_older_checkpoints_state_still_loads() -> None:
+    """Checkpoints written before the monitor was shared hold two more keys; they are ignored."""
+    older = {
+        "monitor": "val_acc", "mode": "max", "patience": 3, "min_delta": 0.0, "best": 0.625, "wait_count": 1,
+        "checks": 3, "is_best": False, "best_step_index": 1, "best_epoch": 2,
+    }  # fmt: skip
+    stopper = EarlyStopping("val_acc", patience=3)
+    stopper.load_state_dict(older)
+    assert (stopper.best, stopper.best_epoch, stopper.wait_count, stopper.checks) == (0.625, 2, 1, 3)
+    assert stopper.step(0.5, epoch=4) == (False, None) and stopper.wait_count == 2
+
+
+def test_a_shared_monitor_is_the_one_record_of_the_best() -> None:
+    """The trainer's monitor (what best.pt follows) is the one early stopping updates and consults."""
+    monitor = Monitor("val_loss", min_delta=0.25)
+    stopper = EarlyStopping("val_loss", patience=1, min_delta=0.25, best=monitor)
+    assert stopper.step(1.0, epoch=1) == (False, None)
+    assert stopper.step(0.5, epoch=2) == (False, None)
+    assert (monitor.best, monitor.best_epoch) == (0.5, 2) == (stopper.best, stopper.best_epoch)
+    should_stop, reason = stopper.step(0.375, epoch=3)  # better, but by less than min_delta
+    assert should_stop and "best 0.5000" in reason and monitor.best_epoch == 2
+    assert not monitor.update(math.nan, epoch=4) and monitor.best_epoch == 2
+
+
 def test_state_of_another_monitor_is_refused() -> None:
     state = EarlyStopping("val_acc", patience=1).state_dict()
     with pytest.raises(UsageError, match="monitors 'val_acc'"):
@@ -166,9 +202,9 @@ def test_a_decimal_change_of_exactly_min_delta_is_no_improvement(
     monitor: str, values: list[float], min_delta: float
 ) -> None:
     stopper = EarlyStopping(monitor, patience=0, min_delta=min_delta)
-    assert stopper.step(values[0]) == (False, None)
-    should_stop, _ = stopper.step(values[1])
-    assert should_stop and not stopper.is_best and stopper.best == values[0]
+    assert stopper.step(values[0], epoch=1) == (False, None)
+    should_stop, _ = stopper.step(values[1], epoch=2)
+    assert should_stop and stopper.best_epoch == 1 and stopper.best == values[0]
 
 
 @pytest.mark.parametrize(
@@ -182,9 +218,9 @@ def test_a_decimal_change_of_exactly_min_delta_is_no_improvement(
 )
 def test_a_change_just_over_min_delta_improves(monitor: str, values: list[float], min_delta: float) -> None:
     stopper = EarlyStopping(monitor, patience=0, min_delta=min_delta)
-    stopper.step(values[0])
-    assert stopper.step(values[1]) == (False, None)
-    assert stopper.is_best and stopper.best == values[1]
+    stopper.step(values[0], epoch=1)
+    assert stopper.step(values[1], epoch=2) == (False, None)
+    assert stopper.best_epoch == 2 and stopper.best == values[1]
 
 
 # --- Random decimal sequences -------------------------------------------------------------------
@@ -264,10 +300,10 @@ def _reference_trace(mode: str, patience: int, min_delta: float, values: list[fl
 def _trace(mode: str, patience: int, min_delta: float, values: list[float]) -> Trace:
     stopper = EarlyStopping("val_acc" if mode == "max" else "val_loss", patience=patience, min_delta=min_delta)
     trace = []
-    for value in values:
-        should_stop, reason = stopper.step(value)
+    for epoch, value in enumerate(values, start=1):
+        should_stop, reason = stopper.step(value, epoch=epoch)
         assert (reason is not None) == should_stop
-        trace.append((should_stop, stopper.is_best, stopper.wait_count))
+        trace.append((should_stop, stopper.best_epoch == epoch, stopper.wait_count))
         if should_stop:
             break
     return trace

@@ -122,11 +122,11 @@ def test_evaluate_restores_the_mode_when_the_model_fails() -> None:
     assert model.training
 
 
-def test_transform_is_applied_before_the_model() -> None:
+def test_resize_is_applied_before_the_model() -> None:
     images, labels = make_data(size=4)
     model = LinearClassifier(size=8)
     result = evaluate(
-        model, batches(images, labels), num_classes=NUM_CLASSES, transform=lambda batch: resize_batch(batch, 8)
+        model, batches(images, labels), num_classes=NUM_CLASSES, resize=lambda batch: resize_batch(batch, 8)
     )
     expected_matrix, _, _ = direct_answer(model, resize_batch(images, 8), labels)
     assert torch.equal(result.confusion, expected_matrix)

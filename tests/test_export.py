@@ -20,9 +20,9 @@ from PIL import Image
 import resnet_cifar
 from resnet_cifar.config import TrainConfig, resolve_config
 from resnet_cifar.data.split import limit_split
+from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
-from resnet_cifar.engine.checkpoint import save_checkpoint
 from resnet_cifar.engine.step import build_ema
 from resnet_cifar.inference import evaluate_checkpoint, load_eval_split
 from resnet_cifar.export import (
@@ -35,6 +35,8 @@ from resnet_cifar.export import (
     read_safetensors_export,
 )
 from resnet_cifar.models import resnet18
+
+from helpers import save_checkpoint
 
 TRAIN_STEPS = 30
 TRAIN_BATCH = 64
@@ -101,7 +103,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path, real
     model = resnet18(num_classes=10, stem="imagenet")
     ema = build_ema(model, 0.9)
     subset = limit_split(real_splits.train, TRAIN_STEPS * TRAIN_BATCH, 0)
-    loader = TensorLoader(subset, batch_size=TRAIN_BATCH, train=True, device=torch.device("cpu"), seed=0)
+    loader = TensorLoader(subset, LoaderSpec(batch_size=TRAIN_BATCH, train=True, seed=0))
     # A gentle learning rate and the recipe's label smoothing keep the logits at a trained model's
     # scale (|logit| of a few units); 30 steps at lr 0.05 give |logits| ~ 500, where one fp32 ulp
     # is 6e-5 and the 1e-4 parity tolerance would be two ulps.

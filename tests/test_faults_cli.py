@@ -37,10 +37,12 @@ import torch
 
 from resnet_cifar.config import resolve_config
 from resnet_cifar.data.types import CIFAR10_CLASSES
-from resnet_cifar.engine.checkpoint import save_checkpoint
+from resnet_cifar import files
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation import plots
 from resnet_cifar.models import resnet18
+
+from helpers import save_checkpoint
 
 TIMEOUT_S = 120
 IMAGES_PER_CLASS = 2
@@ -429,7 +431,7 @@ def test_each_report_file_on_a_full_disk_is_a_data_error_naming_it(
 ) -> None:
     """Every writer of eval's files, in this process on the filled disk: DataError (exit 1)
     naming the file, the previous file kept, no temp file. report.html goes through the same
-    plots.atomic_write with a callback, as resnet_cifar.report.write_report does."""
+    files.atomic_write as resnet_cifar.report.write_report does, with a callback here."""
     folder = full_disk_in_process.folder
     target = folder / writer
     matrix = np.eye(2, dtype=np.int64)
@@ -437,7 +439,7 @@ def test_each_report_file_on_a_full_disk_is_a_data_error_naming_it(
         "metrics.json": lambda: plots.write_metrics_json({"accuracy": 0.5}, target),
         "confusion_matrix.csv": lambda: plots.write_confusion_csv(matrix, ["a", "b"], target),
         "confusion_matrix.png": lambda: plots.plot_confusion_matrix(matrix, ["a", "b"], target),
-        "report.html": lambda: plots.atomic_write(target, lambda handle: handle.write(b"<html>" * 5000)),
+        "report.html": lambda: files.atomic_write(target, lambda handle: handle.write(b"<html>" * 5000)),
     }[writer]
     with pytest.raises(DataError) as error:
         write()

@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from resnet_cifar.cli.main import app
 from resnet_cifar.config import flag_for, read_config_file, resolve_config
 from resnet_cifar.engine.checkpoint import load_checkpoint
-from resnet_cifar.engine.trainer import Trainer
+from resnet_cifar.engine.trainer import build_trainer
 from resnet_cifar.errors import DataError
 from resnet_cifar.models import PRETRAINED_FILES, load_pretrained, offline_weights, resnet50, weights_cache_dir
 
@@ -196,11 +196,11 @@ def test_backbone_lr_mult_scales_the_backbone_group_at_every_step(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, offline_v2: Path
 ) -> None:
     cfg = tiny_config(real_data_root, decoded_cache_dir, tmp_path / "run", **{"model.backbone_lr_mult": 0.25})
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     parts = trainer.parts
     optimizer = parts.optimizer
-    head = {id(param) for param in parts.module.fc.parameters()}
-    is_top = [all(id(param) in head for param in group["params"]) for group in optimizer.param_groups]
+    top_layer = {id(param) for param in parts.module.fc.parameters()}
+    is_top = [all(id(param) in top_layer for param in group["params"]) for group in optimizer.param_groups]
     assert sorted(is_top) == [False, False, True, True]  # backbone and top, each with and without decay
     used: list[list[float]] = []
     # The rates each optimizer step actually uses, read just before it runs.
@@ -224,7 +224,7 @@ def test_freeze_backbone_leaves_every_backbone_weight_and_statistic_unchanged(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, offline_v2: Path
 ) -> None:
     cfg = tiny_config(real_data_root, decoded_cache_dir, tmp_path / "run", **{"model.freeze_backbone": True})
-    Trainer(cfg).fit()
+    build_trainer(cfg).fit()
     start = torch.load(offline_v2, weights_only=True)
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
     trained = checkpoint["model"]

@@ -20,8 +20,9 @@ from PIL import Image
 
 from resnet_cifar.config import TrainConfig, resolve_config
 from resnet_cifar.data.types import CIFAR10_CLASSES
-from resnet_cifar.engine.checkpoint import save_checkpoint
 from resnet_cifar.models import resnet18
+
+from helpers import save_checkpoint
 
 ANSI = re.compile(r"\x1b\[")
 

@@ -21,7 +21,7 @@ from resnet_cifar.engine import checkpointer as checkpointer_module
 from resnet_cifar.engine.checkpointer import BEST, LAST, Checkpointer
 from resnet_cifar.engine.precision import Precision
 from resnet_cifar.engine.step import TrainStep, build_ema, build_loss
-from resnet_cifar.engine.trainer import EpochFinished, StepFinished, Trainer
+from resnet_cifar.engine.trainer import EpochFinished, StepFinished, build_trainer
 from resnet_cifar.errors import ResnetCifarError
 
 
@@ -75,7 +75,7 @@ def test_a_training_step_syncs_the_host_at_most_once(
 ) -> None:
     cfg = small(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": 1, **settings})
     marks: list[int] = []
-    trainer = Trainer(cfg, on_event=lambda event: marks.append(counter.count) if isinstance(event, StepFinished) else None)
+    trainer = build_trainer(cfg, on_event=lambda event: marks.append(counter.count) if isinstance(event, StepFinished) else None)
     counter = SyncCounter(monkeypatch)
     trainer.fit()
     assert len(marks) == 4
@@ -115,7 +115,7 @@ import torch
 sys.path.insert(0, sys.argv[3])
 from test_lean_loop import SyncCounter, small
 from resnet_cifar.distributed import process_group, read_env
-from resnet_cifar.engine.trainer import StepFinished, Trainer
+from resnet_cifar.engine.trainer import StepFinished, build_trainer
 
 
 class Patcher:  # pytest's monkeypatch.setattr, for a script
@@ -128,7 +128,7 @@ cfg = small(Path(sys.argv[1]), Path(os.environ["RESNET_CIFAR_CACHE"]), Path(sys.
             **{"optim.epochs": 1, "data.batch_size": 8, "data.limit_train": 192})
 with process_group(job, torch.device("cpu")):
     marks = []
-    trainer = Trainer(cfg, distributed=job,
+    trainer = build_trainer(cfg, distributed=job,
                       on_event=lambda event: marks.append(counter.count) if isinstance(event, StepFinished) else None)
     counter = SyncCounter(Patcher())
     trainer.fit()
@@ -175,7 +175,7 @@ def test_checkpoints_are_written_in_the_background_from_one_serialization(
     monkeypatch.setattr(checkpointer_module, "write_checkpoint_bytes", recording)
     out = tmp_path / "run"
     events: list[Any] = []
-    result = Trainer(small(real_data_root, decoded_cache_dir, out), on_event=events.append).fit()
+    result = build_trainer(small(real_data_root, decoded_cache_dir, out), on_event=events.append).fit()
     assert result.epochs_run == 2
     names = [name for name, _ in writes]
     assert names.count(LAST) == 2 and 1 <= names.count(BEST) <= 2
@@ -208,7 +208,7 @@ def test_a_failed_background_write_fails_the_run_with_one_line(
         original(path, data)
 
     monkeypatch.setattr(checkpointer_module, "write_checkpoint_bytes", second_write_fails)
-    trainer = Trainer(small(real_data_root, decoded_cache_dir, out))
+    trainer = build_trainer(small(real_data_root, decoded_cache_dir, out))
     with pytest.raises(ResnetCifarError, match=r"could not write checkpoint .*last.pt: No space left on device"):
         trainer.fit()
     # The previous good checkpoint is intact and loads; no result was reported.
@@ -228,7 +228,7 @@ def test_checkpoint_every_writes_last_pt_every_n_epochs_and_at_the_end(
 
     monkeypatch.setattr(Checkpointer, "save", recording)
     cfg = small(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": 3, "run.checkpoint_every": 2})
-    Trainer(cfg).fit()
+    build_trainer(cfg).fit()
     last_epochs = [epoch for epoch, names in saved if LAST in names]
     assert last_epochs == [2, 3]  # every 2nd epoch, and the last one
 
@@ -236,7 +236,7 @@ def test_checkpoint_every_writes_last_pt_every_n_epochs_and_at_the_end(
 def test_target_accuracy_stops_the_run_and_is_reported(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
 ) -> None:
-    reached = Trainer(
+    reached = build_trainer(
         small(real_data_root, decoded_cache_dir, tmp_path / "a", **{"optim.epochs": 3, "run.target_acc": 0.01})
     ).fit()
     assert reached.epochs_run == 1 and reached.reached_target is True and reached.time_to_target_s > 0
@@ -244,16 +244,16 @@ def test_target_accuracy_stops_the_run_and_is_reported(
     assert reached.time_to_target_s <= reached.train_seconds
     result = json.loads((tmp_path / "a" / "result.json").read_text())
     assert result["reached_target"] is True and result["compile_seconds"] == 0.0
-    missed = Trainer(small(real_data_root, decoded_cache_dir, tmp_path / "b", **{"run.target_acc": 1.0})).fit()
+    missed = build_trainer(small(real_data_root, decoded_cache_dir, tmp_path / "b", **{"run.target_acc": 1.0})).fit()
     assert missed.epochs_run == 2 and missed.reached_target is False and missed.time_to_target_s is None
-    plain = Trainer(small(real_data_root, decoded_cache_dir, tmp_path / "c", **{"optim.epochs": 1})).fit()
+    plain = build_trainer(small(real_data_root, decoded_cache_dir, tmp_path / "c", **{"optim.epochs": 1})).fit()
     assert plain.reached_target is None
 
 
 def test_eval_from_validates_only_the_last_epochs(real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
     events: list[Any] = []
     cfg = small(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": 3, "run.eval_from": 3})
-    result = Trainer(cfg, on_event=events.append).fit()
+    result = build_trainer(cfg, on_event=events.append).fit()
     history = result.history
     assert [record.val_count for record in history] == [0, 0, 64]
     assert [record.validated for record in history] == [False, False, True]
@@ -267,7 +267,7 @@ def test_the_last_epoch_validates_whatever_eval_from_says(
 ) -> None:
     # The fast preset validates from epoch 15: a 2-epoch run of it still validates its last epoch.
     cfg = small(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": 2, "run.eval_from": 15})
-    result = Trainer(cfg).fit()
+    result = build_trainer(cfg).fit()
     assert [record.validated for record in result.history] == [False, True] and result.best_epoch == 2
 
 

@@ -84,18 +84,18 @@ def test_channels_last_follows_the_fastest_measured_cpu_setting() -> None:
 def test_trainer_on_the_cpu_with_amp_goes_channels_last(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
 ) -> None:
-    from resnet_cifar.engine.trainer import Trainer
+    from resnet_cifar.engine.trainer import build_trainer
 
     settings = {
         "data.data_dir": real_data_root, "data.cache_dir": decoded_cache_dir, "data.batch_size": 32,
         "data.limit_train": 64, "data.limit_val": 32, "data.limit_test": 32, "model.depth": 18,
         "precision.device": "cpu",
     }  # fmt: skip
-    with_amp = Trainer(resolve_config(overrides={**settings, "precision.amp": True, "run.out_dir": tmp_path / "a"}))
+    with_amp = build_trainer(resolve_config(overrides={**settings, "precision.amp": True, "run.out_dir": tmp_path / "a"}))
     assert with_amp.parts.precision.channels_last is True and with_amp.parts.precision.amp_dtype == torch.bfloat16
     images, _ = next(iter(with_amp.parts.loaders.train))
     assert images.is_contiguous(memory_format=torch.channels_last)
-    fp32 = Trainer(resolve_config(overrides={**settings, "run.out_dir": tmp_path / "b"}))
+    fp32 = build_trainer(resolve_config(overrides={**settings, "run.out_dir": tmp_path / "b"}))
     assert fp32.parts.precision.channels_last is False
 
 

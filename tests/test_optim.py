@@ -9,7 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_cifar.engine.optim import SCHEDULES, build_optimizer, build_scheduler, param_groups
+from resnet_cifar.choices import bound
+from resnet_cifar.choices.optimizers import OPTIMIZERS
+from resnet_cifar.choices.schedules import SCHEDULES
+from resnet_cifar.config import OptimConfig
+from resnet_cifar.engine.optim import build_optimizer, build_scheduler, optimizer_class, param_groups
 from resnet_cifar.errors import UsageError
 from resnet_cifar.models import freeze_backbone, resnet18
 
@@ -92,18 +96,42 @@ def test_build_optimizer_kinds(model: nn.Module) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("settings", "message"),
     [
-        ({"name": "rmsprop", "lr": 0.1}, "'rmsprop'"),
-        ({"name": "sgd", "lr": 0.0}, "learning rate"),
-        ({"name": "sgd", "lr": 0.1, "weight_decay": -1.0}, "weight decay"),
-        ({"name": "sgd", "lr": 0.1, "momentum": 0.0}, "nesterov"),
-        ({"name": "adam", "lr": 0.1, "betas": (0.9, 1.5)}, "betas"),
+        ({"optimizer": "rmsprop"}, "--optimizer must be one of sgd, adam, adamw, got 'rmsprop'"),
+        ({"lr": 0.0}, "--lr must be positive"),
+        ({"weight_decay": -1.0}, "--weight-decay must be at least 0"),
+        ({"momentum": 0.0}, "--nesterov needs a positive --momentum"),
     ],
 )
-def test_build_optimizer_rejects_bad_values(model: nn.Module, kwargs: dict, message: str) -> None:
+def test_bad_optimizer_settings_are_refused_once_by_the_config(settings: dict, message: str) -> None:
+    # build_optimizer trusts a validated OptimConfig: the values it used to check again are refused
+    # there, in one message naming the flag.
     with pytest.raises(UsageError, match=message):
-        build_optimizer(model, **kwargs)
+        OptimConfig(**settings)
+
+
+def test_adam_betas_are_checked_by_torch_for_a_library_caller(model: nn.Module) -> None:
+    # The betas are not a setting, so no config checks them; torch's Adam refuses them itself.
+    with pytest.raises(ValueError, match="beta"):
+        build_optimizer(model, name="adam", lr=0.1, betas=(0.9, 1.5))
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_registered_optimizer_builds_from_its_spec(model: nn.Module, name: str) -> None:
+    spec = OPTIMIZERS[name]
+    optimizer = build_optimizer(model, name=name, lr=0.01)
+    module, _, class_name = spec.torch_class.rpartition(".")
+    assert type(optimizer) is optimizer_class(name) is getattr(__import__(module, fromlist=[class_name]), class_name)
+    assert issubclass(optimizer_class(name), torch.optim.Optimizer)
+    assert set(spec.options) <= set(optimizer.defaults)  # every option it lists reached the optimizer
+    assert spec.scale(4.0) == (2.0 if spec.lr_scaling == "sqrt" else 4.0)
+
+
+def test_a_registry_and_its_implementations_must_name_the_same_choices() -> None:
+    assert bound({"a": 1, "b": 2}, ("a", "b"), "x") == {"a": 1, "b": 2}
+    with pytest.raises(TypeError, match=r"x: no implementation of \['c'\]; not registered: \['b'\]"):
+        bound({"a": 1, "b": 2}, ("a", "c"), "x")
 
 
 def _lr_trajectory(name: str, iterations: int, *, lr: float = 1.0, groups: int = 1, **kwargs) -> list[list[float]]:
@@ -230,17 +258,10 @@ def test_scheduler_state_round_trips_through_a_weights_only_file(name: str) -> N
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "linear"}, "'linear'"),
-        ({"name": "onecycle", "warmup_epochs": 1.0}, "pct_start instead of warm-up"),
-        ({"name": "onecycle", "onecycle_pct_start": 1.0}, "pct_start"),
-        ({"name": "cosine", "warmup_epochs": 5.0}, "warm-up epochs"),
-        ({"name": "cosine", "min_lr_ratio": 1.5}, "min lr ratio"),
+        # What only the run's length in steps decides, which the config cannot know.
         ({"name": "step", "step_size": 0}, "step size"),
         ({"name": "step", "step_size": 1, "warmup_epochs": 1.0}, "longer than the warm-up"),
-        ({"name": "step", "gamma": 0.0}, "gamma"),
-        ({"name": "multistep", "milestones": (3, 2)}, "strictly increasing"),
         ({"name": "multistep", "milestones": (1, 3), "warmup_epochs": 1.0}, "after the warm-up"),
-        ({"name": "cosine", "epochs": 0}, "epochs"),
     ],
 )
 def test_build_scheduler_rejects_bad_values(kwargs: dict, message: str) -> None:
@@ -248,6 +269,32 @@ def test_build_scheduler_rejects_bad_values(kwargs: dict, message: str) -> None:
     arguments = {"epochs": 5, "steps_per_epoch": 4, **kwargs}
     with pytest.raises(UsageError, match=message):
         build_scheduler(optimizer, **arguments)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"schedule": "linear"}, "--schedule must be one of constant, step, multistep, cosine, onecycle, got 'linear'"),
+        ({"warmup_fraction": 1.0}, "--warmup-fraction must be in [0, 1)"),
+        ({"schedule": "cosine", "epochs": 5, "warmup_epochs": 5.0}, "--warmup-epochs must be in [0, --epochs 5)"),
+        ({"schedule": "cosine", "min_lr_ratio": 1.5}, "--min-lr-ratio must be in [0, 1]"),
+        ({"schedule": "step", "gamma": 0.0}, "--gamma must be in (0, 1]"),
+        ({"schedule": "multistep", "milestones": (3, 2)}, "--milestones must be increasing epochs"),
+        ({"schedule": "cosine", "epochs": 0}, "--epochs must be positive"),
+    ],
+)
+def test_bad_schedule_settings_are_refused_once_by_the_config(settings: dict, message: str) -> None:
+    # build_scheduler trusts a validated OptimConfig (one-cycle's pct_start is its warm-up
+    # fraction); the values it used to check again are refused there, naming the flag.
+    with pytest.raises(UsageError) as caught:
+        OptimConfig(**settings)
+    assert message in str(caught.value)
+
+
+def test_a_rising_schedule_takes_its_rise_as_pct_start_not_as_a_warm_up() -> None:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(AssertionError, match="the rise is pct_start"):
+        build_scheduler(optimizer, name="onecycle", epochs=5, steps_per_epoch=4, warmup_epochs=1.0)
 
 
 def test_one_cycle_with_an_empty_phase_is_a_usage_error() -> None:

@@ -15,13 +15,13 @@ from resnet_cifar.data.types import CIFAR10_CLASSES
 from resnet_cifar.evaluation import (
     ClassificationReport,
     EvalResult,
-    atomic_write,
     plot_confusion_matrix,
     plot_training_curves,
     write_confusion_csv,
     write_metrics_json,
 )
 from resnet_cifar.errors import DataError
+from resnet_cifar.files import atomic_write
 
 
 def cifar_like_matrix() -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from resnet_cifar.config import resolve_config
-from resnet_cifar.engine.trainer import Trainer
+from resnet_cifar.engine.trainer import build_trainer
 
 
 @pytest.mark.parametrize("preset", ["default", "long"])
@@ -30,7 +30,7 @@ def test_recipe_takes_real_steps_on_the_cpu(
         },
     )
     assert cfg.model.depth == 50 and cfg.model.stem == "cifar"
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     before = [param.detach().clone() for param in trainer.parts.module.parameters()]
     lrs = []
     trainer.parts.module.train()
@@ -43,6 +43,6 @@ def test_recipe_takes_real_steps_on_the_cpu(
     after = list(trainer.parts.module.parameters())
     changed = sum(not torch.equal(old, new) for old, new in zip(before, after))
     # zero_init_residual starts each residual branch at zero, so a few branch weights only begin to
-    # move after the first steps; the stem, the top and most of the network move at once.
+    # move after the first steps; the stem, the top layer and most of the network move at once.
     assert changed > 0.8 * len(before)
     assert not torch.equal(before[0], after[0]) and not torch.equal(before[-1], after[-1])

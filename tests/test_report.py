@@ -23,9 +23,10 @@ from PIL import Image
 
 from resnet_cifar.config import resolve_config
 from resnet_cifar.data.types import CIFAR10_CLASSES
-from resnet_cifar.engine.checkpoint import save_checkpoint
 from resnet_cifar.models import resnet18
 from resnet_cifar.report.gallery import select_mistakes, thumbnail_uri
+
+from helpers import save_checkpoint
 
 LIMIT = 300  # test images scored: 30 per class
 

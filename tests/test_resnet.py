@@ -8,8 +8,10 @@ import torchvision
 from torch import nn
 
 import resnet_cifar.models as models
+from resnet_cifar.choices.models import DEPTHS, STEMS
+from resnet_cifar.config import ModelConfig
 from resnet_cifar.errors import UsageError
-from resnet_cifar.models import BasicBlock, Bottleneck, ResNet, resnet18, resnet50
+from resnet_cifar.models import RESNET_BUILDERS, BasicBlock, Bottleneck, ResNet, resnet18, resnet50
 
 
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -206,7 +208,6 @@ def test_training_step_reaches_every_parameter() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"stem": "tiny"}, "unknown stem 'tiny'"),
         ({"num_classes": 0}, "num_classes must be a positive integer"),
         ({"dropout": 1.0}, "dropout must be in [0, 1)"),
         ({"dropout": -0.1}, "dropout must be in [0, 1)"),
@@ -215,6 +216,23 @@ def test_training_step_reaches_every_parameter() -> None:
 def test_bad_options_are_usage_errors(options: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         resnet50(**options)  # type: ignore[arg-type]
+
+
+def test_depths_and_stems_are_the_registrys_and_the_config_checks_them() -> None:
+    # One list each (resnet_cifar.choices.models): the config refuses other values naming the flag,
+    # the models assert (a library caller bypassing the config gets no second message).
+    with pytest.raises(UsageError, match="^--stem must be one of cifar, imagenet, got 'tiny'$"):
+        ModelConfig(stem="tiny")
+    with pytest.raises(UsageError, match="^--depth must be one of 18, 34, 50, 101, 152, got 20$"):
+        ModelConfig(depth=20)
+    with pytest.raises(AssertionError, match="unknown stem 'tiny'"):
+        resnet50(stem="tiny")
+    assert list(RESNET_BUILDERS) == list(DEPTHS) and list(STEMS) == ["cifar", "imagenet"]
+    for depth in (18, 50):
+        model = RESNET_BUILDERS[depth]()
+        stages = (model.layer1, model.layer2, model.layer3, model.layer4)
+        assert tuple(len(stage) for stage in stages) == DEPTHS[depth].stage_blocks
+        assert isinstance(model.layer1[0], BasicBlock if DEPTHS[depth].block == "basic" else Bottleneck)
 
 
 def test_builders_are_keyword_only_and_exported() -> None:

@@ -176,7 +176,7 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_last_go
         ["train", *SMALL, "--stem", "cifar", "--epochs", "3", "--data-dir", str(real_data_root), "--out", str(out)],
         decoded_cache_dir,
     )
-    one_line(result, 1, "could not write checkpoint", "No space left on device")
+    one_line(result, 1, ".pt: cannot write (No space left on device)")
     assert "Traceback" not in result.stderr
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1  # the previous good checkpoint
     assert not list(out.glob(".*.tmp"))

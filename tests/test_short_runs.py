@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from resnet_cifar.config import PRESETS, read_config_file, resolve_config
-from resnet_cifar.engine.trainer import StepFinished, Trainer
+from resnet_cifar.engine.trainer import StepFinished, build_trainer
 from resnet_cifar.evaluation.plots import training_curves_figure
 
 # 128 training images in batches of 32: 4 steps an epoch, enough for one-cycle's two phases.
@@ -60,7 +60,7 @@ def test_every_preset_trains_one_and_two_epochs(
     assert cfg.optim.warmup_epochs == pytest.approx(cfg.optim.warmup_fraction * epochs)
     assert 0 < cfg.optim.warmup_epochs < epochs
     lrs: list[float] = []
-    trainer = Trainer(cfg, on_event=lambda event: lrs.append(event.lr) if isinstance(event, StepFinished) else None)
+    trainer = build_trainer(cfg, on_event=lambda event: lrs.append(event.lr) if isinstance(event, StepFinished) else None)
     result = trainer.fit()
     assert result.epochs_run == epochs and result.interrupted is None
     # Cosine ends at 0 on the last step; every other rate is positive.
@@ -113,7 +113,7 @@ def test_a_saved_config_replays_the_same_per_step_learning_rates(
 
     def step_lrs(cfg) -> list[float]:
         lrs: list[float] = []
-        trainer = Trainer(cfg, on_event=lambda event: lrs.append(event.lr) if isinstance(event, StepFinished) else None)
+        trainer = build_trainer(cfg, on_event=lambda event: lrs.append(event.lr) if isinstance(event, StepFinished) else None)
         trainer.fit()
         return lrs
 

@@ -69,6 +69,14 @@ def test_default_space_searches_the_issue_settings_and_validates() -> None:
     check_space(space, resolve_config(defaults={"data.data_dir": "."}))  # every bound valid for the default recipe
 
 
+def test_a_space_keeps_the_order_it_was_written_in() -> None:
+    # Trials suggest in this order, so a seeded sampler draws the same values for the same space.
+    assert default_space().keys == tuple(DEFAULT_SPACE)
+    mixed = {"optim.lr": {"type": "float", "low": 0.1, "high": 1.0}, "data": {"flip": {"type": "categorical", "choices": [True]}},
+             "optim.momentum": {"type": "float", "low": 0.5, "high": 0.9}}  # fmt: skip
+    assert parse_space(mixed, source="s").keys == ("optim.lr", "data.flip", "optim.momentum")
+
+
 def test_toml_and_yaml_files_dotted_or_nested_read_alike(tmp_path: Path) -> None:
     dotted = write(
         tmp_path / "dotted.toml",
@@ -252,6 +260,9 @@ def test_interrupted_trials_do_not_count_and_pruned_ones_stop_after_their_epoch(
     checkpoint = load_checkpoint(folder / "last.pt")
     assert checkpoint["epoch"] == 1 and checkpoint["batches_done_in_epoch"] == 0  # resumable at epoch 2
     assert json.loads((folder / "trial.json").read_text())["state"] == "PRUNED"
+    # Pruning is no interruption: the run's record names it for what it is.
+    recorded = json.loads((folder / "result.json").read_text())
+    assert recorded["pruned"] is True and recorded["interrupted"] is None
     assert second.best is None and not (out / "best.toml").exists()
 
     third = run_sweep(base, space, out_dir=out, trials=1)  # a pruned trial counts: nothing to run

@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from resnet_cifar.config import DataConfig
+from resnet_cifar.data.augment import Augmentation
+from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CIFAR10_MEAN, CIFAR10_STD, CifarSplit
 from resnet_cifar.errors import UsageError
@@ -73,7 +76,7 @@ def small_split(real_splits) -> CifarSplit:
 
 
 def test_train_crops_cover_every_offset_and_flip_half_the_images(small_split: CifarSplit) -> None:
-    loader = TensorLoader(small_split, batch_size=256, train=True, seed=1)
+    loader = TensorLoader(small_split, LoaderSpec(batch_size=256, train=True, seed=1))
     images, labels = collect(loader)
     shift_y, shift_x, flip, error = recover_augmentation(small_split.images, images, labels)
     # Exact: every output is a zero-padded crop (and maybe mirror) of its own source image.
@@ -85,7 +88,7 @@ def test_train_crops_cover_every_offset_and_flip_half_the_images(small_split: Ci
 
 
 def test_eval_yields_the_unaugmented_images_in_order(small_split: CifarSplit) -> None:
-    loader = TensorLoader(small_split, batch_size=300, train=False)
+    loader = TensorLoader(small_split, LoaderSpec(batch_size=300, train=False))
     images, labels = collect(loader)
     assert torch.equal(labels, torch.arange(len(small_split)))
     restored = denormalize(images).round().to(torch.uint8)
@@ -93,7 +96,7 @@ def test_eval_yields_the_unaugmented_images_in_order(small_split: CifarSplit) ->
 
 
 def test_normalized_channels_have_zero_mean_and_unit_std(real_splits) -> None:
-    loader = TensorLoader(real_splits.train, batch_size=1000, train=False)
+    loader = TensorLoader(real_splits.train, LoaderSpec(batch_size=1000, train=False))
     total = torch.zeros(3, dtype=torch.float64)
     squares = torch.zeros(3, dtype=torch.float64)
     count = 0
@@ -112,7 +115,7 @@ def test_eval_shards_cover_every_sample_exactly_once(small_split: CifarSplit, nu
     split = small_split.subset(np.arange(1003))  # 1003 is prime: no batch size or shard count divides it
     seen: list[torch.Tensor] = []
     for shard_id in range(num_shards):
-        loader = TensorLoader(split, batch_size=64, train=False, shard_id=shard_id, num_shards=num_shards)
+        loader = TensorLoader(split, LoaderSpec(batch_size=64, train=False, shard_id=shard_id, num_shards=num_shards))
         batches = list(loader)
         assert len(batches) == len(loader)
         assert sum(len(labels) for _, labels in batches) == loader.num_samples
@@ -123,7 +126,7 @@ def test_eval_shards_cover_every_sample_exactly_once(small_split: CifarSplit, nu
 
 def test_train_drops_the_last_partial_batch(small_split: CifarSplit) -> None:
     split = small_split.subset(np.arange(1003))
-    loader = TensorLoader(split, batch_size=64, train=True)
+    loader = TensorLoader(split, LoaderSpec(batch_size=64, train=True))
     batches = list(loader)
     assert len(loader) == len(batches) == 1003 // 64
     assert loader.num_samples == 15 * 64
@@ -136,7 +139,7 @@ def test_train_drops_the_last_partial_batch(small_split: CifarSplit) -> None:
 
 def test_train_shards_are_disjoint_and_equal_sized(small_split: CifarSplit) -> None:
     shards = [
-        TensorLoader(small_split, batch_size=100, train=True, seed=5, shard_id=shard_id, num_shards=3)
+        TensorLoader(small_split, LoaderSpec(batch_size=100, train=True, seed=5, shard_id=shard_id, num_shards=3))
         for shard_id in range(3)
     ]
     for epoch in (0, 1):
@@ -150,9 +153,9 @@ def test_train_shards_are_disjoint_and_equal_sized(small_split: CifarSplit) -> N
 
 
 def test_each_epoch_is_reshuffled_and_reproducible_from_the_seed(small_split: CifarSplit) -> None:
-    first = TensorLoader(small_split, batch_size=500, train=True, seed=7)
-    twin = TensorLoader(small_split, batch_size=500, train=True, seed=7)
-    other_seed = TensorLoader(small_split, batch_size=500, train=True, seed=8)
+    first = TensorLoader(small_split, LoaderSpec(batch_size=500, train=True, seed=7))
+    twin = TensorLoader(small_split, LoaderSpec(batch_size=500, train=True, seed=7))
+    other_seed = TensorLoader(small_split, LoaderSpec(batch_size=500, train=True, seed=8))
     epoch0_images, epoch0_labels = collect(first)
     epoch1_images, epoch1_labels = collect(first)  # plain re-iteration advances the epoch
     assert first.epoch == 2
@@ -161,14 +164,14 @@ def test_each_epoch_is_reshuffled_and_reproducible_from_the_seed(small_split: Ci
     assert torch.equal(twin_labels, epoch0_labels) and torch.equal(twin_images, epoch0_images)
     assert not torch.equal(collect(other_seed)[1], epoch0_labels)
     # An epoch depends on (seed, epoch) only, not on the epochs iterated before it.
-    jumped = TensorLoader(small_split, batch_size=500, train=True, seed=7)
+    jumped = TensorLoader(small_split, LoaderSpec(batch_size=500, train=True, seed=7))
     jumped.set_epoch(1)
     jumped_images, jumped_labels = collect(jumped)
     assert torch.equal(jumped_labels, epoch1_labels) and torch.equal(jumped_images, epoch1_images)
 
 
 def test_same_samples_different_augmentation_across_epochs(small_split: CifarSplit) -> None:
-    loader = TensorLoader(small_split.subset(np.arange(500)), batch_size=500, train=True, seed=3)
+    loader = TensorLoader(small_split.subset(np.arange(500)), LoaderSpec(batch_size=500, train=True, seed=3))
     (images0, labels0), (images1, labels1) = next(iter(loader)), next(iter(loader))
     order0, order1 = labels0.argsort(), labels1.argsort()
     assert torch.equal(labels0[order0], labels1[order1])
@@ -185,8 +188,8 @@ def test_dtype_and_memory_format(
     small_split: CifarSplit, dtype: torch.dtype, channels_last: bool, train: bool
 ) -> None:
     settings = dict(batch_size=128, train=train, seed=2)
-    reference = TensorLoader(small_split, **settings)
-    loader = TensorLoader(small_split, **settings, dtype=dtype, channels_last=channels_last)
+    reference = TensorLoader(small_split, LoaderSpec(**settings))
+    loader = TensorLoader(small_split, LoaderSpec(**settings, dtype=dtype, channels_last=channels_last))
     (expected, expected_labels), (images, labels) = next(iter(reference)), next(iter(loader))
     assert images.shape == (128, 3, 32, 32)
     assert images.dtype == dtype
@@ -199,24 +202,36 @@ def test_dtype_and_memory_format(
     assert torch.allclose(images.float(), expected, atol=tolerance, rtol=0)
 
 
+def test_a_shard_without_a_full_batch_is_a_usage_error(small_split: CifarSplit) -> None:
+    # Only the data can tell (500 samples per shard): the one check the loaders make themselves.
+    with pytest.raises(UsageError, match="no full batch"):
+        TensorLoader(small_split.subset(np.arange(1000)), LoaderSpec(batch_size=600, train=True, num_shards=2))
+
+
 @pytest.mark.parametrize(
-    ("arguments", "message"),
+    ("settings", "message"),
     [
-        ({"batch_size": 0}, "batch size"),
-        ({"shard_id": 2, "num_shards": 2}, "shard_id"),
-        ({"num_shards": 0}, "num_shards"),
-        ({"dtype": torch.int32}, "dtype"),
-        ({"seed": -1}, "seed"),
-        ({"batch_size": 600, "num_shards": 2}, "no full batch"),
-        ({"device": "cuda:0"} if not torch.cuda.is_available() else {"device": "nosuchdevice"}, "device"),
-        ({"cutout": 33}, "^--cutout .*got 33$"),
-        ({"cutout": -1}, "^--cutout .*got -1$"),
+        ({"batch_size": 0}, "batch size 0"),
+        ({"shard_id": 2, "num_shards": 2}, "shard 2 of 2"),
+        ({"num_shards": 0}, "shard 0 of 0"),
+        ({"dtype": torch.int32}, "batch dtype torch.int32"),
+        ({"seed": -1}, "seed -1"),
+        ({"device": "cpu"}, "not a torch.device"),
     ],
 )
-def test_bad_arguments_are_usage_errors(small_split: CifarSplit, arguments: dict, message: str) -> None:
-    settings = {"batch_size": 32, "train": True, **arguments}
-    with pytest.raises(UsageError, match=message):
-        TensorLoader(small_split.subset(np.arange(1000)), **settings)
+def test_spec_values_are_the_configs_to_check_and_only_asserted(settings: dict, message: str) -> None:
+    # DataConfig, the distributed environment and the precision check these once, naming the flag
+    # or variable; a LoaderSpec built without them asserts.
+    with pytest.raises(AssertionError, match=message):
+        LoaderSpec(**{"batch_size": 32, "train": True, **settings})
+
+
+@pytest.mark.parametrize("cutout", [33, -1])
+def test_bad_cutout_is_one_usage_error_naming_the_flag(tmp_path, cutout: int) -> None:
+    with pytest.raises(UsageError, match=f"^--cutout must be a square side in \\[0, 32\\] pixels, got {cutout}$"):
+        DataConfig(data_dir=tmp_path, cutout=cutout)
+    with pytest.raises(AssertionError, match=f"cutout side {cutout}"):
+        Augmentation(cutout=cutout)
 
 
 # --- augmentation options: crop, flip, cutout ----------------------------------------------
@@ -257,30 +272,33 @@ def expected_clipped_side(side: int) -> float:
 
 
 def test_crop_off_keeps_the_source_position_and_the_same_flips(small_split: CifarSplit) -> None:
-    images, labels = collect(TensorLoader(small_split, batch_size=250, train=True, seed=4, crop=False))
+    spec = LoaderSpec(batch_size=250, train=True, seed=4, augmentation=Augmentation(crop=False))
+    images, labels = collect(TensorLoader(small_split, spec))
     shift_y, shift_x, flip, error = recover_augmentation(small_split.images, images, labels)
     assert error.max() < 1e-3
     assert not shift_y.any() and not shift_x.any()
     assert abs(flip.mean() - 0.5) < 0.05
     # The crop option does not move the other draws: the flips are those of crop=True.
-    default_images, default_labels = collect(TensorLoader(small_split, batch_size=250, train=True, seed=4))
+    default_images, default_labels = collect(TensorLoader(small_split, LoaderSpec(batch_size=250, train=True, seed=4)))
     assert torch.equal(default_labels, labels)
     assert np.array_equal(recover_augmentation(small_split.images, default_images, labels)[2], flip)
 
 
 def test_flip_off_never_mirrors_and_keeps_the_same_crops(small_split: CifarSplit) -> None:
-    images, labels = collect(TensorLoader(small_split, batch_size=250, train=True, seed=4, flip=False))
+    spec = LoaderSpec(batch_size=250, train=True, seed=4, augmentation=Augmentation(flip=False))
+    images, labels = collect(TensorLoader(small_split, spec))
     shift_y, shift_x, flip, error = recover_augmentation(small_split.images, images, labels)
     assert error.max() < 1e-3
     assert not flip.any()
     assert len(set(zip(shift_y.tolist(), shift_x.tolist()))) == 81
-    default_images, _ = collect(TensorLoader(small_split, batch_size=250, train=True, seed=4))
+    default_images, _ = collect(TensorLoader(small_split, LoaderSpec(batch_size=250, train=True, seed=4)))
     default_shifts = recover_augmentation(small_split.images, default_images, labels)
     assert np.array_equal(default_shifts[0], shift_y) and np.array_equal(default_shifts[1], shift_x)
 
 
 def test_crop_and_flip_off_yield_the_source_images_shuffled(small_split: CifarSplit) -> None:
-    images, labels = collect(TensorLoader(small_split, batch_size=250, train=True, crop=False, flip=False))
+    spec = LoaderSpec(batch_size=250, train=True, augmentation=Augmentation(crop=False, flip=False))
+    images, labels = collect(TensorLoader(small_split, spec))
     assert not torch.equal(labels, labels.sort().values)  # still shuffled
     restored = denormalize(images).round().to(torch.uint8)
     assert torch.equal(restored, torch.from_numpy(small_split.images[labels.numpy()]))
@@ -291,8 +309,8 @@ def test_cutout_zeroes_one_clipped_square_per_image_at_varying_places(
     small_split: CifarSplit, side: int
 ) -> None:
     settings = dict(batch_size=250, train=True, seed=6)
-    images, labels = collect(TensorLoader(small_split, **settings, cutout=side))
-    reference, reference_labels = collect(TensorLoader(small_split, **settings))
+    images, labels = collect(TensorLoader(small_split, LoaderSpec(**settings, augmentation=Augmentation(cutout=side))))
+    reference, reference_labels = collect(TensorLoader(small_split, LoaderSpec(**settings)))
     assert torch.equal(labels, reference_labels)
     zeroed = zeroed_pixels(images)
     top, bottom, left, right = zeroed_boxes(zeroed)
@@ -311,9 +329,10 @@ def test_cutout_zeroes_one_clipped_square_per_image_at_varying_places(
 
 
 def test_cutout_squares_change_across_epochs_and_follow_the_seed(small_split: CifarSplit) -> None:
-    loader = TensorLoader(small_split, batch_size=500, train=True, seed=2, cutout=8)
+    spec = LoaderSpec(batch_size=500, train=True, seed=2, augmentation=Augmentation(cutout=8))
+    loader = TensorLoader(small_split, spec)
     first, second = collect(loader), collect(loader)
-    twin = TensorLoader(small_split, batch_size=500, train=True, seed=2, cutout=8)
+    twin = TensorLoader(small_split, spec)
     assert torch.equal(collect(twin)[0], first[0])
 
     def boxes_by_sample(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -329,9 +348,9 @@ def test_cutout_squares_change_across_epochs_and_follow_the_seed(small_split: Ci
 def test_cutout_in_every_format_erases_the_same_squares(
     small_split: CifarSplit, dtype: torch.dtype, channels_last: bool, tolerance: float
 ) -> None:
-    settings = dict(batch_size=200, train=True, seed=3, cutout=12)
-    expected, _ = next(iter(TensorLoader(small_split, **settings)))
-    images, _ = next(iter(TensorLoader(small_split, **settings, dtype=dtype, channels_last=channels_last)))
+    settings = dict(batch_size=200, train=True, seed=3, augmentation=Augmentation(cutout=12))
+    expected, _ = next(iter(TensorLoader(small_split, LoaderSpec(**settings))))
+    images, _ = next(iter(TensorLoader(small_split, LoaderSpec(**settings, dtype=dtype, channels_last=channels_last))))
     assert images.dtype == dtype
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     assert images.is_contiguous(memory_format=memory_format)
@@ -343,7 +362,8 @@ def test_cutout_in_every_format_erases_the_same_squares(
     "options", [dict(cutout=16), dict(crop=False, flip=False, cutout=32), dict(crop=True, flip=True, cutout=1)]
 )
 def test_eval_ignores_the_augmentation_options(small_split: CifarSplit, options: dict) -> None:
-    images, labels = collect(TensorLoader(small_split, batch_size=300, train=False, **options))
+    spec = LoaderSpec(batch_size=300, train=False, augmentation=Augmentation(**options))
+    images, labels = collect(TensorLoader(small_split, spec))
     assert torch.equal(labels, torch.arange(len(small_split)))
     restored = denormalize(images).round().to(torch.uint8)
     assert torch.equal(restored, torch.from_numpy(small_split.images))

@@ -18,7 +18,18 @@ import torch
 from resnet_cifar.config import TrainConfig, resolve_config
 from resnet_cifar.engine.checkpoint import load_checkpoint
 from resnet_cifar.engine.step import NonFiniteLossError
-from resnet_cifar.engine.trainer import TIMING_FIELDS, EpochFinished, EpochRecord, StepFinished, StopRequest, Trainer, train
+from resnet_cifar.engine.build import RunParts, build_run
+from resnet_cifar.engine.checkpointer import CHECKPOINT_KEYS, Checkpointer
+from resnet_cifar.engine.trainer import (
+    TIMING_FIELDS,
+    EpochFinished,
+    EpochRecord,
+    StepFinished,
+    StopRequest,
+    Trainer,
+    build_trainer,
+    train,
+)
 from resnet_cifar.errors import UsageError
 
 
@@ -67,12 +78,13 @@ def test_two_epochs_learn_and_write_the_run_files(
         assert (tmp_path / name).is_file(), name
     checkpoint = load_checkpoint(tmp_path / "last.pt")
     assert checkpoint["epoch"] == 2 and checkpoint["config"] == cfg.to_dict()
+    assert set(checkpoint) == set(CHECKPOINT_KEYS)  # the one list of keys is the whole format
     assert list(checkpoint["model"]) == list(torch.load(tmp_path / "best.pt", weights_only=True)["model"])
 
 
 def test_bf16_autocast_runs_on_the_cpu(real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
     cfg = small_config(real_data_root, decoded_cache_dir, tmp_path, **{"precision.amp": True, "optim.epochs": 1})
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     assert trainer.parts.precision.amp_dtype == torch.bfloat16
     images, _ = next(iter(trainer.parts.loaders.train))
     assert images.dtype == torch.bfloat16
@@ -133,19 +145,19 @@ def test_resume_continues_exactly(
 ) -> None:
     common = {"precision.deterministic": True, "model.dropout": 0.2, "optim.epochs": 2}
     straight_cfg = small_config(real_data_root, decoded_cache_dir, tmp_path / "straight", **common)
-    straight = Trainer(straight_cfg)
+    straight = build_trainer(straight_cfg)
     straight_result = straight.fit()
 
     split_cfg = small_config(real_data_root, decoded_cache_dir, tmp_path / "split", **common)
     stop = StopRequest()
-    first = Trainer(split_cfg, on_event=_stop_after(stop, epoch=1, step=stop_step), stop=stop)
+    first = build_trainer(split_cfg, on_event=_stop_after(stop, epoch=1, step=stop_step), stop=stop)
     interrupted = first.fit()
     assert interrupted.interrupted == "SIGTERM"
     saved = load_checkpoint(tmp_path / "split" / "last.pt")
     assert (saved["epoch"], saved["batches_done_in_epoch"]) == ((1, 0) if stop_step is None else (0, stop_step))
 
     resumed_cfg = replace(split_cfg, run=replace(split_cfg.run, resume=tmp_path / "split" / "last.pt"))
-    resumed = Trainer(resumed_cfg)
+    resumed = build_trainer(resumed_cfg)
     resumed_result = resumed.fit()
 
     assert resumed_result.epochs_run == 2
@@ -160,14 +172,14 @@ def test_resume_continues_exactly(
 def test_an_existing_run_is_not_overwritten(real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "last.pt").write_bytes(b"an earlier run")
     with pytest.raises(UsageError, match="already holds a run"):
-        Trainer(small_config(real_data_root, decoded_cache_dir, tmp_path))
+        build_trainer(small_config(real_data_root, decoded_cache_dir, tmp_path))
     assert (tmp_path / "last.pt").read_bytes() == b"an earlier run"
 
 
 def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
 ) -> None:
-    trainer = Trainer(small_config(real_data_root, decoded_cache_dir, tmp_path, **{"optim.epochs": 2}))
+    trainer = build_trainer(small_config(real_data_root, decoded_cache_dir, tmp_path, **{"optim.epochs": 2}))
     real_loss = trainer.parts.step.loss_fn
     steps_per_epoch = trainer.steps_per_epoch
     poisoned_step = steps_per_epoch + 1  # the second step of epoch 2 (global steps count from 0)
@@ -181,6 +193,7 @@ def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(
 
     def remember(event: Any) -> None:
         if isinstance(event, StepFinished) and event.epoch == 2 and event.step == 1:
+            trainer.checkpointer.wait()  # epoch 1's files are written in the background
             snapshots.update({name: (tmp_path / name).read_bytes() for name in ("last.pt", "best.pt")})
 
     trainer.on_event = remember
@@ -195,8 +208,8 @@ def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(
 class ScriptedTrainer(Trainer):
     """A trainer whose epochs return scripted validation metrics (no real training)."""
 
-    def __init__(self, cfg: TrainConfig, val_accs: list[float]) -> None:
-        super().__init__(cfg)
+    def __init__(self, parts: RunParts, checkpointer: Checkpointer, val_accs: list[float]) -> None:
+        super().__init__(parts, checkpointer)
         self.val_accs = val_accs
 
     def _train_epoch(self, epoch: int) -> EpochRecord | None:
@@ -239,7 +252,10 @@ def test_early_stopping_stops_at_the_right_epoch_and_restores_the_best(
             "early_stopping.monitor": "val_acc",
         },
     )
-    trainer = ScriptedTrainer(cfg, val_accs)
+    # The caller builds the parts and takes the run folder; the trainer only loops.
+    checkpointer = Checkpointer(tmp_path)
+    checkpointer.open_run(cfg, world_size=1)
+    trainer = ScriptedTrainer(build_run(cfg), checkpointer, val_accs)
     result = trainer.fit()
     assert result.stopped_early and result.epochs_run == epochs_run
     assert result.best_epoch == best_epoch and result.best_val_acc == val_accs[best_epoch - 1]

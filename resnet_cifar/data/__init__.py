@@ -3,24 +3,25 @@
 `build_loaders(data_cfg, device)` is the one entry point the engine uses: it reads the data,
 carves the validation split from train, applies the --limit subsets and builds three loaders that
 honour one contract (see `BatchLoader`).
+
+Importing this package imports neither torch nor numpy: its functions import what they use when
+called, so `resnet-cifar download` and `--help` reach `download` without either, and `resnet-cifar
+data` the torch-free modules (sources, load, cache, split) without torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import torch
-
-from resnet_cifar.config import DataConfig
-from resnet_cifar.data.augment import Augmentation
-from resnet_cifar.data.dali_loader import DaliLoader, dali_available
-from resnet_cifar.data.load import load_cifar10
-from resnet_cifar.data.split import limit_split, train_val_split
-from resnet_cifar.data.tensor_loader import TensorLoader
-from resnet_cifar.data.types import CifarSplit
+from resnet_cifar.config import LOADER_KINDS, DataConfig
 from resnet_cifar.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from resnet_cifar.data.types import CifarSplit
 
 
 class BatchLoader(Protocol):
@@ -47,13 +48,13 @@ class Loaders:
 
 
 def resolve_loader_kind(requested: str, device: torch.device, dali_installed: bool) -> str:
-    """auto means DALI on a GPU when it is installed, else the tensor loader."""
+    """``requested`` (one of LOADER_KINDS, which DataConfig checked) with auto resolved: DALI on a
+    GPU when it is installed, else the tensor loader."""
+    assert requested in LOADER_KINDS, f"unknown loader {requested!r}"
     if requested == "auto":
         return "dali" if device.type == "cuda" and dali_installed else "tensor"
     if requested == "dali" and not dali_installed:
         raise UsageError("--loader dali needs NVIDIA DALI: pip install nvidia-dali-cuda120")
-    if requested not in ("tensor", "dali"):
-        raise UsageError(f"--loader must be auto, tensor or dali, got {requested!r}")
     return requested
 
 
@@ -64,6 +65,8 @@ def validation_split(
     ``cfg.seed``, then the ``--limit-train`` and ``--limit-val`` subsets (``limit_val`` given
     replaces the config's, as ``eval --split val --limit N`` does). Training and evaluation of a
     checkpoint both call this, so they see the same images in the same order."""
+    from resnet_cifar.data.split import limit_split, train_val_split
+
     kept, val = train_val_split(train, cfg.val_fraction, cfg.seed)
     limit = cfg.limit_val if limit_val is None else limit_val
     return limit_split(kept, cfg.limit_train, cfg.seed), limit_split(val, limit, cfg.seed)
@@ -73,11 +76,23 @@ def build_loaders(
     cfg: DataConfig,
     device: torch.device,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     channels_last: bool = False,
     shard_id: int = 0,
     num_shards: int = 1,
 ) -> Loaders:
+    """The train, val and test loaders of ``cfg`` for shard ``shard_id`` of ``num_shards`` on
+    ``device``; ``dtype`` and ``channels_last`` are the images' (dtype None: float32). One
+    LoaderSpec says it all: the training loader's, and the evaluation loaders' made from it."""
+    import torch
+
+    from resnet_cifar.data.augment import Augmentation
+    from resnet_cifar.data.dali_loader import DaliLoader, dali_available
+    from resnet_cifar.data.load import load_cifar10
+    from resnet_cifar.data.loader_spec import LoaderSpec
+    from resnet_cifar.data.split import limit_split
+    from resnet_cifar.data.tensor_loader import TensorLoader
+
     kind = resolve_loader_kind(cfg.loader, device, dali_available())
     splits = load_cifar10(cfg.data_dir, verify=cfg.verify, cache_dir=cfg.cache_dir)
     train, val = validation_split(splits.train, cfg)
@@ -86,38 +101,23 @@ def build_loaders(
             f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images"
             + (f" shared by {num_shards} processes" if num_shards > 1 else "")
         )
-    loader_class = DaliLoader if kind == "dali" else TensorLoader
-    # Used by the train loader only: evaluation loaders never augment.
-    augmentation = Augmentation(
-        policy=cfg.augment,
-        randaugment_ops=cfg.randaugment_ops,
-        randaugment_magnitude=cfg.randaugment_magnitude,
-        mixup=cfg.mixup,
-        cutmix=cfg.cutmix,
-        mix_prob=cfg.mix_prob,
+    spec = LoaderSpec(
+        batch_size=cfg.batch_size,
+        train=True,
+        seed=cfg.seed,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        device=device,
+        dtype=torch.float32 if dtype is None else dtype,
+        channels_last=channels_last,
+        augmentation=Augmentation.from_config(cfg),
     )
-
-    def make(split: CifarSplit, *, train_mode: bool, batch_size: int) -> BatchLoader:
-        return loader_class(
-            split,
-            batch_size=batch_size,
-            train=train_mode,
-            device=device,
-            dtype=dtype,
-            channels_last=channels_last,
-            seed=cfg.seed,
-            shard_id=shard_id,
-            num_shards=num_shards,
-            crop=cfg.crop,
-            flip=cfg.flip,
-            cutout=cfg.cutout,
-            augmentation=augmentation,
-        )
-
+    evaluation = spec.for_evaluation(cfg.eval_batch_size)
+    loader_class: type[TensorLoader] | type[DaliLoader] = DaliLoader if kind == "dali" else TensorLoader
     return Loaders(
-        train=make(train, train_mode=True, batch_size=cfg.batch_size),
-        val=make(val, train_mode=False, batch_size=cfg.eval_batch_size),
-        test=make(limit_split(splits.test, cfg.limit_test, cfg.seed), train_mode=False, batch_size=cfg.eval_batch_size),
+        train=loader_class(train, spec),
+        val=loader_class(val, evaluation),
+        test=loader_class(limit_split(splits.test, cfg.limit_test, cfg.seed), evaluation),
         classes=splits.train.classes,
         kind=kind,
     )

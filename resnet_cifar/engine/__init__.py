@@ -1,12 +1,13 @@
 """Training engine building blocks: precision, optimizers and schedules, the training step,
-early stopping and checkpoints. The trainer maps the frozen config onto these plain-keyword APIs."""
+early stopping and checkpoints. ``build_run`` (engine/build.py) maps the frozen config onto these
+plain-keyword APIs and the Trainer loops over what it built; the named choices they build
+(optimizers, schedules, monitors) come from resnet_cifar.choices."""
 
-from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from resnet_cifar.engine.early_stopping import METRIC_MODES, EarlyStopping
-from resnet_cifar.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler, param_groups
+from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
+from resnet_cifar.engine.early_stopping import EarlyStopping
+from resnet_cifar.engine.optim import build_optimizer, build_scheduler, param_groups
 from resnet_cifar.engine.precision import (
     AMP_DTYPES,
-    DEVICE_CHOICES,
     Precision,
     configure_determinism,
     make_grad_scaler,
@@ -19,10 +20,6 @@ from resnet_cifar.engine.step import NonFiniteLossError, StepOutput, TrainStep, 
 
 __all__ = [
     "AMP_DTYPES",
-    "DEVICE_CHOICES",
-    "METRIC_MODES",
-    "OPTIMIZERS",
-    "SCHEDULES",
     "EarlyStopping",
     "NonFiniteLossError",
     "Precision",
@@ -40,7 +37,6 @@ __all__ = [
     "prepare_model",
     "resolve_precision",
     "restore_rng_state",
-    "save_checkpoint",
     "select_device",
     "unwrap_model",
 ]

@@ -1,8 +1,9 @@
 """From one TrainConfig to the parts of a run, as one value: ``build_run(cfg) -> RunParts``.
 
-The trainer only loops over what this returns; evaluation of a checkpoint (resnet_cifar.inference)
-rebuilds its model with the same ``build_model`` and decides its precision with the same
-``run_precision``, so a setting means one thing everywhere.
+The caller builds (``trainer.build_trainer``, behind ``train()`` and the CLI) and the Trainer only
+loops over what this returns; evaluation of a checkpoint (resnet_cifar.inference) rebuilds its
+model with the same ``build_model`` and decides its precision with the same ``run_precision``, so
+a setting means one thing everywhere.
 
 Order matters and is the one PyTorch recommends: the device and seeds first (so the initial
 weights and dropout are drawn from the run's seed), the loaders (whose batch dtype and memory
@@ -20,6 +21,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.swa_utils import AveragedModel
 
+from resnet_cifar.choices.schedules import SCHEDULES
 from resnet_cifar.config import PrecisionConfig, TrainConfig
 from resnet_cifar.data import Loaders, build_loaders
 from resnet_cifar.distributed import SINGLE_PROCESS, DistEnv, sync_batchnorm
@@ -56,9 +58,9 @@ class RunParts:
     ema: AveragedModel | None
     loss_fn: LossFn
     step: TrainStep
-    pretrained_note: str | None
     # What the weights came from (LoadReport.provenance: name, file, sha256), for checkpoints.
     pretrained: dict[str, str] | None = None
+    distributed: DistEnv = SINGLE_PROCESS  # the job the parts were built for
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -74,7 +76,7 @@ class RunParts:
         return self.ema.module if self.ema is not None else self.module
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
-        """Batches upsampled to --image-size before the model (a no-op without it)."""
+        """A batch resized to --image-size before the model (a no-op without it)."""
         return resize_batch(images, self.cfg.model.image_size)
 
 
@@ -133,9 +135,9 @@ class GlobalMeanLoss:
 
 
 def build_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> LRScheduler:
-    """The configured schedule; one-cycle's rising phase is the configured warm-up."""
+    """The configured schedule; a rising schedule's (one-cycle's) rise is the configured warm-up."""
     optim = cfg.optim
-    onecycle = optim.schedule == "onecycle"
+    rises = SCHEDULES[optim.schedule].rises
     assert optim.warmup_epochs is not None, "a resolved OptimConfig has its warm-up in epochs"
     return build_scheduler(
         optimizer,
@@ -145,9 +147,9 @@ def build_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per
         step_size=optim.step_size,
         gamma=optim.gamma,
         milestones=optim.milestones,
-        warmup_epochs=0.0 if onecycle else optim.warmup_epochs,
-        # The config refuses a one-cycle run without a rise, so this is always positive there.
-        onecycle_pct_start=optim.warmup_epochs / optim.epochs if onecycle else 0.0,
+        warmup_epochs=0.0 if rises else optim.warmup_epochs,
+        # The config refuses a rising schedule without a rise, so this is always positive there.
+        onecycle_pct_start=optim.warmup_epochs / optim.epochs if rises else 0.0,
         min_lr_ratio=optim.min_lr_ratio,
     )
 
@@ -163,26 +165,25 @@ def _wrapped(model: nn.Module, precision: Precision, cfg: TrainConfig, dist: Dis
     return model
 
 
-def build_run(cfg: TrainConfig, *, loaders: Loaders | None = None, distributed: DistEnv = SINGLE_PROCESS) -> RunParts:
-    """The run's parts from its config (``loaders`` given: used instead of building them)."""
+def build_run(cfg: TrainConfig, *, distributed: DistEnv = SINGLE_PROCESS) -> RunParts:
+    """The run's parts from its config, for the process ``distributed`` describes."""
     device = distributed.place(select_device(cfg.precision.device))
     # Rank 0 draws what a single process would; the others get their own dropout masks.
     # (The initial weights are rank 0's everywhere: DDP broadcasts them.)
     configure_determinism(cfg.precision.deterministic, cfg.run.seed + distributed.rank)
     precision = run_precision(cfg.precision, device)
-    if loaders is None:
-        # Rank 0 first: it fills the decoded-image cache that the other ranks then read.
-        with distributed.main_first():
-            loaders = build_loaders(
-                cfg.data,
-                device,
-                # Batches arrive in the autocast dtype: half the bytes to move, and the first
-                # conv would cast them anyway.
-                dtype=precision.amp_dtype or torch.float32,
-                channels_last=precision.channels_last,
-                shard_id=distributed.rank,
-                num_shards=distributed.world_size,
-            )
+    # Rank 0 first: it fills the decoded-image cache that the other ranks then read.
+    with distributed.main_first():
+        loaders = build_loaders(
+            cfg.data,
+            device,
+            # Batches arrive in the autocast dtype: half the bytes to move, and the first conv
+            # would cast them anyway.
+            dtype=precision.amp_dtype or torch.float32,
+            channels_last=precision.channels_last,
+            shard_id=distributed.rank,
+            num_shards=distributed.world_size,
+        )
     plain, loaded = build_model(cfg, len(loaders.classes))
     if cfg.model.sync_bn:
         plain = sync_batchnorm(plain, distributed, device)
@@ -219,6 +220,5 @@ def build_run(cfg: TrainConfig, *, loaders: Loaders | None = None, distributed: 
     return RunParts(
         cfg=cfg, device=device, precision=precision, loaders=loaders, model=model, module=module,
         optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, loss_fn=loss_fn, step=step,
-        pretrained_note=None if loaded is None else f"loaded {loaded.loaded} tensors from {loaded.source}",
-        pretrained=None if loaded is None else loaded.provenance(),
+        pretrained=None if loaded is None else loaded.provenance(), distributed=distributed,
     )  # fmt: skip

@@ -1,49 +1,35 @@
-"""Atomic checkpoint files, safe loading, and the random-number-generator state.
+"""A checkpoint file: atomic writes, safe loading, and the random-number-generator state.
 
-A checkpoint is a dict of plain types (dict, list, tuple, str, int, float, bool, None) and
-tensors, so ``torch.load(weights_only=True)`` reads it without executing anything. The trainer's
-payload keys: model, optimizer, scheduler, scaler, ema (optional), early_stopping, rng, epoch,
-global_step, batches_done_in_epoch, loader_seed, config (a plain dict) and history (a list of
-dicts, one per epoch).
+What a checkpoint holds (its keys and their meaning) is engine/checkpointer.py's: CHECKPOINT_KEYS
+there is the one list. This module only knows that it is a dict of plain types (dict, list, tuple,
+str, int, float, bool, None) and tensors, so ``torch.load(weights_only=True)`` reads it without
+executing anything.
 
-Writes are atomic: the payload goes to a temp file in the target's folder (same file system, so
-the rename is atomic), is flushed and fsynced, renamed over the target with ``os.replace``, and
-the folder is fsynced so the rename itself survives a power cut. A failure at any point leaves
-the previous checkpoint intact and removes the temp file.
+Writes go through ``resnet_cifar.files.atomic_write``: a temp file in the target's folder,
+fsynced, renamed over the target, the folder fsynced so the rename survives a power cut. A
+failure at any point leaves the previous checkpoint intact, removes the temp file and is one
+WriteError naming the file (exit 1).
 """
 
 from __future__ import annotations
 
-import io
 import random
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from resnet_cifar.errors import DataError, ResnetCifarError, UsageError
+from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.files import atomic_write, first_line, weights_only_refusal
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6 is a zip archive
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically (see the module notes); creates the folder if needed."""
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    write_checkpoint_bytes(path, buffer.getbuffer())
-
-
 def write_checkpoint_bytes(path: Path, data: bytes | memoryview) -> None:
     """Write a serialized checkpoint to ``path`` atomically (see the module notes)."""
-    path = Path(path)
-    try:
-        atomic_write(path, data, fsync_folder=True)
-    except OSError as error:
-        raise ResnetCifarError(f"could not write checkpoint {path}: {error.strerror or error}") from error
+    atomic_write(Path(path), data)
 
 
 def load_checkpoint(path: Path, *, require: Iterable[str] = ("model",)) -> dict[str, Any]:
@@ -89,23 +75,6 @@ def _why_unreadable(path: Path, error: Exception) -> str:
         return "is empty: not a checkpoint"
     # Neither a zip nor a pickle that names a global: random bytes, text, another format.
     return "is not a checkpoint of this project: not a PyTorch file"
-
-
-def describe_mismatch(expected: Mapping[str, Tensor], weights: Mapping[str, Tensor]) -> str:
-    """How ``weights`` differ from a model's ``expected`` state dict, in one line ("" if they fit)."""
-    missing = [key for key in expected if key not in weights]
-    unexpected = [key for key in weights if key not in expected]
-    reshaped = [key for key in expected if key in weights and weights[key].shape != expected[key].shape]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (first {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
-    if reshaped:
-        key = reshaped[0]
-        shapes = f"{tuple(weights[key].shape)} instead of {tuple(expected[key].shape)}"
-        parts.append(f"{len(reshaped)} of another shape (first {key}: {shapes})")
-    return ", ".join(parts)
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -1,24 +1,27 @@
-"""The run folder and its one writer: file names, checkpoint contents and format, last/best, restore.
+"""The run folder and its one writer and reader: file names, the checkpoint format (the RunState),
+resume rules and compatibility checks, last/best, background writes, restore.
 
-In the spirit of timm's ``CheckpointSaver``: the trainer says *when* (an epoch ended, a stop was
-requested, the run finished) and hands over the state; the checkpointer decides *what* goes into
-each file and writes it atomically. No other module writes into a run folder. A run folder::
+In the spirit of timm's ``CheckpointSaver``: the trainer says *when* (an epoch ended and whether it
+was the best, a stop was requested, the run finished) and hands over the run's state; the
+checkpointer decides *what* goes into each file and which files are written, and writes them
+atomically. No other module writes into a run folder or reads a checkpoint's layout: the trainer
+restores through ``RunState``, inference reads through ``read_trained_checkpoint`` and the CLI's
+``--resume`` through ``ResumeCheckpoint``. A run folder::
 
     config.toml     the resolved config (without --resume), so `train --config` repeats the run
     metrics.jsonl   one record per finished epoch; metrics.csv the same as a table
-    last.pt         everything a resume needs, after every epoch and on a stop request
+    last.pt         everything a resume needs, every --checkpoint-every epochs, at the end and on a stop request
     best.pt         the same, from the epoch with the best monitored metric so far
     curves.png      loss and accuracy per epoch, at the end
     result.json     the run's FitResult, at the end (also after a stop request)
 
-A checkpoint holds (format 1): model (the plain module's state dict), ema (None or an
-AveragedModel state dict), optimizer, scheduler, scaler, best (the BestTracker's state),
-early_stopping (None or the EarlyStopping's state), rng (this process's RNG state), rng_by_rank
-(every rank's, in rank order, or None in one process), world_size, epoch (the 0-based epoch to
-continue with), batches_done_in_epoch, partial_epoch (the running sums of an interrupted epoch),
-global_step, loader_seed, history (the epoch records), classes, config (plain types), and
-pretrained (None, or the name, file and sha256 of the weights the run started from). It loads
-with ``torch.load(weights_only=True)``.
+A checkpoint (format ``CHECKPOINT_FORMAT``) is a dict whose keys, and what each holds, are listed
+once, in ``CHECKPOINT_KEYS``; ``RunState.state_dict`` assembles it from the parts' own state dicts,
+the monitor's and early stopping's, the RNG states and the loop's position, and
+``RunState.load_state_dict`` puts it back. It holds only tensors and plain values, so it loads
+with ``torch.load(weights_only=True)``. Every check of whether a checkpoint fits a run (resume
+settings, process count, data seed, classes, weights' shapes, EMA, monitor) is made here, with one
+message each.
 
 Checkpoints are written off the loop's path. The loop blocks only to *snapshot* the state: a copy
 into host buffers that are reused from one checkpoint to the next (pinned for CUDA tensors, so the
@@ -41,38 +44,36 @@ the lock also removes the project's own stale temp files (``.last.pt.*.tmp`` and
 killed process left behind.
 
 Every file goes through ``resnet_cifar.files.atomic_write``: a disk that fills up (or fails)
-while writing is a one-line error (exit 1) naming the file and the reason, the temp file is
+while writing is its WriteError (exit 1) naming the file and the reason, the temp file is
 removed and the previous file stays as it was; a run folder that cannot be written into at all
-is refused when the lock is taken (exit 2), before anything else.
-
-Under torchrun only rank 0 writes; ``keep_checkpoints=False`` writes everything but the .pt files
-(for a caller that wants metrics without checkpoints, e.g. a sweep trial that is never resumed).
+is refused when the lock is taken (UnwritableFolder, exit 2), before anything else. Under torchrun only rank 0
+writes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import fcntl
 import io
 import json
-import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from resnet_cifar.config import TrainConfig, save_config
 import torch
+from torch import Tensor, nn
 
-from resnet_cifar.engine.checkpoint import load_checkpoint, write_checkpoint_bytes
-from resnet_cifar.engine.early_stopping import METRIC_MODES, improves
-from resnet_cifar.errors import DataError, ResnetCifarError, UsageError
+from resnet_cifar.config import TrainConfig, save_config
+from resnet_cifar.engine.build import RunParts
+from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, write_checkpoint_bytes
+from resnet_cifar.engine.early_stopping import EarlyStopping, Monitor
+from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation.plots import plot_training_curves
-from resnet_cifar.files import atomic_write
+from resnet_cifar.files import UnwritableFolder, atomic_write, first_line
 
 CHECKPOINT_FORMAT = 1
 CONFIG_FILE = "config.toml"
@@ -84,46 +85,155 @@ CURVES = "curves.png"
 RESULT = "result.json"
 LOCK = ".lock"
 RUN_FILES = (CONFIG_FILE, METRICS_JSONL, METRICS_CSV, LAST, BEST, CURVES, RESULT)
-# The keys a resume reads; anything else may be absent from an older or a foreign checkpoint.
+
+# ----------------------------------------------------------------------------- the checkpoint format
+
+# Every key of a checkpoint (format 1) and what it holds: the one list. Checkpointer.save stamps
+# ``format``; RunState.state_dict writes the others and RunState.load_state_dict reads them back.
+CHECKPOINT_KEYS: dict[str, str] = {
+    "format": "CHECKPOINT_FORMAT, the layout of the file",
+    "model": "the plain module's state dict (torchvision's keys, no torch.compile or DDP prefix)",
+    "ema": "None, or the EMA's AveragedModel state dict (module.<name> keys and n_averaged)",
+    "optimizer": "the optimizer's state dict",
+    "scheduler": "the learning-rate schedule's state dict",
+    "scaler": "the GradScaler's state dict",
+    "best": "the Monitor's state: the monitored metric, its best value so far and that value's epoch",
+    "early_stopping": "None (off), or the EarlyStopping's state: wait count, checks, and the monitor's best",
+    "rng": "this process's RNG states: Python's, torch's CPU generator and every CUDA generator",
+    "rng_by_rank": "None in one process, else every rank's RNG states in rank order",
+    "world_size": "the number of processes that trained the run together",
+    "epoch": "the 0-based epoch to continue with",
+    "batches_done_in_epoch": "the steps of that epoch already trained, per process (0 after a whole epoch)",
+    "partial_epoch": "None, or that epoch's running train sums so far (loss_sum, correct, seen; all processes)",
+    "global_step": "the optimizer steps taken so far",
+    "loader_seed": "the data seed the loaders' split, order and augmentation follow",
+    "history": "the finished epochs' records (the trainer's EpochRecord as plain dicts)",
+    "classes": "the class names, in label order",
+    "config": "the run's settings as plain values (TrainConfig.to_dict)",
+    "pretrained": "None, or the name, file and sha256 of the weights the run started from",
+}
+# The keys a resume requires; the others may be absent from an older or a foreign checkpoint.
 RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "history", "classes")
+# The keys inference requires.
+TRAINED_KEYS = ("model", "classes", "config")
+# An AveragedModel's state dict names the averaged module's weights with this prefix.
+EMA_PREFIX = "module."
 
 
-class BestTracker:
-    """Which epoch is the best so far, for best.pt: the monitored metric improved by more than
-    ``min_delta`` (early stopping's rule, resnet_cifar.engine.early_stopping.improves). A NaN or
-    infinite value is never the best."""
+@dataclass(frozen=True)
+class LoopPosition:
+    """Where the loop stands: what a resume continues from."""
 
-    def __init__(self, monitor: str, *, min_delta: float = 0.0) -> None:
+    epoch: int = 0  # the 0-based epoch to continue with
+    batches_done: int = 0  # steps of that epoch already trained, per process
+    partial_epoch: Mapping[str, Any] | None = None  # that epoch's running train sums, all processes together
+    history: tuple[Mapping[str, Any], ...] = ()  # the finished epochs' records
+
+
+class RunState:
+    """A run's checkpointed state, assembled from its owners: the parts' own state dicts, the run's
+    Monitor and EarlyStopping, the RNG states and the loop's position (see CHECKPOINT_KEYS)."""
+
+    def __init__(self, parts: RunParts, *, monitor: Monitor, early_stopping: EarlyStopping | None = None) -> None:
+        self.parts = parts
         self.monitor = monitor
-        self.mode = METRIC_MODES[monitor]
-        self.min_delta = min_delta
-        self.best = -math.inf if self.mode == "max" else math.inf
-        self.best_epoch: int | None = None
+        self.early_stopping = early_stopping
 
-    def update(self, value: float, *, epoch: int) -> bool:
-        """Record one epoch's value; True when it is the new best."""
-        if not math.isfinite(value) or not improves(value, self.best, mode=self.mode, min_delta=self.min_delta):
-            return False
-        self.best, self.best_epoch = float(value), epoch
-        return True
+    def gather_rng(self) -> list[Any] | None:
+        """Every rank's RNG states in rank order (a collective: every rank calls it), or None in one process."""
+        dist = self.parts.distributed
+        return dist.gather_objects(capture_rng_state()) if dist.is_distributed else None
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"monitor": self.monitor, "best": self.best, "best_epoch": self.best_epoch}
+    def state_dict(self, position: LoopPosition, *, rng_by_rank: list[Any] | None = None) -> dict[str, Any]:
+        """Every key of CHECKPOINT_KEYS but ``format`` (the checkpointer stamps it)."""
+        parts, cfg = self.parts, self.parts.cfg
+        return {
+            "model": parts.module.state_dict(),
+            "ema": parts.ema.state_dict() if parts.ema is not None else None,
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict(),
+            "best": self.monitor.state_dict(),
+            "early_stopping": self.early_stopping.state_dict() if self.early_stopping is not None else None,
+            "rng": capture_rng_state(),
+            "rng_by_rank": rng_by_rank,
+            "world_size": parts.distributed.world_size,
+            "epoch": position.epoch,
+            "batches_done_in_epoch": position.batches_done,
+            "partial_epoch": None if position.partial_epoch is None else dict(position.partial_epoch),
+            "global_step": parts.step.global_step,
+            "loader_seed": cfg.data.seed,
+            "history": [dict(record) for record in position.history],
+            "classes": list(parts.classes),
+            "config": cfg.to_dict(),
+            "pretrained": parts.pretrained,
+        }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("monitor") != self.monitor:
-            raise UsageError(f"the checkpoint's best epoch follows {state.get('monitor')!r}, not {self.monitor!r}")
-        self.best = float(state["best"])
-        self.best_epoch = state["best_epoch"]
+    def load_state_dict(self, checkpoint: Mapping[str, Any], source: Path | str) -> LoopPosition:
+        """Put ``checkpoint`` back, after checking that it fits this run (``source`` names it in
+        the messages): weights, optimizer, schedule, scaler, EMA, monitor, early stopping, RNG
+        states and step count. Returns the loop's position."""
+        parts = self.parts
+        seed = parts.cfg.data.seed
+        if checkpoint.get("loader_seed") != seed:
+            raise UsageError(f"{source} was trained with data seed {checkpoint.get('loader_seed')}, not {seed}")
+        if list(checkpoint.get("classes", [])) != list(parts.classes):
+            raise DataError(f"{source} was trained on classes {checkpoint.get('classes')}, not {list(parts.classes)}")
+        self._check_model(checkpoint, source)
+        try:
+            parts.module.load_state_dict(checkpoint["model"])
+            parts.optimizer.load_state_dict(checkpoint["optimizer"])
+            parts.scheduler.load_state_dict(checkpoint["scheduler"])
+            parts.scaler.load_state_dict(checkpoint["scaler"])
+            if parts.ema is not None:
+                if checkpoint.get("ema") is None:
+                    raise UsageError(f"{source} has no EMA weights; resume without --ema")
+                parts.ema.load_state_dict(checkpoint["ema"])
+            self.monitor.load_state_dict(checkpoint["best"])
+            if self.early_stopping is not None and checkpoint.get("early_stopping") is not None:
+                self.early_stopping.load_state_dict(checkpoint["early_stopping"])
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise DataError(f"{source} does not match this configuration: {first_line(error)}") from None
+        by_rank = checkpoint.get("rng_by_rank")
+        restore_rng_state(by_rank[parts.distributed.rank] if by_rank else checkpoint["rng"])
+        parts.step.global_step = int(checkpoint.get("global_step", 0))
+        return LoopPosition(
+            epoch=int(checkpoint["epoch"]),
+            batches_done=int(checkpoint.get("batches_done_in_epoch", 0)),
+            partial_epoch=checkpoint.get("partial_epoch"),
+            history=tuple(checkpoint["history"]),
+        )
+
+    def _check_model(self, checkpoint: Mapping[str, Any], source: Path | str) -> None:
+        mismatch = describe_mismatch(self.parts.module.state_dict(), checkpoint["model"])
+        if mismatch:
+            config = checkpoint.get("config")
+            saved = config.get("model", {}) if isinstance(config, dict) else {}
+            raise DataError(
+                f"{source} does not match this model (expected depth {self.parts.cfg.model.depth}, the checkpoint "
+                f"has depth {saved.get('depth', 'unknown')}; {mismatch})"
+            )
+
+    def load_weights(self, checkpoint: Mapping[str, Any]) -> None:
+        """Only ``checkpoint``'s weights (and EMA weights): the best epoch's, at the end of a run."""
+        parts = self.parts
+        parts.module.load_state_dict(checkpoint["model"])
+        if parts.ema is not None and checkpoint.get("ema") is not None:
+            parts.ema.load_state_dict(checkpoint["ema"])
+
+
+# ----------------------------------------------------------------------------- the run folder
 
 
 class Checkpointer:
     """Owns one run folder (see the module notes)."""
 
-    def __init__(self, out_dir: Path, *, is_main: bool = True, keep_checkpoints: bool = True) -> None:
+    def __init__(self, out_dir: Path, *, is_main: bool = True, every: int = 1) -> None:
         self.out_dir = Path(out_dir)
         self.is_main = is_main
-        self.keep_checkpoints = keep_checkpoints
+        self.every = every  # last.pt every N epochs (--checkpoint-every), and at the end
+        self._last_position: tuple[int, int] | None = None  # (epoch, batches done) last.pt holds; on every rank
+        self._resume: ResumeCheckpoint | None = None  # what open_run accepted, until restore() puts it back
         self._buffers: dict[str, torch.Tensor] = {}  # reused host buffers of the snapshots, by key
         self._copying_from_cuda = False  # the last snapshot has device-to-host copies in flight
         self._writer: threading.Thread | None = None
@@ -138,7 +248,7 @@ class Checkpointer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path(LOCK), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:  # a folder the user named that cannot be written into: bad input
-            raise UsageError(f"{self.out_dir}: cannot write into the run folder ({error.strerror or error})") from None
+            raise UnwritableFolder(self.out_dir, error) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -179,12 +289,12 @@ class Checkpointer:
         save_config(replace(cfg, run=replace(cfg.run, resume=None)), self.path(CONFIG_FILE))
 
     def save(self, names: Sequence[str], payload: dict[str, Any], *, stamp_last_record: bool = False) -> float:
-        """Snapshot ``payload`` and write it to each of ``names`` in the background (rank 0 only; a
-        no-op without ``keep_checkpoints``). Returns the seconds the caller was blocked: waiting
-        for the previous write, then the snapshot. ``stamp_last_record`` writes that time into the
+        """Snapshot ``payload`` and write it to each of ``names`` in the background (rank 0 only).
+        Returns the seconds the caller was blocked: waiting for the previous write, then the
+        snapshot. ``stamp_last_record`` writes that time into the
         snapshot's last history record too (its ``checkpoint_seconds``), so a resumed run's
         metrics say what the first run measured."""
-        if not (self.is_main and self.keep_checkpoints and names):
+        if not (self.is_main and names):
             return 0.0
         started = time.perf_counter()
         snapshot = self._take_snapshot(payload)
@@ -204,12 +314,12 @@ class Checkpointer:
             error, self._error = self._error, None
             raise error
 
-    def prepare(self, payload: dict[str, Any]) -> None:
-        """Allocate and fill the snapshot buffers for ``payload`` now (no file is written), so
-        that no checkpoint of the loop pays for allocating them: the trainer calls it before its
-        training clock starts."""
-        if self.is_main and self.keep_checkpoints:
-            self._take_snapshot(payload)
+    def prepare(self, state: RunState, position: LoopPosition) -> None:
+        """Allocate and fill the snapshot buffers for ``state`` now (no file is written), so that
+        no checkpoint of the loop pays for allocating them: the trainer calls it before its
+        training clock starts. A no-op off rank 0 (no collective)."""
+        if self.is_main:
+            self._take_snapshot(state.state_dict(position))
 
     def _take_snapshot(self, payload: dict[str, Any]) -> dict[str, Any]:
         self.wait()  # at most one write in flight; its buffers are free again after it
@@ -266,42 +376,98 @@ class Checkpointer:
         self.wait()
         return load_checkpoint(self.path(name))
 
+    # -- what the loop asks for: the checkpointer picks the files
+
+    def open_run(self, cfg: TrainConfig, *, world_size: int, resume: ResumeCheckpoint | None = None) -> None:
+        """Take the folder (``acquire``) and check, before anything is built, that the run may
+        start: a fresh run over no earlier one, or a resume of ``cfg.run.resume`` (``resume``: that
+        checkpoint already read, e.g. by the CLI for its settings) with its settings and number of
+        processes; ``restore`` then puts it back. The folder is let go on refusal."""
+        self.acquire()
+        try:
+            if cfg.run.resume is None:
+                self.check_new_run()
+                return
+            if resume is None:
+                resume = ResumeCheckpoint.read(cfg.run.resume)
+            assert resume.path.expanduser() == cfg.run.resume, "the checkpoint read is the one cfg.run.resume names"
+            resume.check_run(cfg, world_size=world_size)
+            self._resume = resume
+        except BaseException:
+            self.release()
+            raise
+
+    def restore(self, state: RunState) -> LoopPosition:
+        """The resumed checkpoint (the one ``open_run`` accepted) put back into ``state``, and the
+        loop's position in it; a fresh run's start without one."""
+        resume, self._resume = self._resume, None
+        if resume is None:
+            return LoopPosition()
+        position = state.load_state_dict(resume.payload, resume.path)
+        resume.payload.clear()  # put back: its tensors are not kept alive through the run
+        return position
+
+    def save_epoch(self, state: RunState, position: LoopPosition, *, is_best: bool, final: bool) -> float:
+        """An epoch ended (``position`` starts the next): last.pt every ``every`` epochs and at the
+        run's end (``final``), best.pt when the epoch is the best so far. Every rank calls it (it
+        gathers the RNG states). Returns the seconds the loop was blocked, which the checkpoint's
+        copy of the last epoch record holds too."""
+        names = [LAST] if position.epoch % self.every == 0 or final else []
+        return self._save_state(names + ([BEST] if is_best else []), state, position, stamp=True)
+
+    def save_stop(self, state: RunState, position: LoopPosition) -> None:
+        """A stop request: a resumable last.pt from ``position``, unless last.pt already holds it.
+        Every rank calls it."""
+        if self._last_position != (position.epoch, position.batches_done):
+            self._save_state([LAST], state, position)
+
+    def _save_state(self, names: list[str], state: RunState, position: LoopPosition, *, stamp: bool = False) -> float:
+        if LAST in names:
+            self._last_position = (position.epoch, position.batches_done)
+        if not names:
+            return 0.0
+        rng_by_rank = state.gather_rng()
+        if not self.is_main:
+            return 0.0
+        return self.save(names, state.state_dict(position, rng_by_rank=rng_by_rank), stamp_last_record=stamp)
+
+    def restore_best_weights(self, state: RunState) -> None:
+        """best.pt's weights back into the run's model (at the end of an early-stopping run);
+        every rank calls it."""
+        state.parts.distributed.barrier()  # rank 0 has finished writing best.pt before any rank looks for it
+        if self.has(BEST):
+            state.load_weights(self.load(BEST))
+
+    @property
+    def last(self) -> Path:
+        """The checkpoint a run resumes from."""
+        return self.path(LAST)
+
     def write_metrics(self, history: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:
         """metrics.jsonl and metrics.csv, rewritten whole from ``history`` (so an epoch logged
         after the checkpoint a run resumed from never appears twice)."""
         if not self.is_main:
             return
         lines = "".join(json.dumps(dict(record)) + "\n" for record in history)
-        with _reported_write(self.path(METRICS_JSONL)):
-            atomic_write(self.path(METRICS_JSONL), lines)
+        atomic_write(self.path(METRICS_JSONL), lines)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(fields))
         writer.writeheader()
         for record in history:
             writer.writerow(dict(record))
-        with _reported_write(self.path(METRICS_CSV)):
-            atomic_write(self.path(METRICS_CSV), buffer.getvalue())
+        atomic_write(self.path(METRICS_CSV), buffer.getvalue())
 
     def write_curves(self, history: Sequence[Mapping[str, Any]]) -> None:
         if history and self.is_main:
-            with _reported_write(self.path(CURVES)):
-                plot_training_curves(list(history), self.path(CURVES))
+            plot_training_curves(list(history), self.path(CURVES))
 
     def write_result(self, summary: Mapping[str, Any]) -> None:
         if not self.is_main:
             return
-        with _reported_write(self.path(RESULT)):
-            atomic_write(self.path(RESULT), json.dumps(dict(summary), indent=2) + "\n")
+        atomic_write(self.path(RESULT), json.dumps(dict(summary), indent=2) + "\n")
 
 
-@contextlib.contextmanager
-def _reported_write(path: Path) -> Iterator[None]:
-    """An OSError while writing a run file (a full or read-only disk, a folder that cannot be
-    made) as the one-line error of a failed run (exit 1)."""
-    try:
-        yield
-    except OSError as error:
-        raise ResnetCifarError(f"could not write {path}: {error.strerror or error}") from None
+# ----------------------------------------------------------------------------- reading a checkpoint: the rules
 
 
 def stored_config(payload: Mapping[str, Any], path: Path) -> TrainConfig:
@@ -313,6 +479,33 @@ def stored_config(payload: Mapping[str, Any], path: Path) -> TrainConfig:
         raise DataError(f"{path}: its stored config is invalid: {error}") from None
 
 
+def describe_mismatch(expected: Mapping[str, Tensor], weights: Mapping[str, Tensor]) -> str:
+    """How ``weights`` differ from a model's ``expected`` state dict, in one line ("" if they fit)."""
+    missing = [key for key in expected if key not in weights]
+    unexpected = [key for key in weights if key not in expected]
+    reshaped = [key for key in expected if key in weights and weights[key].shape != expected[key].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (first {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
+    if reshaped:
+        key = reshaped[0]
+        shapes = f"{tuple(weights[key].shape)} instead of {tuple(expected[key].shape)}"
+        parts.append(f"{len(reshaped)} of another shape (first {key}: {shapes})")
+    return ", ".join(parts)
+
+
+def _read_payload(path: Path, *, require: Sequence[str]) -> dict[str, Any]:
+    """A checkpoint file's dict, read safely (engine/checkpoint.py), with the ``require``d keys and
+    of this format: another format is refused in one line naming it."""
+    payload = load_checkpoint(path, require=require)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format")
+        raise DataError(f"{path}: unsupported checkpoint format {found!r} (expected {CHECKPOINT_FORMAT})")
+    return payload
+
+
 # A resume reads these as the loop's position: they must be what the trainer wrote.
 _RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
     "epoch": int,
@@ -321,21 +514,6 @@ _RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
     "history": list,
     "classes": list,
 }
-
-
-def read_resume_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint to resume from: the keys a resume needs, its position fields of the right
-    types and a valid stored config (one-line DataErrors otherwise)."""
-    payload = load_checkpoint(path, require=RESUME_KEYS)
-    for name, kind in _RESUME_FIELDS.items():
-        value = payload.get(name, 0 if kind is int else [])
-        if isinstance(value, bool) or not isinstance(value, kind) or (kind is int and value < 0):
-            raise DataError(f"{path}: its {name!r} field is malformed ({value!r})")
-    if not all(isinstance(record, Mapping) for record in payload["history"]):
-        raise DataError(f"{path}: its 'history' field is malformed (records must be tables)")
-    stored_config(payload, path)
-    return payload
-
 
 # Settings a resumed run may change: where things are and how fast they run, never what is
 # computed (README, "Resuming a run"). Every other setting must equal the checkpoint's.
@@ -355,22 +533,141 @@ RESUME_MAY_CHANGE = (
 )
 
 
-def check_resume_settings(cfg: TrainConfig, saved: TrainConfig, path: Path) -> None:
-    """Refuse (exit 2, naming the flag) a resumed run whose settings differ from the checkpoint's
-    in anything but RESUME_MAY_CHANGE: the optimizer state, the schedule's length and the data's
-    order were built for the saved ones, so a new value would be ignored or break the run."""
-    from resnet_cifar.config import flag_for
+@dataclass(frozen=True)
+class ResumeCheckpoint:
+    """A checkpoint to resume from, read once: the CLI takes its settings, the run restores it
+    (``Checkpointer.restore``, which then empties ``payload``)."""
 
-    now, then = cfg.to_dict(), saved.to_dict()
-    for section, entries in now.items():
-        for name, value in entries.items():
-            key = f"{section}.{name}"
-            if key not in RESUME_MAY_CHANGE and value != then[section].get(name):
-                raise UsageError(
-                    f"{flag_for(key)} {_plain(value)} differs from the checkpoint's {_plain(then[section].get(name))}: "
-                    f"a resumed run keeps the settings {path} was trained with (start a new run to change it)"
-                )
+    path: Path
+    payload: dict[str, Any]
+    config: TrainConfig  # the settings it was trained with
+
+    @classmethod
+    def read(cls, path: Path) -> ResumeCheckpoint:
+        """The keys a resume needs, its position fields of the right types and a valid stored
+        config (one-line DataErrors otherwise)."""
+        path = Path(path)
+        payload = _read_payload(path, require=RESUME_KEYS)
+        for name, kind in _RESUME_FIELDS.items():
+            value = payload.get(name, 0 if kind is int else [])
+            if isinstance(value, bool) or not isinstance(value, kind) or (kind is int and value < 0):
+                raise DataError(f"{path}: its {name!r} field is malformed ({value!r})")
+        if not all(isinstance(record, Mapping) for record in payload["history"]):
+            raise DataError(f"{path}: its 'history' field is malformed (records must be tables)")
+        return cls(path=path, payload=payload, config=stored_config(payload, path))
+
+    def check_run(self, cfg: TrainConfig, *, world_size: int) -> None:
+        """Refuse (exit 2), before anything is built, a resumed run whose settings differ from the
+        checkpoint's in anything but RESUME_MAY_CHANGE (naming the flag: the optimizer state, the
+        schedule's length and the data's order were built for the saved ones, so a new value would
+        be ignored or break the run), or whose number of processes differs (steps per epoch, the
+        schedule's length and the data shards all depend on it)."""
+        from resnet_cifar.config import flag_for
+
+        now, then = cfg.to_dict(), self.config.to_dict()
+        for section, entries in now.items():
+            for name, value in entries.items():
+                key = f"{section}.{name}"
+                if key not in RESUME_MAY_CHANGE and value != then[section].get(name):
+                    raise UsageError(
+                        f"{flag_for(key)} {_plain(value)} differs from the checkpoint's "
+                        f"{_plain(then[section].get(name))}: a resumed run keeps the settings {self.path} was "
+                        "trained with (start a new run to change it)"
+                    )
+        saved_world = int(self.payload.get("world_size", 1))
+        if saved_world != world_size:
+            how = f"torchrun --nproc_per_node {saved_world}" if saved_world > 1 else "a single process"
+            raise UsageError(
+                f"{self.path} was trained by {saved_world} process(es), not {world_size}; resume it with {how}"
+            )
 
 
 def _plain(value: Any) -> str:
     return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@dataclass(frozen=True)
+class TrainedCheckpoint:
+    """What a checkpoint says about the model it holds, for eval, predict, report and export."""
+
+    path: Path
+    classes: tuple[str, ...]
+    config: TrainConfig  # the settings the model was trained with (its architecture among them)
+    weights: str  # which weights inference uses: "ema" when the checkpoint has them, else "model"
+    epoch: int | None
+    pretrained: dict[str, str] | None  # name, file and sha256 of the starting weights; None: random or older
+
+    def load_into(self, model: nn.Module, state: Mapping[str, Tensor]) -> None:
+        """The checkpoint's weights (``state``, from read_trained_checkpoint) into ``model``, built
+        from ``config`` for ``classes``, or a one-line DataError saying how they do not fit it."""
+        mismatch = describe_mismatch(model.state_dict(), state)
+        if mismatch:
+            model_cfg = self.config.model
+            raise DataError(
+                f"{self.path}: the {self.weights} weights do not fit a ResNet-{model_cfg.depth} "
+                f"({model_cfg.stem} stem, {len(self.classes)} classes): {mismatch}"
+            )
+        model.load_state_dict(state, strict=True)
+
+
+def read_trained_checkpoint(path: Path) -> tuple[TrainedCheckpoint, dict[str, Tensor]]:
+    """A checkpoint for eval, predict, report and export, checked (format, classes, stored config,
+    weights: one-line DataErrors naming the file; UsageError when it is missing), and the weights
+    to load into its model, under the plain module's keys."""
+    path = Path(path)
+    payload = _read_payload(path, require=TRAINED_KEYS)
+    classes = _checked_classes(payload["classes"], path)
+    config = stored_config(payload, path)  # a bad one is bad data in the file, as on resume
+    state, weights = select_weights(payload, path)
+    epoch = int(payload["epoch"]) if isinstance(payload.get("epoch"), int) else None
+    pretrained = _checked_pretrained(payload.get("pretrained"), path)
+    return TrainedCheckpoint(path, classes, config, weights, epoch, pretrained), state
+
+
+def select_weights(payload: Mapping[str, Any], path: Path) -> tuple[dict[str, Tensor], str]:
+    """The state dict to evaluate and its name: the EMA weights when present (they are what the
+    trainer validated and tested), else ``model``.
+
+    The EMA entry is an ``AveragedModel`` state dict; its ``module.`` prefix is stripped and its
+    ``n_averaged`` counter dropped, which leaves the plain module's keys.
+    """
+    ema = payload.get("ema")
+    if ema is None:
+        return _state_dict(payload["model"], path, "model"), "model"
+    ema = _state_dict(ema, path, "ema")
+    weights: dict[str, Tensor] = {}
+    for key, value in ema.items():
+        if key == "n_averaged":
+            continue
+        if not key.startswith(EMA_PREFIX):
+            raise DataError(f"{path}: EMA weight {key!r} lacks the {EMA_PREFIX!r} prefix of an AveragedModel")
+        weights[key[len(EMA_PREFIX) :]] = value
+    return weights, "ema"
+
+
+def _state_dict(value: Any, path: Path, name: str) -> dict[str, Tensor]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(key, str) and isinstance(tensor, Tensor) for key, tensor in value.items()
+    ):
+        raise DataError(f"{path}: {name!r} is not a state dict (names to tensors)")
+    return dict(value)
+
+
+def _checked_classes(value: Any, path: Path) -> tuple[str, ...]:
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) < 2
+        or not all(isinstance(name, str) and name for name in value)
+        or len(set(value)) != len(value)
+    ):
+        raise DataError(f"{path}: 'classes' must be a list of at least two distinct class names")
+    return tuple(value)
+
+
+def _checked_pretrained(value: Any, path: Path) -> dict[str, str] | None:
+    """The checkpoint's record of its starting weights: None (random, or an older checkpoint) or strings."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+        raise DataError(f"{path}: 'pretrained' must be a table of strings (name, file, sha256)")
+    return {str(key): text for key, text in value.items()}

@@ -14,7 +14,7 @@ iterations with ``steps_per_epoch``:
   the last iteration.
 - ``onecycle``: ``OneCycleLR`` (cosine ramp up over ``onecycle_pct_start`` of the run from
   lr/25 to lr, then down towards lr/25e4 or ``min_lr_ratio`` * lr). Its ramp IS its warm-up, so
-  ``warmup_epochs`` > 0 is refused (set ``onecycle_pct_start`` instead). Momentum is not cycled:
+  it takes ``warmup_epochs`` 0 and its rise as ``onecycle_pct_start``. Momentum is not cycled:
   ``--momentum`` keeps meaning what it says. A run too short for its rise (under 1.5 steps)
   gets a rise of 1.5 steps, so every run of 3 steps or more has both phases.
 
@@ -24,6 +24,11 @@ Decay epochs (``step_size``, ``milestones``) count from the start of training, w
 (decay at epoch 30 means epoch 30 with or without warm-up), and the cosine spans what remains
 after the warm-up.
 
+The optimizers and schedules are the registries of resnet_cifar.choices: an optimizer is built
+from its spec alone (class, options), a schedule by its builder here, bound to the registry at
+import. Their settings were checked once, by OptimConfig; these builders trust them and check
+only what depends on the run's length in steps, which the config cannot know.
+
 Every schedule is built from ``torch.optim.lr_scheduler`` classes, so ``state_dict()`` round-trips
 through a ``weights_only`` checkpoint. The cosine is a ``LambdaLR`` rather than
 ``CosineAnnealingLR`` because the latter's floor is one absolute ``eta_min`` shared by all groups,
@@ -32,15 +37,19 @@ which cannot be a fraction of each group's own rate (backbone vs top).
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from resnet_cifar.config import OPTIMIZERS, SCHEDULES
+from resnet_cifar.choices import bound
+from resnet_cifar.choices.optimizers import OPTIMIZERS
+from resnet_cifar.choices.schedules import SCHEDULES
 from resnet_cifar.errors import UsageError
 from resnet_cifar.models.finetune import finetune_param_groups
 
@@ -54,11 +63,6 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
 _ONECYCLE_DIV_FACTOR = 25.0  # OneCycleLR's default: the ramp starts at lr / 25
 _ONECYCLE_MIN_PHASE = 1.5  # steps: OneCycleLR needs each phase to span more than one step
 _ONECYCLE_MIN_STEPS = 3  # two phases of at least 1.5 steps
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise UsageError(f"{name} must be a positive number, got {value!r}")
 
 
 def _no_decay_param_ids(model: nn.Module) -> set[int]:
@@ -86,9 +90,6 @@ def param_groups(
     ``backbone_lr_mult == 1`` there is no backbone/top split (the model needs no ``fc``) and the
     names are ``"all/decay"`` and ``"all/no_decay"``.
     """
-    _check_positive("learning rate", lr)
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise UsageError(f"weight decay must be >= 0, got {weight_decay!r}")
     if backbone_lr_mult == 1.0:
         trainable = [param for param in model.parameters() if param.requires_grad]
         lr_groups = [("all", lr, trainable)] if trainable else []
@@ -96,9 +97,9 @@ def param_groups(
         # finetune_param_groups defines the split (and validates the multiplier and the ``fc``);
         # it omits empty groups, so a group is the top's when its parameters belong to ``fc``.
         groups_by_lr = finetune_param_groups(model, lr, backbone_lr_mult)
-        head_ids = {id(param) for param in model.fc.parameters()}
+        top_ids = {id(param) for param in model.fc.parameters()}
         lr_groups = [
-            ("top" if id(group["params"][0]) in head_ids else "backbone", group["lr"], group["params"])
+            ("top" if id(group["params"][0]) in top_ids else "backbone", group["lr"], group["params"])
             for group in groups_by_lr
         ]
     no_decay_ids = set() if decay_norm_and_bias else _no_decay_param_ids(model)
@@ -113,6 +114,12 @@ def param_groups(
     return groups
 
 
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The class of a registered optimizer, imported by the dotted path its spec gives."""
+    module, _, attribute = OPTIMIZERS[name].torch_class.rpartition(".")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def build_optimizer(
     model: nn.Module,
     *,
@@ -125,31 +132,38 @@ def build_optimizer(
     backbone_lr_mult: float = 1.0,
     betas: tuple[float, float] = (0.9, 0.999),
 ) -> torch.optim.Optimizer:
-    """SGD (``momentum``, ``nesterov``), Adam (L2 decay in the gradient) or AdamW (decoupled decay).
+    """The optimizer ``name`` of resnet_cifar.choices.optimizers (SGD with ``momentum`` and
+    ``nesterov``, Adam with L2 decay in the gradient, AdamW with decoupled decay, both with
+    ``betas``), given the keyword arguments its spec lists.
 
     Only trainable parameters are optimized; groups come from ``param_groups``.
     """
-    if name not in OPTIMIZERS:
-        raise UsageError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
     groups = param_groups(
         model, weight_decay, decay_norm_and_bias=decay_norm_and_bias, backbone_lr_mult=backbone_lr_mult, lr=lr
     )
     if not groups:
         raise UsageError(f"{type(model).__name__} has no trainable parameters to optimize")
-    if name == "sgd":
-        if not 0.0 <= momentum < 1.0:
-            raise UsageError(f"momentum must be in [0, 1), got {momentum!r}")
-        if nesterov and momentum == 0.0:
-            raise UsageError("nesterov momentum needs momentum > 0")
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-    if not all(0.0 <= beta < 1.0 for beta in betas) or len(betas) != 2:
-        raise UsageError(f"Adam betas must be two numbers in [0, 1), got {betas!r}")
-    optimizer_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    return optimizer_class(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+    options = {"momentum": momentum, "nesterov": nesterov, "betas": betas}
+    chosen = {option: options[option] for option in OPTIMIZERS[name].options}
+    return optimizer_class(name)(groups, lr=lr, weight_decay=weight_decay, **chosen)
 
 
 def _epochs_to_iterations(epochs: float, steps_per_epoch: int) -> int:
     return round(epochs * steps_per_epoch)
+
+
+@dataclass(frozen=True)
+class _Span:
+    """What a schedule's builder reads: the run's lengths in optimizer steps and its settings."""
+
+    total: int
+    warmup: int
+    steps_per_epoch: int
+    step_size: float
+    gamma: float
+    milestones: Sequence[float]
+    min_lr_ratio: float
+    rise: float  # a rising schedule's share of the run spent rising (onecycle's pct_start)
 
 
 def build_scheduler(
@@ -165,97 +179,105 @@ def build_scheduler(
     onecycle_pct_start: float = 0.25,
     min_lr_ratio: float = 0.0,
 ) -> lr_scheduler.LRScheduler:
-    """The learning-rate schedule, to be stepped once per optimizer step (see the module notes).
+    """The learning-rate schedule ``name`` of resnet_cifar.choices.schedules, to be stepped once per
+    optimizer step (see the module notes). A schedule that rises by itself (onecycle) takes its rise
+    as ``onecycle_pct_start`` and no ``warmup_epochs``; the others get a linear warm-up ramp.
 
     Build it right after the optimizer: it reads each group's current "lr" as that group's base.
     """
-    if name not in SCHEDULES:
-        raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got {name!r}")
-    if epochs < 1 or steps_per_epoch < 1:
-        raise UsageError(f"epochs and steps per epoch must be >= 1, got {epochs} and {steps_per_epoch}")
-    if not (math.isfinite(warmup_epochs) and 0.0 <= warmup_epochs < epochs):
-        raise UsageError(f"warm-up epochs must be in [0, epochs={epochs}), got {warmup_epochs!r}")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise UsageError(f"min lr ratio must be in [0, 1], got {min_lr_ratio!r}")
-    total = epochs * steps_per_epoch
-    warmup = _epochs_to_iterations(warmup_epochs, steps_per_epoch)
-
-    if name == "onecycle":
-        if warmup_epochs > 0:
-            raise UsageError("the one-cycle schedule ramps up by itself: set its pct_start instead of warm-up epochs")
-        if not 0.0 < onecycle_pct_start < 1.0:
-            raise UsageError(f"one-cycle pct_start must be in (0, 1), got {onecycle_pct_start!r}")
-        if total < _ONECYCLE_MIN_STEPS:
-            # OneCycleLR divides by each phase's length in steps and fails on an empty phase.
-            raise UsageError(
-                f"a one-cycle schedule of {total} steps leaves an empty warm-up or annealing phase; "
-                f"train for at least {_ONECYCLE_MIN_STEPS} steps or choose another --schedule"
-            )
-        # A phase shorter than 1.5 steps is lengthened to 1.5, so a very short run keeps both
-        # phases (OneCycleLR needs each to span more than one step) instead of failing.
-        shortest = _ONECYCLE_MIN_PHASE / total
-        onecycle_pct_start = min(max(onecycle_pct_start, shortest), 1.0 - shortest)
-        # The final rate is initial / final_div_factor = lr / (25 * final_div_factor).
-        final_div = 1.0 / (_ONECYCLE_DIV_FACTOR * min_lr_ratio) if min_lr_ratio > 0 else 1e4
-        return lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=total,
-            pct_start=onecycle_pct_start,
-            anneal_strategy="cos",
-            cycle_momentum=False,
-            div_factor=_ONECYCLE_DIV_FACTOR,
-            final_div_factor=final_div,
-        )
-
-    main = _main_schedule(
-        optimizer, name, total=total, warmup=warmup, steps_per_epoch=steps_per_epoch,
-        step_size=step_size, gamma=gamma, milestones=milestones, min_lr_ratio=min_lr_ratio,
-    )  # fmt: skip
-    if warmup == 0:
+    spec = SCHEDULES[name]
+    # OptimConfig checked each of these once, naming its flag; the builder trusts them.
+    assert epochs >= 1 and steps_per_epoch >= 1 and 0.0 <= warmup_epochs < epochs and 0.0 <= min_lr_ratio <= 1.0
+    assert 0.0 < gamma <= 1.0 and all(a < b for a, b in zip(milestones, milestones[1:]))
+    assert not spec.rises or (warmup_epochs == 0.0 and 0.0 < onecycle_pct_start < 1.0), "the rise is pct_start"
+    span = _Span(
+        total=epochs * steps_per_epoch,
+        warmup=_epochs_to_iterations(warmup_epochs, steps_per_epoch),
+        steps_per_epoch=steps_per_epoch,
+        step_size=step_size,
+        gamma=gamma,
+        milestones=milestones,
+        min_lr_ratio=min_lr_ratio,
+        rise=onecycle_pct_start,
+    )
+    main = _BUILDERS[name](optimizer, span)
+    if span.warmup == 0:
         return main
-    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
-    return lr_scheduler.SequentialLR(optimizer, schedulers=[ramp, main], milestones=[warmup])
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (span.warmup + 1), end_factor=1.0, total_iters=span.warmup)
+    return lr_scheduler.SequentialLR(optimizer, schedulers=[ramp, main], milestones=[span.warmup])
 
 
-def _main_schedule(
-    optimizer: torch.optim.Optimizer,
-    name: str,
-    *,
-    total: int,
-    warmup: int,
-    steps_per_epoch: int,
-    step_size: float,
-    gamma: float,
-    milestones: Sequence[float],
-    min_lr_ratio: float,
-) -> lr_scheduler.LRScheduler:
-    """The schedule after the warm-up; it starts counting at iteration ``warmup``."""
-    if name == "constant":
-        return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if name == "cosine":
-        span = total - warmup
+# Each builder returns the schedule after the warm-up; it starts counting at iteration ``span.warmup``.
 
-        def cosine_factor(iteration: int) -> float:
-            progress = min(iteration / span, 1.0)
-            return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-        return lr_scheduler.LambdaLR(optimizer, lr_lambda=cosine_factor)
-    if not (math.isfinite(gamma) and 0.0 < gamma <= 1.0):
-        raise UsageError(f"gamma must be in (0, 1], got {gamma!r}")
-    if name == "step":
-        _check_positive("step size (epochs)", step_size)
-        interval = _epochs_to_iterations(step_size, steps_per_epoch)
-        if interval <= warmup or interval < 1:
-            raise UsageError(f"step size {step_size} epochs must be longer than the warm-up and one iteration")
-        if warmup == 0:
-            return lr_scheduler.StepLR(optimizer, step_size=interval, gamma=gamma)
-        decay_points = list(range(interval, total, interval))
-    else:  # multistep
-        if any(b <= a for a, b in zip(milestones, milestones[1:])):
-            raise UsageError(f"milestones must be strictly increasing, got {list(milestones)}")
-        decay_points = [_epochs_to_iterations(epoch, steps_per_epoch) for epoch in milestones]
-        if decay_points and decay_points[0] <= warmup:
-            raise UsageError(f"milestones must come after the warm-up ({warmup} iterations), got {list(milestones)}")
+def _constant(optimizer: torch.optim.Optimizer, span: _Span) -> lr_scheduler.LRScheduler:
+    return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def _cosine(optimizer: torch.optim.Optimizer, span: _Span) -> lr_scheduler.LRScheduler:
+    length = span.total - span.warmup
+    floor = span.min_lr_ratio
+
+    def cosine_factor(iteration: int) -> float:
+        progress = min(iteration / length, 1.0)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return lr_scheduler.LambdaLR(optimizer, lr_lambda=cosine_factor)
+
+
+def _step(optimizer: torch.optim.Optimizer, span: _Span) -> lr_scheduler.LRScheduler:
+    interval = _epochs_to_iterations(span.step_size, span.steps_per_epoch)
+    if interval <= span.warmup or interval < 1:  # whole epochs apart in the config, rounding aside
+        raise UsageError(f"step size {span.step_size} epochs must be longer than the warm-up and one iteration")
+    if span.warmup == 0:
+        return lr_scheduler.StepLR(optimizer, step_size=interval, gamma=span.gamma)
+    return _decays(optimizer, span, list(range(interval, span.total, interval)))
+
+
+def _multistep(optimizer: torch.optim.Optimizer, span: _Span) -> lr_scheduler.LRScheduler:
+    decay_points = [_epochs_to_iterations(epoch, span.steps_per_epoch) for epoch in span.milestones]
+    if decay_points and decay_points[0] <= span.warmup:  # after it in epochs (the config), not once rounded
+        raise UsageError(
+            f"milestones must come after the warm-up ({span.warmup} iterations), got {list(span.milestones)}"
+        )
+    return _decays(optimizer, span, decay_points)
+
+
+def _decays(optimizer: torch.optim.Optimizer, span: _Span, decay_points: list[int]) -> lr_scheduler.LRScheduler:
     # MultiStepLR counts from its own start, i.e. after the warm-up: shift the absolute decay points.
-    return lr_scheduler.MultiStepLR(optimizer, milestones=[point - warmup for point in decay_points], gamma=gamma)
+    return lr_scheduler.MultiStepLR(optimizer, milestones=[point - span.warmup for point in decay_points], gamma=span.gamma)
+
+
+def _onecycle(optimizer: torch.optim.Optimizer, span: _Span) -> lr_scheduler.LRScheduler:
+    if span.total < _ONECYCLE_MIN_STEPS:
+        # OneCycleLR divides by each phase's length in steps and fails on an empty phase.
+        raise UsageError(
+            f"a one-cycle schedule of {span.total} steps leaves an empty warm-up or annealing phase; "
+            f"train for at least {_ONECYCLE_MIN_STEPS} steps or choose another --schedule"
+        )
+    # A phase shorter than 1.5 steps is lengthened to 1.5, so a very short run keeps both
+    # phases (OneCycleLR needs each to span more than one step) instead of failing.
+    shortest = _ONECYCLE_MIN_PHASE / span.total
+    pct_start = min(max(span.rise, shortest), 1.0 - shortest)
+    # The final rate is initial / final_div_factor = lr / (25 * final_div_factor).
+    final_div = 1.0 / (_ONECYCLE_DIV_FACTOR * span.min_lr_ratio) if span.min_lr_ratio > 0 else 1e4
+    return lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=span.total,
+        pct_start=pct_start,
+        anneal_strategy="cos",
+        cycle_momentum=False,
+        div_factor=_ONECYCLE_DIV_FACTOR,
+        final_div_factor=final_div,
+    )
+
+
+_Builder = Callable[[torch.optim.Optimizer, _Span], lr_scheduler.LRScheduler]
+_BUILDERS: dict[str, _Builder] = dict(
+    bound(
+        {"constant": _constant, "step": _step, "multistep": _multistep, "cosine": _cosine, "onecycle": _onecycle},
+        SCHEDULES,
+        "engine.optim schedule builders",
+    )
+)

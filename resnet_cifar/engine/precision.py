@@ -21,10 +21,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from resnet_cifar.config import DEVICES as DEVICE_CHOICES
+from resnet_cifar.choices import bound
+from resnet_cifar.config import AMP_DTYPES as AMP_DTYPE_NAMES
+from resnet_cifar.config import DEVICES
 from resnet_cifar.errors import UsageError
 
-AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The torch dtype of each --amp-dtype the config accepts.
+AMP_DTYPES: dict[str, torch.dtype] = dict(
+    bound({"bf16": torch.bfloat16, "fp16": torch.float16}, AMP_DTYPE_NAMES, "engine.precision AMP dtypes")
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,8 @@ class Precision:
 
 def select_device(requested: str) -> torch.device:
     """``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"`` (which must be available)."""
-    if requested not in DEVICE_CHOICES:
-        raise UsageError(f"device must be one of {', '.join(DEVICE_CHOICES)}, got {requested!r}")
+    if requested not in DEVICES:
+        raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {requested!r}")
     if requested == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
@@ -76,12 +81,12 @@ def resolve_precision(
 ) -> Precision:
     """Check the AMP request against the device and fill in the defaults.
 
-    ``amp_dtype`` is ``"bf16"`` or ``"fp16"`` and only matters when ``amp`` is on.
+    ``amp_dtype`` is one of ``AMP_DTYPES`` (``"bf16"``, ``"fp16"``; PrecisionConfig checked it) and
+    only matters when ``amp`` is on.
     ``channels_last=None`` means on for CUDA (tensor cores prefer NHWC) and for bf16 autocast on
     the CPU (oneDNN's bf16 convolutions are fastest in NHWC; docs/performance.md), else off.
     """
-    if amp_dtype not in AMP_DTYPES:
-        raise UsageError(f"AMP dtype must be one of {', '.join(AMP_DTYPES)}, got {amp_dtype!r}")
+    assert amp_dtype in AMP_DTYPES, f"unknown AMP dtype {amp_dtype!r}"
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"unsupported device {device}; use cpu or cuda")
     if channels_last is None:

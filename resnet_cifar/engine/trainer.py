@@ -1,35 +1,37 @@
 """The epoch loop over a run's parts: train, validate, checkpoint, return values.
 
-Nothing here prints or builds. ``build_run`` (engine/build.py) turns the config into the run's
-parts; the per-step work (forward, loss, backward, clip, optimizer and scheduler step) lives in
-engine/step.py; the run folder belongs to the Checkpointer (engine/checkpointer.py). Progress goes
-out as events to an optional callback (the CLI renders them), and the outcome comes back as a
-FitResult. This module owns the order of things:
+Nothing here prints, and the Trainer builds nothing: the caller builds the run's parts
+(``build_run``, engine/build.py) and hands them over with the Checkpointer that holds the run
+folder (engine/checkpointer.py); ``build_trainer`` does both for ``train()`` and the CLI. The
+per-step work (forward, loss, backward, clip, optimizer and scheduler step) lives in
+engine/step.py, the checkpoint's contents and every resume rule in engine/checkpointer.py
+(RunState). Progress goes out as events to an optional callback (the CLI renders them), and the
+outcome comes back as a FitResult. This module owns the order of things:
 
-    for each epoch: train (TrainStep per batch) -> validate -> metrics files -> best epoch and
-                    early stopping -> last.pt (and best.pt when the monitored metric improved)
+    for each epoch: train (TrainStep per batch) -> validate -> the monitor (best epoch) and early
+                    stopping -> checkpoints (the checkpointer picks last.pt/best.pt) -> metrics files
 
-Checkpoints hold everything a resume needs (see engine/checkpointer.py), so `resume` continues
-exactly where the checkpoint was taken: the loaders' order and augmentation depend only on
-(seed, epoch), and the RNG states cover dropout.
+``resume`` continues exactly where the checkpoint was taken: the loaders' order and augmentation
+depend only on (seed, epoch), and the RNG states cover dropout.
 
-A stop request (the CLI's SIGTERM/SIGINT handler sets it) is honoured after the current step
-(under torchrun within STOP_AGREEMENT_STEPS steps, when the ranks agree on it):
-a resumable last.pt is written and the result says which signal stopped the run. A non-finite
-loss raises NonFiniteLossError before any update, and no checkpoint is written after it, so the
-last good last.pt/best.pt stay as they were.
+A stop request is honoured after the current step (under torchrun within
+STOP_AGREEMENT_STEPS steps, when the ranks agree on it): from a signal (the CLI's SIGTERM/SIGINT handler
+sets it) a resumable last.pt is written and the result names the signal (``interrupted``); from a
+sweep's pruner the run stops after its epoch and the result says ``pruned``. A non-finite loss
+raises NonFiniteLossError before any update, and no checkpoint is written after it, so the last
+good last.pt/best.pt stay as they were.
 
-Multi-process (DDP) training: give the Trainer the job's DistEnv, inside a started process group
-(resnet_cifar.distributed.process_group). Each rank trains on its own disjoint slice of every
-epoch's permutation (``--batch-size`` is per process) with the model wrapped in
-DistributedDataParallel after compilation, and evaluates its own shard of the validation and test
-sets; the confusion matrices, loss sums and train sums are summed over the ranks, so every rank
-sees the global metrics and takes the same early-stopping decision. The non-finite-loss check
-(the loss's all-reduce, every step) and the stop request (every few steps and at each epoch's end,
-resnet_cifar.distributed.STOP_AGREEMENT_STEPS) are agreed on by all ranks, so no rank is left
-waiting in a collective. Only rank 0 writes files; checkpoints hold the unwrapped module's
-state, rank 0's RNG state and every rank's (for an exact resume), and resume with the same number
-of processes.
+Multi-process (DDP) training: build the parts for the job's DistEnv (``build_run(cfg,
+distributed=...)``), inside a started process group (resnet_cifar.distributed.process_group).
+Each rank trains on its own disjoint slice of every epoch's permutation (``--batch-size`` is per
+process) with the model wrapped in DistributedDataParallel after compilation, and evaluates its own
+shard of the validation and test sets; the confusion matrices, loss sums and train sums are summed
+over the ranks, so every rank sees the global metrics and takes the same early-stopping decision.
+The non-finite-loss check (the loss's all-reduce, every step) and the stop request (every few
+steps and at each epoch's end, resnet_cifar.distributed.STOP_AGREEMENT_STEPS) are agreed on by all
+ranks, so no rank is left waiting in a collective. Only rank 0 writes files; checkpoints
+hold the unwrapped module's state, rank 0's RNG state and every rank's (for an exact resume), and
+resume with the same number of processes.
 """
 
 from __future__ import annotations
@@ -46,24 +48,11 @@ from typing import Any
 import torch
 
 from resnet_cifar.config import TrainConfig
-from resnet_cifar.data import Loaders
 from resnet_cifar.distributed import SINGLE_PROCESS, DistEnv
 from resnet_cifar.engine.build import RunParts, build_run
-from resnet_cifar.engine.checkpoint import capture_rng_state, restore_rng_state
-from resnet_cifar.engine.checkpoint import describe_mismatch
-from resnet_cifar.engine.checkpointer import (
-    BEST,
-    LAST,
-    BestTracker,
-    Checkpointer,
-    check_resume_settings,
-    read_resume_checkpoint,
-    stored_config,
-)
-from resnet_cifar.engine.early_stopping import EarlyStopping
-from resnet_cifar.errors import DataError, UsageError
+from resnet_cifar.engine.checkpointer import Checkpointer, LoopPosition, ResumeCheckpoint, RunState
+from resnet_cifar.engine.early_stopping import EarlyStopping, Monitor
 from resnet_cifar.evaluation import EvalResult, evaluate
-from resnet_cifar.files import first_line
 from resnet_cifar.models import set_train_mode
 
 METRIC_FIELDS = (
@@ -118,7 +107,7 @@ class FitResult:
     best_epoch: int | None
     stopped_early: bool
     stop_reason: str | None
-    interrupted: str | None  # the signal name that stopped the run, if any
+    interrupted: str | None  # the signal that stopped the run, if one did
     history: tuple[EpochRecord, ...]
     test: dict[str, Any] | None  # the final model's test report (never used for selection)
     checkpoint: Path
@@ -127,6 +116,7 @@ class FitResult:
     train_seconds: float = 0.0  # the loop's wall time: training, validation and checkpointing
     reached_target: bool | None = None  # --target-acc: whether validation reached it (None: no target)
     time_to_target_s: float | None = None  # training seconds (validations included) until it did
+    pruned: bool = False  # a sweep's pruner stopped the run after an epoch (not an interruption)
 
     @property
     def test_acc(self) -> float | None:
@@ -142,6 +132,7 @@ class FitResult:
             "stopped_early": self.stopped_early,
             "stop_reason": self.stop_reason,
             "interrupted": self.interrupted,
+            "pruned": self.pruned,
             "test_acc": self.test_acc,
             "history": [record.to_dict() for record in self.history],
             "checkpoint": str(self.checkpoint),
@@ -192,192 +183,87 @@ EventHandler = Callable[[Event], None]
 
 @dataclass
 class StopRequest:
-    """Set by a signal handler (outside the library); checked after every step."""
+    """Asks the loop to stop after the current step; set outside the library, checked after every step."""
 
-    signal_name: str | None = None
+    signal_name: str | None = None  # the signal that asked (the CLI's handler): the run is interrupted
+    pruned: bool = False  # a sweep's pruner asked: the trial is not worth finishing
 
     def request(self, signal_name: str) -> None:
         self.signal_name = signal_name
+
+    def prune(self) -> None:
+        self.pruned = True
 
 
 # ----------------------------------------------------------------------------- the trainer
 
 
 class Trainer:
-    """One run's loop over its parts (``build_run``), writing through its Checkpointer."""
+    """One run's loop over the parts it is given, writing through the Checkpointer that holds the
+    run folder (``checkpointer.open_run`` took it, and the checkpoint to resume from, if any;
+    ``fit`` lets it go)."""
 
     def __init__(
         self,
-        cfg: TrainConfig,
+        parts: RunParts,
+        checkpointer: Checkpointer,
         *,
         on_event: EventHandler | None = None,
         stop: StopRequest | None = None,
-        loaders: Loaders | None = None,
-        distributed: DistEnv = SINGLE_PROCESS,
-        checkpointer: Checkpointer | None = None,
     ) -> None:
-        self.cfg = cfg
+        self.parts = parts
+        self.cfg = cfg = parts.cfg
+        self.checkpointer = checkpointer
         self.on_event = on_event or (lambda event: None)
         self.stop = stop or StopRequest()
-        self.dist = distributed
-        self.is_main = distributed.is_main
-        self.out_dir = cfg.run.out_dir
-        self.checkpointer = checkpointer or Checkpointer(self.out_dir, is_main=distributed.is_main)
-        # The run folder is this process's from here to the end of fit() (or of a failed start).
-        self.checkpointer.acquire()
-        try:
-            self._set_up(cfg, loaders, distributed)
-        except BaseException:
-            self.checkpointer.release()
-            raise
-
-    def _set_up(self, cfg: TrainConfig, loaders: Loaders | None, distributed: DistEnv) -> None:
-        resume = cfg.run.resume
-        if resume is None:
-            self.checkpointer.check_new_run()
-        checkpoint = read_resume_checkpoint(resume) if resume else None
-        if checkpoint is not None:
-            # Before any data or model is built: a refused resume costs nothing and changes nothing.
-            check_resume_settings(cfg, stored_config(checkpoint, resume), resume)
-            saved_world = int(checkpoint.get("world_size", 1))
-            if saved_world != distributed.world_size:
-                # Steps per epoch, the schedule's length and the data shards all depend on it.
-                how = f"torchrun --nproc_per_node {saved_world}" if saved_world > 1 else "a single process"
-                raise UsageError(
-                    f"{resume} was trained by {saved_world} process(es), not {distributed.world_size}; "
-                    f"resume it with {how}"
-                )
-        self.parts: RunParts = build_run(cfg, loaders=loaders, distributed=distributed)
-        self.device = self.parts.device
-        self.classes = self.parts.classes
-        self.steps_per_epoch = self.parts.steps_per_epoch
+        self.dist: DistEnv = parts.distributed
+        self.device = parts.device
+        self.classes = parts.classes
+        self.steps_per_epoch = parts.steps_per_epoch
         stopping = cfg.early_stopping
+        # The one record of the best epoch: best.pt follows it with or without early stopping (by
+        # early stopping's min_delta when on), and early stopping consults it.
+        self.monitor = Monitor(stopping.monitor, min_delta=stopping.min_delta if stopping.patience is not None else 0.0)
         self.early_stopping = (
-            EarlyStopping(stopping.monitor, patience=stopping.patience, min_delta=stopping.min_delta)
+            EarlyStopping(stopping.monitor, patience=stopping.patience, min_delta=stopping.min_delta, best=self.monitor)
             if stopping.patience is not None
             else None
         )
-        # best.pt follows the monitored metric with or without early stopping (by its min_delta when on).
-        self.best = BestTracker(stopping.monitor, min_delta=stopping.min_delta if self.early_stopping else 0.0)
-        self.history: list[EpochRecord] = []
-        self.start_epoch = 0
-        self.batches_done = 0  # in the epoch start_epoch, for a resume from an interrupted epoch
-        self.partial_epoch: dict[str, Any] | None = None  # that epoch's running sums so far
+        self.state = RunState(parts, monitor=self.monitor, early_stopping=self.early_stopping)
+        start = checkpointer.restore(self.state)  # epoch 0 of a fresh run, else where the checkpoint was taken
+        self.history = [EpochRecord(**record) for record in start.history]
+        self.start_epoch = start.epoch
+        self.batches_done = start.batches_done  # in the epoch start_epoch, for a resume from an interrupted epoch
+        # That epoch's running sums so far.
+        self.partial_epoch = None if start.partial_epoch is None else dict(start.partial_epoch)
         self.compile_seconds = 0.0
         self.clock_started = time.perf_counter()  # reset after the compile warm-up in fit()
         self.train_seconds = 0.0
         self.time_to_target_s: float | None = None
-        if checkpoint is not None:
-            self._restore(checkpoint, resume)
 
-    # -- checkpoints
-
-    def _payload(
-        self,
-        *,
-        epoch: int,
-        batches_done: int,
-        partial: dict[str, Any] | None = None,
-        rng_by_rank: list[Any] | None = None,
-    ) -> dict[str, Any]:
-        """The loop's state for a checkpoint (engine/checkpointer.py lists the keys); `epoch` is
-        the 0-based epoch to continue with, and `partial` the running train loss/accuracy sums (all
-        ranks together) of an epoch interrupted after `batches_done` steps (per rank)."""
-        parts = self.parts
-        return {
-            "model": parts.module.state_dict(),
-            "ema": parts.ema.state_dict() if parts.ema is not None else None,
-            "optimizer": parts.optimizer.state_dict(),
-            "scheduler": parts.scheduler.state_dict(),
-            "scaler": parts.scaler.state_dict(),
-            "best": self.best.state_dict(),
-            "early_stopping": self.early_stopping.state_dict() if self.early_stopping is not None else None,
-            "rng": capture_rng_state(),
-            "rng_by_rank": rng_by_rank,
-            "world_size": self.dist.world_size,
-            "epoch": epoch,
-            "batches_done_in_epoch": batches_done,
-            "partial_epoch": partial,
-            "global_step": parts.step.global_step,
-            "loader_seed": self.cfg.data.seed,
-            "history": [record.to_dict() for record in self.history],
-            "classes": list(self.classes),
-            "config": self.cfg.to_dict(),
-            "pretrained": parts.pretrained,  # name, file and sha256 of the starting weights, or None
-        }
-
-    def _restore(self, checkpoint: dict[str, Any], path: Path) -> None:
-        if checkpoint.get("loader_seed") != self.cfg.data.seed:
-            raise UsageError(f"{path} was trained with data seed {checkpoint.get('loader_seed')}, not {self.cfg.data.seed}")
-        if list(checkpoint.get("classes", [])) != list(self.classes):
-            raise DataError(f"{path} was trained on classes {checkpoint.get('classes')}, not {list(self.classes)}")
-        self._load_state(checkpoint, path)
-        self.start_epoch = int(checkpoint["epoch"])
-        self.batches_done = int(checkpoint["batches_done_in_epoch"])
-        self.partial_epoch = checkpoint.get("partial_epoch")
-        self.history = [EpochRecord(**record) for record in checkpoint["history"]]
-
-    def _load_state(self, checkpoint: dict[str, Any], path: Path | str) -> None:
-        """The weights, optimizer, schedule, scaler, EMA, best/early-stopping progress, RNG states
-        and step count of ``checkpoint``."""
-        parts = self.parts
-        mismatch = describe_mismatch(parts.module.state_dict(), checkpoint["model"])
-        if mismatch:
-            saved = checkpoint["config"].get("model", {}) if isinstance(checkpoint.get("config"), dict) else {}
-            raise DataError(
-                f"{path} does not match this model (expected depth {self.cfg.model.depth}, the checkpoint has "
-                f"depth {saved.get('depth', 'unknown')}; {mismatch})"
-            )
-        try:
-            parts.module.load_state_dict(checkpoint["model"])
-            parts.optimizer.load_state_dict(checkpoint["optimizer"])
-            parts.scheduler.load_state_dict(checkpoint["scheduler"])
-            parts.scaler.load_state_dict(checkpoint["scaler"])
-            if parts.ema is not None:
-                if checkpoint.get("ema") is None:
-                    raise UsageError(f"{path} has no EMA weights; resume without --ema")
-                parts.ema.load_state_dict(checkpoint["ema"])
-            self.best.load_state_dict(checkpoint["best"])
-            if self.early_stopping is not None and checkpoint.get("early_stopping") is not None:
-                self.early_stopping.load_state_dict(checkpoint["early_stopping"])
-        except (RuntimeError, KeyError, ValueError) as error:
-            raise DataError(f"{path} does not match this configuration: {first_line(error)}") from None
-        by_rank = checkpoint.get("rng_by_rank")
-        restore_rng_state(by_rank[self.dist.rank] if by_rank else checkpoint["rng"])
-        parts.step.global_step = int(checkpoint["global_step"])
-
-    def _save(
-        self,
-        names: list[str],
-        *,
-        epoch: int,
-        batches_done: int,
-        partial: dict[str, Any] | None = None,
-        stamp: bool = False,
-    ) -> float:
-        """Checkpoint to ``names`` from rank 0, in the background; every rank must call it (it
-        gathers the RNG states). Returns the seconds the loop was blocked; ``stamp`` records them
-        in the checkpoint's copy of the last epoch record too."""
-        if not names:
-            return 0.0
-        rng_by_rank = self.dist.gather_objects(capture_rng_state()) if self.dist.is_distributed else None
-        if not self.is_main:
-            return 0.0
-        payload = self._payload(epoch=epoch, batches_done=batches_done, partial=partial, rng_by_rank=rng_by_rank)
-        return self.checkpointer.save(names, payload, stamp_last_record=stamp)
+    def _position(self, epoch: int, batches_done: int = 0, partial: dict[str, Any] | None = None) -> LoopPosition:
+        """The loop's position for a checkpoint: ``epoch`` the 0-based epoch to continue with, and
+        ``partial`` the running train loss/accuracy sums (all ranks together) of an epoch
+        interrupted after ``batches_done`` steps (per rank)."""
+        history = tuple(record.to_dict() for record in self.history)
+        return LoopPosition(epoch=epoch, batches_done=batches_done, partial_epoch=partial, history=history)
 
     def _warm_up(self) -> float:
-        """Before the training clock starts, one step on the first batch: torch.compile compiles
-        in it, and the checkpointer allocates its snapshot buffers from the state after it (the
-        optimizer makes its state in its first step), so no epoch's checkpoint pays for either.
-        Then every bit of state is put back as it was (weights, optimizer, schedule, scaler, EMA,
-        RNG, step count), so the run trains exactly as without it. Returns the compilation's
-        seconds (0 without --compile). Every rank takes the step (DDP's collectives)."""
+        """Before the training clock starts, the checkpoints' host buffers are allocated, and on
+        CUDA or with --compile one step is taken on the first batch first: torch.compile compiles
+        in it, and the buffers are then allocated from the state after it (the optimizer makes
+        its state, the momentum, in its first step), so no epoch's checkpoint pays for either.
+        After the step every bit of state is put back as it was (weights, optimizer, schedule,
+        scaler, EMA, RNG, step count), so the run trains exactly as without it. Every rank takes
+        the step (DDP's collectives). Returns the compilation's seconds (0 without --compile)."""
         compiling = self.cfg.precision.compile
-        if not (compiling or self.checkpointer.keep_checkpoints):
+        if not (compiling or self.device.type == "cuda"):
+            # An eager CPU run is spared the extra step: its first checkpoint allocates only the
+            # optimizer's state (the buffers' first use costs page faults, not pinning).
+            self.checkpointer.prepare(self.state, self._position(self.start_epoch, self.batches_done))
             return 0.0
         started = time.perf_counter()
-        saved = copy.deepcopy(self._payload(epoch=self.start_epoch, batches_done=self.batches_done))
+        saved = copy.deepcopy(self.state.state_dict(self._position(self.start_epoch, self.batches_done)))
         self.set_train_mode()
         train = self.parts.loaders.train
         train.set_epoch(self.start_epoch)
@@ -386,9 +272,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
-        if self.is_main:
-            self.checkpointer.prepare(self._payload(epoch=self.start_epoch, batches_done=self.batches_done))
-        self._load_state(saved, "the warm-up's snapshot")
+        self.checkpointer.prepare(self.state, self._position(self.start_epoch, self.batches_done))
+        self.state.load_state_dict(saved, "the warm-up's snapshot")
         return seconds if compiling else 0.0
 
     # -- the loop
@@ -404,18 +289,31 @@ class Trainer:
             num_classes=len(self.classes),
             autocast=parts.precision.autocast,
             loss_fn=parts.loss_fn,
-            transform=parts.resize,
+            resize=parts.resize,
             reduce=self.dist.is_distributed,
             tta=tta,
         )
 
-    def _agreed_stop(self, *, step: int | None = None) -> str | None:
-        """The job's stop request, the same on every rank (see DistEnv.agree_on_stop; ``step``
-        spaces the agreement out inside an epoch)."""
+    def _agreed_stop(self, *, step: int | None = None) -> bool:
+        """Whether to stop now: a signal any rank got, the same on every rank (see
+        DistEnv.agree_on_stop; ``step`` spaces the agreement out inside an epoch), or the pruner
+        of a (single-process) sweep."""
         agreed = self.dist.agree_on_stop(self.stop.signal_name, self.device, step=step)
         if agreed is not None and agreed != self.stop.signal_name:
             self.stop.request(agreed)  # another rank got a signal: this one stops, and reports, with it
-        return agreed
+        return agreed is not None or self.stop.pruned
+
+    def _judge(self, record: EpochRecord) -> tuple[bool, bool, str | None]:
+        """(is the epoch the best so far, should the run stop early, why). The monitor decides
+        the first; early stopping, which updates and consults the same monitor, the others. An
+        epoch without validation is neither."""
+        if not record.validated:
+            return False, False, None
+        value = record.val_acc if self.monitor.metric == "val_acc" else record.val_loss
+        if self.early_stopping is None:
+            return self.monitor.update(value, epoch=record.epoch), False, None
+        should_stop, reason = self.early_stopping.step(value, epoch=record.epoch)
+        return self.monitor.best_epoch == record.epoch, should_stop, reason
 
     def set_train_mode(self) -> None:
         """Train mode for the module, except a frozen backbone's batch norms (engine/step.py)."""
@@ -482,21 +380,15 @@ class Trainer:
         target = cfg.run.target_acc
         for epoch in range(self.start_epoch, cfg.optim.epochs):
             record = self._train_epoch(epoch)
-            if record is None:  # interrupted by a signal: resumable checkpoint written
+            if record is None:  # stopped mid-epoch: resumable checkpoint written
                 return self._finish(stopped_early=False, stop_reason=None, test=None)
-            validated = record.validated
-            monitored = record.val_acc if self.best.monitor == "val_acc" else record.val_loss
-            is_best = validated and self.best.update(monitored, epoch=record.epoch)
-            should_stop, reason = False, None
-            if validated and self.early_stopping is not None:
-                should_stop, reason = self.early_stopping.step(monitored, epoch=record.epoch)
-            reached = validated and target is not None and record.val_acc >= target
+            is_best, should_stop, reason = self._judge(record)
+            reached = record.validated and target is not None and record.val_acc >= target
             if reached:
                 self.time_to_target_s = time.perf_counter() - self.clock_started
-            last_epoch = epoch + 1 == cfg.optim.epochs or should_stop or reached
-            names = [LAST] if (epoch + 1) % cfg.run.checkpoint_every == 0 or last_epoch else []
             self.history.append(record)
-            blocked = self._save(names + ([BEST] if is_best else []), epoch=epoch + 1, batches_done=0, stamp=True)
+            final = epoch + 1 == cfg.optim.epochs or should_stop or reached
+            blocked = self.checkpointer.save_epoch(self.state, self._position(epoch + 1), is_best=is_best, final=final)
             self.history[-1] = record = replace(record, checkpoint_seconds=blocked)
             self._write_metrics()
             self.on_event(EpochFinished(record=record, is_best=is_best))
@@ -506,15 +398,12 @@ class Trainer:
             if reached:
                 stop_reason = f"val_acc {record.val_acc:.4f} reached the target {target:g} at epoch {record.epoch}"
                 break
-            if self._agreed_stop() is not None:  # a signal during validation: stop cleanly here
-                if not names:  # this epoch wrote no last.pt: write it now, resumable from here
-                    self._save([LAST], epoch=epoch + 1, batches_done=0)
+            if self._agreed_stop():  # a signal during validation, or the pruner: stop cleanly here
+                self.checkpointer.save_stop(self.state, self._position(epoch + 1))
                 return self._finish(stopped_early=False, stop_reason=None, test=None)
         self.train_seconds = time.perf_counter() - self.clock_started
         if self.early_stopping is not None:
-            self.dist.barrier()  # rank 0 has finished writing best.pt before any rank looks for it
-            if self.checkpointer.has(BEST):
-                self._load_best_weights()
+            self.checkpointer.restore_best_weights(self.state)
         self.checkpointer.write_curves([record.to_dict() for record in self.history])
         test = self._evaluate(self.parts.loaders.test, tta=cfg.run.test_tta).to_dict(list(self.classes))
         # A signal that came after the last step does not stop a finished run, but the result
@@ -530,7 +419,7 @@ class Trainer:
         loss_sum = 0.0
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
-        if epoch == self.start_epoch and self.partial_epoch is not None and self.is_main:
+        if epoch == self.start_epoch and self.partial_epoch is not None and self.dist.is_main:
             # Resuming inside this epoch: its metrics cover the steps before the interruption too.
             # The saved sums are all ranks' together, so only rank 0 adds them before the reduction.
             loss_sum += self.partial_epoch["loss_sum"]
@@ -559,10 +448,10 @@ class Trainer:
                     images_per_sec=(seen - seen_before) * world / elapsed,
                 )
             )
-            if self._agreed_stop(step=index + 1) is not None:
+            if self._agreed_stop(step=index + 1):
                 total_loss, total_correct, total_seen = self._summed(loss_sum, correct, seen)
                 partial = {"loss_sum": total_loss, "correct": int(total_correct), "seen": int(total_seen)}
-                self._save([LAST], epoch=epoch, batches_done=index + 1, partial=partial)
+                self.checkpointer.save_stop(self.state, self._position(epoch, index + 1, partial))
                 return None
         train_seconds = time.perf_counter() - started
         total_loss, total_correct, total_seen = self._summed(loss_sum, correct, seen)
@@ -594,17 +483,10 @@ class Trainer:
         )
         return total_loss, total_correct, total_seen
 
-    def _load_best_weights(self) -> None:
-        best = self.checkpointer.load(BEST)
-        parts = self.parts
-        parts.module.load_state_dict(best["model"])
-        if parts.ema is not None and best.get("ema") is not None:
-            parts.ema.load_state_dict(best["ema"])
-
     def _finish(self, *, stopped_early: bool, stop_reason: str | None, test: dict[str, Any] | None) -> FitResult:
-        best = next((record for record in self.history if record.epoch == self.best.best_epoch), None)
+        best = next((record for record in self.history if record.epoch == self.monitor.best_epoch), None)
         result = FitResult(
-            out_dir=self.out_dir,
+            out_dir=self.checkpointer.out_dir,
             epochs_run=len(self.history),
             best_val_acc=None if best is None else best.val_acc,
             best_val_loss=None if best is None else best.val_loss,
@@ -614,16 +496,41 @@ class Trainer:
             interrupted=self.stop.signal_name,
             history=tuple(self.history),
             test=test,
-            checkpoint=self.checkpointer.path(LAST),
+            checkpoint=self.checkpointer.last,
             world_size=self.dist.world_size,
             compile_seconds=self.compile_seconds,
             train_seconds=self.train_seconds or time.perf_counter() - self.clock_started,
             reached_target=None if self.cfg.run.target_acc is None else self.time_to_target_s is not None,
             time_to_target_s=self.time_to_target_s,
+            pruned=self.stop.pruned,
         )
         self.checkpointer.wait()  # every checkpoint is on disk before the run reports
         self.checkpointer.write_result(result.to_dict())
         return result
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    *,
+    on_event: EventHandler | None = None,
+    stop: StopRequest | None = None,
+    distributed: DistEnv = SINGLE_PROCESS,
+    resume: ResumeCheckpoint | None = None,
+) -> Trainer:
+    """A Trainer over the parts built from ``cfg``, holding its run folder: the folder is taken and
+    the run's start checked (a fresh run, or a resume's settings and process count) before
+    anything is built, so a refused run costs nothing and changes nothing. ``resume``: the
+    checkpoint ``cfg.run.resume`` names, when the caller has read it already (the CLI does, for
+    its settings). Under torchrun, pass the job's DistEnv and call it inside
+    resnet_cifar.distributed.process_group."""
+    checkpointer = Checkpointer(cfg.run.out_dir, is_main=distributed.is_main, every=cfg.run.checkpoint_every)
+    checkpointer.open_run(cfg, world_size=distributed.world_size, resume=resume)
+    try:
+        parts = build_run(cfg, distributed=distributed)
+        return Trainer(parts, checkpointer, on_event=on_event, stop=stop)
+    except BaseException:
+        checkpointer.release()
+        raise
 
 
 def train(
@@ -633,9 +540,8 @@ def train(
     stop: StopRequest | None = None,
     distributed: DistEnv = SINGLE_PROCESS,
 ) -> FitResult:
-    """Build a run from `cfg` and train it; the library's one-call entry point. Under torchrun,
-    pass the job's DistEnv and call it inside resnet_cifar.distributed.process_group."""
-    return Trainer(cfg, on_event=on_event, stop=stop, distributed=distributed).fit()
+    """Build a run from ``cfg`` and train it; the library's one-call entry point (see build_trainer)."""
+    return build_trainer(cfg, on_event=on_event, stop=stop, distributed=distributed).fit()
 
 
 __all__ = [
@@ -647,5 +553,6 @@ __all__ = [
     "StepFinished",
     "StopRequest",
     "Trainer",
+    "build_trainer",
     "train",
 ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from resnet_cifar.evaluation.evaluate import EvalResult, evaluate, predict_logits
 from resnet_cifar.evaluation.metrics import ClassificationReport, ConfusionMeter, confusion_matrix
 from resnet_cifar.evaluation.plots import (
-    atomic_write,
     plot_confusion_matrix,
     plot_training_curves,
     write_confusion_csv,
@@ -16,7 +15,6 @@ __all__ = [
     "ClassificationReport",
     "ConfusionMeter",
     "EvalResult",
-    "atomic_write",
     "confusion_matrix",
     "evaluate",
     "plot_confusion_matrix",

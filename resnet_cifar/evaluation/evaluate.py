@@ -92,13 +92,13 @@ def evaluate(
     autocast: Callable[[], AbstractContextManager[Any]] | None = None,
     tta: bool = False,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-    transform: Callable[[Tensor], Tensor] | None = None,
+    resize: Callable[[Tensor], Tensor] | None = None,
     reduce: bool = False,
     keep_predictions: bool = False,
 ) -> EvalResult:
     """Run ``model`` over every batch of ``loader`` in eval mode and inference mode.
 
-    ``transform`` is applied to each image batch first (for example the fine-tuning resize);
+    ``resize`` is applied to each image batch first (the --image-size resize, if any);
     ``autocast`` is a factory of the precision context (e.g. ``lambda: torch.autocast("cuda",
     torch.bfloat16)``); ``tta`` averages with the horizontally flipped batch; ``loss_fn``
     (mean-reduced, e.g. cross entropy) is applied to the final float32 logits and averaged
@@ -121,7 +121,7 @@ def evaluate(
     model.eval()
     try:
         with torch.inference_mode():
-            meter, kept = _run(model, loader, num_classes, autocast, tta, loss_fn, transform, keep_predictions)
+            meter, kept = _run(model, loader, num_classes, autocast, tta, loss_fn, resize, keep_predictions)
             if reduce:
                 # In inference mode still: the meter's tensors were made there, and stay there.
                 meter.all_reduce_()
@@ -154,7 +154,7 @@ def _run(
     autocast: Callable[[], AbstractContextManager[Any]] | None,
     tta: bool,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None,
-    transform: Callable[[Tensor], Tensor] | None,
+    resize: Callable[[Tensor], Tensor] | None,
     keep_predictions: bool,
 ) -> tuple[ConfusionMeter, tuple[list[Tensor], list[Tensor]] | None]:
     meter: ConfusionMeter | None = None
@@ -164,8 +164,8 @@ def _run(
         if meter is None:
             # The meter lives where the labels are, so counting never copies across devices.
             meter = ConfusionMeter(num_classes, device=labels.device)
-        if transform is not None:
-            images = transform(images)
+        if resize is not None:
+            images = resize(images)
         logits = predict_logits(model, images, autocast=autocast, tta=tta)
         if logits.ndim != 2 or logits.shape != (labels.numel(), num_classes):
             raise UsageError(

@@ -1,8 +1,8 @@
 """Evaluation artefacts on disk: confusion-matrix heatmaps, training curves, CSV and JSON.
 
-Every file is written atomically: into a temp file in the destination folder, flushed and
-fsynced, then renamed over the destination with os.replace. A crash leaves either the old
-file or the new one, never half of one, and no temp file survives a failed write.
+Every file goes through ``resnet_cifar.files.atomic_write``: a crash leaves the old file or the
+new one, never half of one; a failed write is one WriteError naming the file (exit 1), a folder
+that cannot be written into an UnwritableFolder (exit 2).
 
 matplotlib is imported inside the plotting functions, so importing the package does not pay
 for it. The figures are built on ``matplotlib.figure.Figure`` directly, which renders with the
@@ -23,11 +23,9 @@ from typing import Any, Union
 import numpy as np
 from torch import Tensor
 
-from resnet_cifar import files
-from resnet_cifar.errors import DataError, UsageError
+from resnet_cifar.files import atomic_write
 
 __all__ = [
-    "atomic_write",
     "plot_confusion_matrix",
     "plot_training_curves",
     "write_confusion_csv",
@@ -36,26 +34,6 @@ __all__ = [
 
 # Union, not |: the alias is evaluated at runtime, and the package supports Python 3.10.
 MatrixLike = Union[Tensor, np.ndarray, Sequence[Sequence[int]]]
-
-
-def atomic_write(path: Path, content: files.Content) -> None:
-    """``files.atomic_write`` for an output file: bytes, text, or a callback that writes into the
-    binary temp file. The parent folder is created if needed; on any error the temp file is
-    removed and the previous content of ``path`` (if any) is left untouched.
-
-    Raises UsageError (exit 2) when the folder cannot be created or written into (read-only,
-    no permission, a file in the way), DataError (exit 1) naming ``path`` when the write itself
-    fails (a full disk, a quota, an I/O error).
-    """
-    try:
-        files.atomic_write(Path(path), content)
-    except files.UnwritableFolder as error:
-        # An output folder that cannot be written is the user's to fix (exit 2), not a failed run.
-        raise UsageError(f"cannot write into {Path(path).parent}: {error.strerror or error}") from error
-    except OSError as error:
-        # The folder was fine but the disk failed mid-write: the run failed (exit 1), and
-        # files.atomic_write has already removed its temp file and kept the previous file.
-        raise DataError(f"{path}: cannot write ({error.strerror or error})") from error
 
 
 def _as_matrix(matrix: MatrixLike, class_names: Sequence[str]) -> np.ndarray:

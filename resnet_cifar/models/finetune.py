@@ -3,13 +3,13 @@
 - ``resize_batch``  (``--image-size N``): bilinear upsampling of a batch on its device, applied to
   batches before the model rather than as a wrapper module, so the model's state-dict keys stay
   those of a plain ResNet (checkpoints load into ``resnet50()`` directly).
-- ``freeze_backbone`` + ``set_train_mode`` (``--freeze-backbone``): train only the top.
+- ``freeze_backbone`` + ``set_train_mode`` (``--freeze-backbone``): train only the top layer (``fc``).
 - ``finetune_param_groups`` (``--backbone-lr-mult x``): a lower learning rate for the backbone.
 
 Batch-norm choice for a frozen backbone: its batch-norm layers stay in eval mode while training,
 so they normalise with the pretrained running statistics and never update them. Freezing only
 the affine weights would still let the running statistics drift towards CIFAR batches, so the
-"frozen" features would change under the top during training and between train and eval.
+"frozen" features would change under the top layer during training and between train and eval.
 Because ``model.train()`` switches every layer back to training mode, the engine calls
 ``set_train_mode(model, frozen_backbone=True)`` instead of ``model.train()``.
 """
@@ -43,26 +43,26 @@ def resize_batch(images: Tensor, image_size: int | None) -> Tensor:
     return F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
 
 
-def _head(model: nn.Module) -> nn.Module:
-    head = getattr(model, "fc", None)
-    if not isinstance(head, nn.Module):
+def _top_layer(model: nn.Module) -> nn.Module:
+    top = getattr(model, "fc", None)
+    if not isinstance(top, nn.Module):
         raise UsageError(f"{type(model).__name__} has no 'fc' top layer to fine-tune")
-    return head
+    return top
 
 
 def freeze_backbone(model: nn.Module) -> list[str]:
-    """Make only the top (``fc``) trainable and put the backbone's batch norms in eval mode.
+    """Make only the top layer (``fc``) trainable and put the backbone's batch norms in eval mode.
 
     Returns the names of the parameters that stay trainable.
     """
-    head = _head(model)
-    head_params = {id(param) for param in head.parameters()}
+    top = _top_layer(model)
+    top_params = {id(param) for param in top.parameters()}
     trainable = []
     for name, param in model.named_parameters():
-        param.requires_grad_(id(param) in head_params)
+        param.requires_grad_(id(param) in top_params)
         if param.requires_grad:
             trainable.append(name)
-    _backbone_batch_norms_to_eval(model, head)
+    _backbone_batch_norms_to_eval(model, top)
     return trainable
 
 
@@ -70,34 +70,32 @@ def set_train_mode(model: nn.Module, *, frozen_backbone: bool) -> nn.Module:
     """``model.train()``, keeping a frozen backbone's batch norms in eval mode (see module notes)."""
     model.train()
     if frozen_backbone:
-        _backbone_batch_norms_to_eval(model, _head(model))
+        _backbone_batch_norms_to_eval(model, _top_layer(model))
     return model
 
 
-def _backbone_batch_norms_to_eval(model: nn.Module, head: nn.Module) -> None:
-    head_modules = {id(module) for module in head.modules()}
+def _backbone_batch_norms_to_eval(model: nn.Module, top: nn.Module) -> None:
+    top_modules = {id(module) for module in top.modules()}
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in head_modules:
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in top_modules:
             module.eval()
 
 
 def finetune_param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> list[dict[str, Any]]:
-    """Optimizer parameter groups: the backbone at ``lr * backbone_lr_mult``, the top at ``lr``.
+    """Optimizer parameter groups: the backbone at ``lr * backbone_lr_mult``, the top layer at ``lr``.
 
     Returns ``[{"params": backbone, "lr": lr * backbone_lr_mult}, {"params": top, "lr": lr}]``.
     Frozen parameters (``requires_grad`` False) are left out, and a group left empty is omitted,
-    so after ``freeze_backbone`` only the top's group remains.
+    so after ``freeze_backbone`` only the top layer's group remains. The config checked both rates.
     """
-    if not (math.isfinite(lr) and lr > 0):
-        raise UsageError(f"learning rate must be a positive number, got {lr!r}")
-    if not (math.isfinite(backbone_lr_mult) and backbone_lr_mult >= 0):
-        raise UsageError(f"backbone learning-rate multiplier must be >= 0, got {backbone_lr_mult!r}")
-    head_params = {id(param) for param in _head(model).parameters()}
+    assert math.isfinite(lr) and lr > 0, f"learning rate {lr!r}"
+    assert math.isfinite(backbone_lr_mult) and backbone_lr_mult >= 0, f"backbone_lr_mult {backbone_lr_mult!r}"
+    top_params = {id(param) for param in _top_layer(model).parameters()}
     backbone: list[nn.Parameter] = []
     top: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
-            (top if id(param) in head_params else backbone).append(param)
+            (top if id(param) in top_params else backbone).append(param)
     groups: list[dict[str, Any]] = []
     if backbone:
         groups.append({"params": backbone, "lr": lr * backbone_lr_mult})

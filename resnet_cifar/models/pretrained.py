@@ -30,18 +30,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from resnet_cifar.choices.weights import PRETRAINED_FILES
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.files import DownloadError, UnwritableFolder, download_verified, file_digest, first_line, weights_only_refusal
 from resnet_cifar.models.resnet import init_conv_weight
 
 DEFAULT_BASE_URL = "https://download.pytorch.org/models/"
 
-# torchvision's ResNet-50 ImageNet-1k weights: v1 is the original recipe (76.1% top-1),
-# v2 the 2021 "new training recipe" (80.9% top-1).
-PRETRAINED_FILES: dict[str, str] = {
-    "imagenet1k-v1": "resnet50-0676ba61.pth",
-    "imagenet1k-v2": "resnet50-11ad3fa6.pth",
-}
 
 # Wrappers that prefix every key: DataParallel/DistributedDataParallel ("module.") and
 # torch.compile ("_orig_mod."); they can nest in either order.
@@ -61,7 +56,7 @@ class LoadReport:
         source: the source as given (a name, URL or path).
         file: the file the weights were read from.
         loaded: number of the model's state-dict entries copied from the file.
-        dropped: keys of the file that were not loaded (the replaced top, a 7x7 conv1).
+        dropped: keys of the file that were not loaded (the replaced top layer, a 7x7 conv1).
         reinitialized: keys of the model given fresh values instead of the file's.
         sha256: the hex sha256 of the file read, so a run can say exactly which weights it started from.
     """
@@ -103,7 +98,7 @@ def load_pretrained(
 ) -> LoadReport:
     """Copy pretrained weights into ``model`` (a ResNet of this package), all or nothing.
 
-    A top (``fc``) whose number of classes differs from the file's is re-initialized and its
+    A top layer (``fc``) whose number of classes differs from the file's is re-initialized and its
     file entries reported as dropped. A 3x3 conv1 (cifar stem) facing a 7x7 one (ImageNet stem)
     is re-initialized only with ``reinit_conv1=True``; when the shapes agree the flag changes
     nothing. Batch-norm ``num_batches_tracked`` entries may be absent from the file.
@@ -315,7 +310,7 @@ def _plan_load(model: nn.Module, state: dict[str, Tensor], path: Path, *, reinit
     def shape_differs(key: str) -> bool:
         return key in state and key in expected and state[key].shape != expected[key].shape
 
-    # A different number of classes: the top is replaced, as long as it sits on the same features.
+    # A different number of classes: the top layer is replaced, as long as it sits on the same features.
     if shape_differs("fc.weight") and state["fc.weight"].shape[1:] == expected["fc.weight"].shape[1:]:
         top_keys = [key for key in ("fc.weight", "fc.bias") if key in state]
         dropped += top_keys

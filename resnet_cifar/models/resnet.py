@@ -13,28 +13,21 @@ Two stems:
   meant for 224-pixel inputs;
 - ``"cifar"``: a 3x3 stride-1 convolution and no max-pool, the usual choice for 32-pixel inputs,
   where a 4x downsampling in the stem would leave layer4 with a 1x1 feature map.
+
+The depths, blocks and stems are the registry resnet_cifar.choices.models (which the config
+checks ``--depth`` and ``--stem`` against); this module binds its blocks, stems and builders to it.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from resnet_cifar.choices import bound
+from resnet_cifar.choices.models import BLOCKS, DEPTHS, STEMS
 from resnet_cifar.errors import UsageError
-
-Stem = Literal["cifar", "imagenet"]
-STEMS: tuple[str, ...] = ("cifar", "imagenet")
-
-# Blocks per stage for each depth (He et al., table 1).
-_STAGE_BLOCKS: dict[int, tuple[int, int, int, int]] = {
-    18: (2, 2, 2, 2),
-    34: (3, 4, 6, 3),
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-    152: (3, 8, 36, 3),
-}
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -116,14 +109,14 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Stem, four stages of residual blocks, global average pool, optional dropout, linear top.
+    """Stem, four stages of residual blocks, global average pool, optional dropout, the linear top layer (``fc``).
 
     Args:
         block: ``BasicBlock`` or ``Bottleneck``.
         stage_blocks: number of blocks in each of the four stages.
-        num_classes: outputs of the linear top.
+        num_classes: outputs of the top layer.
         stem: ``"cifar"`` (3x3 stride-1 conv, no max-pool) or ``"imagenet"`` (7x7/2 conv, 3x3/2 max-pool).
-        dropout: probability of the dropout before the top; 0 disables it.
+        dropout: probability of the dropout before the top layer (``fc``); 0 disables it.
         zero_init_residual: start each residual branch's last batch-norm scale at zero, so every
             block begins as the identity (Goyal et al., 2017), as torchvision's flag does.
     """
@@ -134,21 +127,17 @@ class ResNet(nn.Module):
         stage_blocks: tuple[int, int, int, int],
         *,
         num_classes: int = 10,
-        stem: Stem = "cifar",
+        stem: str = "cifar",
         dropout: float = 0.0,
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
-        _check_options(num_classes=num_classes, stem=stem, dropout=dropout)
-        self.stem: Stem = stem
+        _check_options(num_classes=num_classes, dropout=dropout)
+        assert stem in STEMS, f"unknown stem {stem!r}"  # the config names the flag's choices
+        self.stem = stem
         self.num_classes = num_classes
         stem_channels = 64
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(3, stem_channels, kernel_size=7, stride=2, padding=3, bias=False)
-            self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        else:
-            self.conv1 = conv3x3(3, stem_channels)
-            self.maxpool = nn.Identity()
+        self.conv1, self.maxpool = _STEM_LAYERS[stem](stem_channels)
         self.bn1 = nn.BatchNorm2d(stem_channels)
         self.relu = nn.ReLU(inplace=True)
 
@@ -201,9 +190,26 @@ class ResNet(nn.Module):
         return self.fc(self.dropout(self.features(x)))
 
 
-def _check_options(*, num_classes: int, stem: str, dropout: float) -> None:
-    if stem not in STEMS:
-        raise UsageError(f"unknown stem {stem!r}: expected one of {', '.join(STEMS)}")
+def _cifar_stem(channels: int) -> tuple[nn.Conv2d, nn.Module]:
+    """(conv1, maxpool): a 3x3 stride-1 convolution, no max-pool."""
+    return conv3x3(3, channels), nn.Identity()
+
+
+def _imagenet_stem(channels: int) -> tuple[nn.Conv2d, nn.Module]:
+    """(conv1, maxpool): torchvision's 7x7 stride-2 convolution and 3x3 stride-2 max-pool."""
+    conv = nn.Conv2d(3, channels, kernel_size=7, stride=2, padding=3, bias=False)
+    return conv, nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+
+_STEM_LAYERS: dict[str, Callable[[int], tuple[nn.Conv2d, nn.Module]]] = dict(
+    bound({"cifar": _cifar_stem, "imagenet": _imagenet_stem}, STEMS, "ResNet stems")
+)
+_BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = dict(
+    bound({"basic": BasicBlock, "bottleneck": Bottleneck}, BLOCKS, "ResNet blocks")
+)
+
+
+def _check_options(*, num_classes: int, dropout: float) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not 0.0 <= dropout < 1.0:
@@ -211,12 +217,12 @@ def _check_options(*, num_classes: int, stem: str, dropout: float) -> None:
 
 
 def _resnet(
-    depth: int, *, num_classes: int, stem: Stem, dropout: float, zero_init_residual: bool
+    depth: int, *, num_classes: int, stem: str, dropout: float, zero_init_residual: bool
 ) -> ResNet:
-    block: type[BasicBlock] | type[Bottleneck] = BasicBlock if depth < 50 else Bottleneck
+    spec = DEPTHS[depth]
     return ResNet(
-        block,
-        _STAGE_BLOCKS[depth],
+        _BLOCKS[spec.block],
+        spec.stage_blocks,
         num_classes=num_classes,
         stem=stem,
         dropout=dropout,
@@ -225,21 +231,21 @@ def _resnet(
 
 
 def resnet18(
-    *, num_classes: int = 10, stem: Stem = "cifar", dropout: float = 0.0, zero_init_residual: bool = False
+    *, num_classes: int = 10, stem: str = "cifar", dropout: float = 0.0, zero_init_residual: bool = False
 ) -> ResNet:
     """ResNet-18 (BasicBlock, 2-2-2-2)."""
     return _resnet(18, num_classes=num_classes, stem=stem, dropout=dropout, zero_init_residual=zero_init_residual)
 
 
 def resnet34(
-    *, num_classes: int = 10, stem: Stem = "cifar", dropout: float = 0.0, zero_init_residual: bool = False
+    *, num_classes: int = 10, stem: str = "cifar", dropout: float = 0.0, zero_init_residual: bool = False
 ) -> ResNet:
     """ResNet-34 (BasicBlock, 3-4-6-3)."""
     return _resnet(34, num_classes=num_classes, stem=stem, dropout=dropout, zero_init_residual=zero_init_residual)
 
 
 def resnet50(
-    *, num_classes: int = 10, stem: Stem = "cifar", dropout: float = 0.0, zero_init_residual: bool = False
+    *, num_classes: int = 10, stem: str = "cifar", dropout: float = 0.0, zero_init_residual: bool = False
 ) -> ResNet:
     """ResNet-50 (Bottleneck, 3-4-6-3): the project's model.
 
@@ -250,18 +256,20 @@ def resnet50(
 
 
 def resnet101(
-    *, num_classes: int = 10, stem: Stem = "cifar", dropout: float = 0.0, zero_init_residual: bool = False
+    *, num_classes: int = 10, stem: str = "cifar", dropout: float = 0.0, zero_init_residual: bool = False
 ) -> ResNet:
     """ResNet-101 (Bottleneck, 3-4-23-3)."""
     return _resnet(101, num_classes=num_classes, stem=stem, dropout=dropout, zero_init_residual=zero_init_residual)
 
 
 def resnet152(
-    *, num_classes: int = 10, stem: Stem = "cifar", dropout: float = 0.0, zero_init_residual: bool = False
+    *, num_classes: int = 10, stem: str = "cifar", dropout: float = 0.0, zero_init_residual: bool = False
 ) -> ResNet:
     """ResNet-152 (Bottleneck, 3-8-36-3)."""
     return _resnet(152, num_classes=num_classes, stem=stem, dropout=dropout, zero_init_residual=zero_init_residual)
 
 
 # The builders by depth, for code that picks the depth from a config (trainer, evaluation).
-RESNET_BUILDERS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101, 152: resnet152}
+RESNET_BUILDERS: dict[int, Callable[..., ResNet]] = dict(
+    bound({18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101, 152: resnet152}, DEPTHS, "ResNet builders")
+)

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from resnet_cifar.files import atomic_write
 from resnet_cifar.inference import EvalOutcome, evaluate_checkpoint
-from resnet_cifar.evaluation.plots import atomic_write
 from resnet_cifar.report.page import ReportInputs, render_page
 
 __all__ = ["REPORT_FILE", "ReportInputs", "evaluate_and_report", "read_history", "render_page", "write_report"]
@@ -89,8 +89,7 @@ def report_inputs(outcome: EvalOutcome, *, generated: datetime | None = None) ->
 def write_report(outcome: EvalOutcome, path: Path | None = None) -> Path:
     """Build the page for ``outcome`` and write it atomically (default: report.html in its out_dir)."""
     target = Path(path) if path is not None else outcome.out_dir / REPORT_FILE
-    page = render_page(report_inputs(outcome)).encode("utf-8")
-    atomic_write(target, lambda handle: handle.write(page))
+    atomic_write(target, render_page(report_inputs(outcome)))
     return target
 
 

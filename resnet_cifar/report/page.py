@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from resnet_cifar.choices.optimizers import OPTIMIZERS
 from resnet_cifar.config import TrainConfig
 from resnet_cifar.report.gallery import Mistake, select_mistakes, thumbnail_uri
 from resnet_cifar.report.svg import Series, line_chart, reliability_diagram
@@ -143,7 +144,7 @@ def _run(inputs: ReportInputs) -> str:
         extras.append("frozen backbone")
     schedule = optim.schedule + (f", warm-up {optim.warmup_epochs:g} epochs" if optim.warmup_epochs else "")
     optimizer = f"{optim.optimizer}, lr {optim.lr:g}"
-    if optim.optimizer == "sgd":
+    if "momentum" in OPTIMIZERS[optim.optimizer].options:  # the optimizers that take it (SGD)
         optimizer += f", momentum {optim.momentum:g}" + (" (Nesterov)" if optim.nesterov else "")
     optimizer += f", weight decay {optim.weight_decay:g}"
     augment = [name for name, on in (("random crop", data.crop), ("flip", data.flip)) if on]

@@ -37,15 +37,14 @@ import numbers
 import os
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from resnet_cifar.config import SECTIONS, ConfigValueError, TrainConfig, parse_toml, parse_yaml, unwrap_optional
+from resnet_cifar.choices.policies import POLICIES
+from resnet_cifar.config import SECTIONS, ConfigValueError, TrainConfig, read_document, settings, unwrap_optional
 from resnet_cifar.errors import UsageError
 
 KINDS = ("float", "int", "categorical")
-SPACE_SUFFIXES = (".toml", ".yaml", ".yml")
 # Settings a sweep must not vary: where data and runs live, the checkpoint to resume, the preset
 # (it is a layer under the other settings, not a setting of its own).
 NOT_SEARCHABLE = ("data.data_dir", "data.cache_dir", "run.out_dir", "run.resume", "run.preset")
@@ -61,7 +60,7 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "data.crop": {"type": "categorical", "choices": [True, False]},
     "data.flip": {"type": "categorical", "choices": [True, False]},
     "data.cutout": {"type": "categorical", "choices": [0, 8, 16]},
-    "data.augment": {"type": "categorical", "choices": ["none", "autoaugment", "randaugment", "trivialaugment"]},
+    "data.augment": {"type": "categorical", "choices": list(POLICIES)},
     # 0 is off; 1.0 is the alpha mixup and cutmix use on CIFAR-10, 0.2 mixup's milder ImageNet one.
     "data.mixup": {"type": "categorical", "choices": [0.0, 0.2, 1.0]},
     "data.cutmix": {"type": "categorical", "choices": [0.0, 1.0]},
@@ -146,30 +145,18 @@ def default_space() -> SearchSpace:
 
 
 def load_space(path: str | os.PathLike[str]) -> SearchSpace:
-    """Read and check a TOML or YAML space file; every error is one line naming the file."""
-    path = Path(path)
-    if path.suffix.lower() not in SPACE_SUFFIXES:
-        raise UsageError(f"{path}: a search space file must end in {', '.join(SPACE_SUFFIXES)}")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such search space file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a folder, not a search space file") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: a search space file must be UTF-8 text") from None
-    except OSError as error:
-        raise UsageError(f"{path}: cannot read the search space file ({error.strerror or error})") from None
-    # The config module's parsers, so a space file reads numbers (YAML's 5e-4 too) as a config file does.
-    document = parse_toml(text, path) if path.suffix.lower() == ".toml" else parse_yaml(text, path)
-    return parse_space(document, source=str(path))
+    """Read and check a TOML or YAML space file; every error is one line naming the file. It is
+    read as a config file is, so numbers (YAML's 5e-4 too) mean the same in both."""
+    return parse_space(read_document(path, "search space file"), source=str(path))
 
 
 def parse_space(document: Any, *, source: str) -> SearchSpace:
     """A checked SearchSpace from a mapping of dotted (or section-nested) keys to specs."""
     if not isinstance(document, Mapping):
         raise UsageError(f"{source}: a search space must map settings to specs, got {type(document).__name__}")
-    parameters = [_parameter(key, spec, source) for key, spec in _flatten(document, source)]
+    # The config's one check of setting names: dotted keys or a section's table of specs, in order.
+    named = settings(document, where=f"{source}: ", dotted=True, noun="setting")
+    parameters = [_parameter(f"{section}.{name}", spec, source) for section, name, spec in named]
     if not parameters:
         raise UsageError(f"{source}: the search space is empty")
     return SearchSpace(tuple(parameters), source)
@@ -178,32 +165,9 @@ def parse_space(document: Any, *, source: str) -> SearchSpace:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _flatten(document: Mapping[Any, Any], source: str) -> list[tuple[str, Any]]:
-    """(dotted key, spec) pairs; a section's table of specs (TOML's [optim.lr]) is read one level down."""
-    pairs: list[tuple[str, Any]] = []
-    seen: set[str] = set()
-    for key, value in document.items():
-        key = str(key)
-        if key in SECTIONS and isinstance(value, Mapping) and "type" not in value:
-            nested = [(f"{key}.{name}", spec) for name, spec in value.items()]
-        else:
-            nested = [(key, value)]
-        for dotted, spec in nested:
-            if dotted in seen:
-                raise UsageError(f"{source}: {dotted} is given twice")
-            seen.add(dotted)
-            pairs.append((dotted, spec))
-    return pairs
-
-
 def _field_type(key: str, source: str) -> tuple[type, bool]:
-    """(the setting's base type, whether it may be None); unknown and unsearchable keys refused."""
+    """(the setting's base type, whether it may be None) of a known setting; unsearchable ones refused."""
     section, _, name = key.partition(".")
-    if section not in SECTIONS or not name:
-        raise UsageError(f"{source}: unknown setting {key!r}: keys are dotted settings such as optim.lr")
-    names = {item.name for item in fields(SECTIONS[section])}  # type: ignore[arg-type]
-    if name not in names:
-        raise UsageError(f"{source}: unknown setting {key}")
     if key in NOT_SEARCHABLE:
         raise UsageError(f"{source}: {key} cannot be searched; set it with its flag")
     base, optional = unwrap_optional(typing.get_type_hints(SECTIONS[section])[name])

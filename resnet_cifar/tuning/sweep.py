@@ -10,8 +10,8 @@ sweep's fixed settings (``base``) and the trial's sampled parameters, trained in
 * Pruning: each epoch's validation accuracy is reported to Optuna's MedianPruner (its defaults:
   once 5 trials have completed, a trial whose best accuracy so far is below the completed trials'
   median at the same epoch is pruned). The trainer is then asked to stop through its StopRequest
-  and stops right after that epoch's checkpoints, so a pruned trial's folder holds its config,
-  metrics and a resumable last.pt.
+  (``prune()``) and stops right after that epoch's checkpoints, so a pruned trial's folder holds
+  its config, metrics and a resumable last.pt.
 * Storage: SQLite in ``out/study.db`` by default (any Optuna RDB URL may be given instead), so
   running again tops the study up to the new ``trials`` and several processes or machines can
   work on one study: each counts the trials already finished (complete, pruned or failed) before
@@ -48,18 +48,15 @@ from pathlib import Path
 from typing import Any
 
 from resnet_cifar.config import TrainConfig, save_config
-from resnet_cifar.engine.trainer import EpochFinished, Event, StepFinished, StopRequest, Trainer
+from resnet_cifar.engine.trainer import EpochFinished, Event, StepFinished, StopRequest, train
 from resnet_cifar.errors import ResnetCifarError, UsageError
-from resnet_cifar.evaluation.plots import atomic_write
-from resnet_cifar.files import first_line, one_line
+from resnet_cifar.files import atomic_write, first_line, one_line
 from resnet_cifar.tuning.space import SearchSpace, check_space
 
 DEFAULT_STUDY_NAME = "resnet-cifar"
 BEST_FORMATS = ("toml", "yaml")
 # Where `train --config best.toml` writes when no --out is given: a fresh folder, not a trial's.
 BEST_RUN_DIR = Path("runs/best")
-# The StopRequest reason a pruned trial's trainer stops with (signals use their names).
-PRUNED_REASON = "pruned"
 
 
 # ----------------------------------------------------------------------------- values and events
@@ -439,12 +436,12 @@ def _run_trial(
             raise UsageError(f"{folder} already holds files; a sweep folder holds one study, use another --out")
         result = _fit(cfg, trial, emit, stop)
         extra = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "test_acc": result.test_acc}
-        if result.interrupted == PRUNED_REASON:
-            raise _TrialPruned
-        if result.interrupted is not None:
+        if result.interrupted is not None:  # a signal wins over the pruner: the trial is replaced
             interrupted = result.interrupted
             error = f"interrupted by {interrupted} after {result.epochs_run} epochs"
             trial.set_user_attr("interrupted", True)
+        elif result.pruned:
+            raise _TrialPruned
         elif result.best_val_acc is None or not math.isfinite(result.best_val_acc):
             error = "no validation accuracy was measured"
         else:
@@ -477,11 +474,11 @@ def _fit(cfg: TrainConfig, trial: Any, emit: SweepEventHandler, stop: StopReques
         if isinstance(event, EpochFinished):
             trial.report(event.record.val_acc, event.record.epoch)
             if trial.should_prune() and trial_stop.signal_name is None:
-                trial_stop.request(PRUNED_REASON)
+                trial_stop.prune()
         if isinstance(event, (StepFinished, EpochFinished)) and stop.signal_name is not None:
             trial_stop.request(stop.signal_name)
 
-    return Trainer(cfg, on_event=handle, stop=trial_stop).fit()
+    return train(cfg, on_event=handle, stop=trial_stop)
 
 
 def _finish(

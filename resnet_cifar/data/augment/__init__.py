@@ -1,68 +1,67 @@
-"""Per-sample augmentation policies (batched tensor ops) and batch-level mixup/cutmix.
+"""The training augmentation: one `Augmentation` describes all of it, in the order it is applied.
 
-`Augmentation` holds the options both loaders take; the epoch plan (tensor_loader.plan_epoch)
-draws their randomness, `apply_policy` and `apply_mix` execute it.
+Per sample: a random crop and horizontal flip, a policy (batched tensor ops, policies.py and
+ops.py; DALI graphs, dali.py), a cutout square (cutout.py); per batch: mixup or cutmix with soft
+targets (mix.py). The epoch plan (data/epoch_plan.py) draws their randomness; `apply_policy`,
+`apply_cutout` and `apply_mix` execute it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+from resnet_cifar.choices import IMAGE_SIDE
+from resnet_cifar.choices.policies import POLICIES
+from resnet_cifar.config import DataConfig
+from resnet_cifar.data.augment.cutout import CutoutBoxes, apply_cutout, draw_cutout
 from resnet_cifar.data.augment.mix import MixPlan, apply_mix, draw_mix
 from resnet_cifar.data.augment.ops import OP_ID, OP_NAMES, apply_ops
-from resnet_cifar.data.augment.policies import (
-    MAX_RANDAUGMENT_OPS,
-    POLICIES,
-    RANDAUGMENT_BINS,
-    PolicyPlan,
-    apply_policy,
-    draw_policy,
-)
-from resnet_cifar.errors import UsageError
+from resnet_cifar.data.augment.policies import PolicyPlan, apply_policy, draw_policy
+
+
+# The options whose DataConfig setting has another name.
+CONFIG_NAMES = {"policy": "augment"}
 
 
 @dataclass(frozen=True)
 class Augmentation:
-    """The options beyond crop/flip/cutout: a per-sample policy and batch mixing.
+    """A training loader's whole augmentation; the defaults are the default recipe's (crop and flip).
 
-    policy: none, autoaugment (CIFAR-10 policy), randaugment (`randaugment_ops` ops at magnitude
-    bin `randaugment_magnitude` of 31) or trivialaugment (Wide). mixup/cutmix: Beta alphas (0 =
-    off); mix_prob: the chance a batch is mixed. Each bad value is one UsageError naming its flag.
+    crop: a random 32 x 32 crop of the image zero-padded by 4 pixels (torchvision's RandomCrop(32,
+    padding=4)); flip: a horizontal flip with p = 0.5; policy: a name of
+    resnet_cifar.choices.policies.POLICIES, run on the uint8 pixels after crop and flip
+    (randaugment draws `randaugment_ops` ops at magnitude bin `randaugment_magnitude`); cutout:
+    the side in pixels of one square per image, centred anywhere in the image and set to zero
+    after normalization (0 = off). Then per batch, mixing with soft targets [N, C]: mixup/cutmix
+    are Beta alphas (0 = off), mix_prob the chance a batch is mixed. Mixing belongs here too: the
+    same epoch plan draws it from the same seed, and it is as much the recipe's as the rest.
+
+    DataConfig checks each value once, naming its flag (`from_config`); this only asserts.
     """
 
+    crop: bool = True
+    flip: bool = True
     policy: str = "none"
     randaugment_ops: int = 2
     randaugment_magnitude: int = 9
+    cutout: int = 0
     mixup: float = 0.0
     cutmix: float = 0.0
     mix_prob: float = 1.0
 
     def __post_init__(self) -> None:
-        check_augmentation(self)
+        assert self.policy in POLICIES, f"unknown policy {self.policy!r}"
+        assert 0 <= self.cutout <= IMAGE_SIDE, f"cutout side {self.cutout}"
 
-    @property
-    def mixing(self) -> bool:
-        """Whether training batches carry soft targets [N, C]."""
-        return self.mixup > 0 or self.cutmix > 0
-
-
-def check_augmentation(options: Augmentation) -> None:
-    if options.policy not in POLICIES:
-        raise UsageError(f"--augment must be one of {', '.join(POLICIES)}, got {options.policy!r}")
-    if not 1 <= options.randaugment_ops <= MAX_RANDAUGMENT_OPS:
-        raise UsageError(f"--randaugment-ops must be in [1, {MAX_RANDAUGMENT_OPS}], got {options.randaugment_ops}")
-    if not 0 <= options.randaugment_magnitude < RANDAUGMENT_BINS:
-        raise UsageError(
-            f"--randaugment-magnitude must be in [0, {RANDAUGMENT_BINS - 1}], got {options.randaugment_magnitude}"
-        )
-    for flag, alpha in (("--mixup", options.mixup), ("--cutmix", options.cutmix)):
-        if not (alpha >= 0 and alpha < float("inf")):  # also rejects NaN
-            raise UsageError(f"{flag} must be a Beta alpha >= 0 (0 = off), got {alpha}")
-    if not 0.0 <= options.mix_prob <= 1.0:
-        raise UsageError(f"--mix-prob must be in [0, 1], got {options.mix_prob}")
+    @classmethod
+    def from_config(cls, cfg: DataConfig) -> Augmentation:
+        """The training augmentation of a (validated) DataConfig: each option is the setting of
+        the same name, but the policy, which is ``augment`` (--augment)."""
+        return cls(**{option.name: getattr(cfg, CONFIG_NAMES.get(option.name, option.name)) for option in fields(cls)})
 
 
-NO_AUGMENTATION = Augmentation()
+# What evaluation batches get: nothing random at all.
+NO_AUGMENTATION = Augmentation(crop=False, flip=False)
 
 __all__ = [
     "NO_AUGMENTATION",
@@ -70,11 +69,14 @@ __all__ = [
     "OP_NAMES",
     "POLICIES",
     "Augmentation",
+    "CutoutBoxes",
     "MixPlan",
     "PolicyPlan",
+    "apply_cutout",
     "apply_mix",
     "apply_ops",
     "apply_policy",
+    "draw_cutout",
     "draw_mix",
     "draw_policy",
 ]
