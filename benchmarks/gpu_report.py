@@ -210,37 +210,43 @@ def training_runs(train: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def judge(files: Path) -> dict[str, Any]:
-    """The goals from the plan's JSON files in ``files``: {"on_gpu", "goals": [...], the key figures}."""
-    names = ["env.json", "train.json", *(f"bench_{group}.json" for group in BENCH_GROUPS)]
-    documents = {name: read_json(files / name) or {} for name in names}
-    env = documents["env.json"]
-    on_gpu = bool(env.get("cuda_available"))
-    runs = training_runs(documents["train.json"])
+def key_figures(runs: list[dict[str, Any]], rates: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The figures the goals are judged on, from the training runs and the benchmark rates."""
     # The goals are the tensor loader's (the default on a device without DALI); DALI's runs are listed.
     fast = next((row for row in runs if row["run"] == "fast" and row["loader"] == "tensor"), None) or {}
-    end_to_end = fast.get("images_per_sec_end_to_end")
-    rates = bench_rates(documents)
-    eager = rates.get("train_step", {}).get("test_train_step_baseline_eager_fp32", {}).get("images_per_sec")
     loaders = {
         name: info["images_per_sec"]
         for name, info in rates.get("loader", {}).items()
         if "baseline" not in name and info.get("device") == "cuda"
     }
-    best_loader = max(loaders.values()) if loaders else None
     # The loop's checkpoint stall on a typical epoch: the median epoch of each tensor-loader run,
     # the worst of those; the worst single epoch is reported beside it.
     tensor_runs = [row for row in runs if row["loader"] == "tensor" and row["checkpoint_share_median"] is not None]
-    checkpoint_share = max((row["checkpoint_share_median"] for row in tensor_runs), default=None)
-    checkpoint_worst = max((row["checkpoint_share_max"] for row in tensor_runs), default=None)
     # 94% test within 60 s: the fast run reached 94% validation in time_to_target_s of training,
     # and its final test pass (flip TTA, the fast preset's) scored >= 94% too.
     to_target, reached, test_acc = fast.get("time_to_target_s"), fast.get("reached_target"), fast.get("test_acc")
     target_met = None
     if fast.get("status") == "finished":
         target_met = bool(reached) and test_acc is not None and test_acc >= TARGET_ACC and to_target <= TARGET_SECONDS
-    worst = "-" if checkpoint_worst is None else f"{checkpoint_worst:.2%}"
-    goals = [
+    return {
+        "end_to_end": fast.get("images_per_sec_end_to_end"),
+        "eager": rates.get("train_step", {}).get("test_train_step_baseline_eager_fp32", {}).get("images_per_sec"),
+        "loaders": loaders,
+        "checkpoint_share": max((row["checkpoint_share_median"] for row in tensor_runs), default=None),
+        "checkpoint_worst": max((row["checkpoint_share_max"] for row in tensor_runs), default=None),
+        "to_target": to_target,
+        "reached": reached,
+        "test_acc": test_acc,
+        "target_met": target_met,
+    }
+
+
+def goal_list(figures: dict[str, Any], *, on_gpu: bool) -> list[dict[str, Any]]:
+    """The goals, each judged on its figure (see ``goal``)."""
+    end_to_end, eager, loaders = figures["end_to_end"], figures["eager"], figures["loaders"]
+    best_loader = max(loaders.values()) if loaders else None
+    worst = "-" if figures["checkpoint_worst"] is None else f"{figures['checkpoint_worst']:.2%}"
+    return [
         goal(
             "end_to_end_images_per_sec",
             end_to_end,
@@ -256,14 +262,15 @@ def judge(files: Path) -> dict[str, Any]:
         ),
         goal(
             "seconds_to_94_test",
-            to_target,
-            f"fast run: training seconds to 94% validation (reached: {reached}); final test acc {test_acc}",
+            figures["to_target"],
+            f"fast run: training seconds to 94% validation (reached: {figures['reached']}); "
+            f"final test acc {figures['test_acc']}",
             on_gpu=on_gpu,
-            met=target_met,
+            met=figures["target_met"],
         ),
         goal(
             "checkpoint_share_of_epoch",
-            checkpoint_share,
+            figures["checkpoint_share"],
             f"the loop blocked by checkpointing on the median epoch (checkpoint_seconds / epoch_seconds), "
             f"the worst of the tensor-loader runs; worst single epoch {worst}",
             on_gpu=on_gpu,
@@ -276,15 +283,26 @@ def judge(files: Path) -> dict[str, Any]:
             on_gpu=on_gpu,
         ),
     ]
+
+
+def judge(files: Path) -> dict[str, Any]:
+    """The goals from the plan's JSON files in ``files``: {"on_gpu", "goals": [...], the key figures}."""
+    names = ["env.json", "train.json", *(f"bench_{group}.json" for group in BENCH_GROUPS)]
+    documents = {name: read_json(files / name) or {} for name in names}
+    env = documents["env.json"]
+    on_gpu = bool(env.get("cuda_available"))
+    runs = training_runs(documents["train.json"])
+    rates = bench_rates(documents)
+    figures = key_figures(runs, rates)
     return {
         "on_gpu": on_gpu,
         "device_name": env.get("device_name"),
         "files": {name: str(files / name) for name, document in documents.items() if document},
         "sync_debug": documents["train.json"].get("sync_debug", {}),
         "training_runs": runs,
-        "eager_fp32_step_images_per_sec": eager,
-        "checkpoint_share_worst_epoch": checkpoint_worst,
-        "goals": goals,
+        "eager_fp32_step_images_per_sec": figures["eager"],
+        "checkpoint_share_worst_epoch": figures["checkpoint_worst"],
+        "goals": goal_list(figures, on_gpu=on_gpu),
         "benchmarks": {
             group: {name: info["images_per_sec"] for name, info in by_name.items()} for group, by_name in rates.items()
         },
