@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -450,6 +451,18 @@ def test_the_device_lacks_exactly_what_pyproject_needs_beyond_its_list() -> None
         "tomli-w"
     ]
     assert metadata.version("tomli-w")  # here, yes: the rehearsal's venv is what lacks it
+
+
+def test_the_install_holds_every_package_of_the_source() -> None:
+    """A wheel (the device's install: not editable) holds only the packages pyproject lists."""
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {name: REPO_ROOT / folder for name, folder in setuptools["package-dir"].items()}
+    source = {
+        ".".join((name, *init.parent.relative_to(folder).parts))
+        for name, folder in folders.items()
+        for init in folder.rglob("__init__.py")
+    }
+    assert source == set(setuptools["packages"])
 
 
 # ----------------------------------------------------------------------------- gpu_train.py
