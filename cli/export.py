@@ -1,7 +1,8 @@
-"""`resnet-cifar export`: a checkpoint as a verified ONNX, TorchScript or safetensors file.
+"""`resnet-cifar export`: a checkpoint as a verified file in any registered format (ONNX,
+TorchScript, safetensors: resnet_cifar.export.formats).
 
 The command only parses flags, calls resnet_cifar.export and renders the result; the library
-decides the weights, the preprocessing, the parity images and when a file is kept.
+decides the formats, the weights, the preprocessing, the parity images and when a file is kept.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ def export_command(
         str,
         typer.Option(
             "--format",
-            help="onnx or torchscript (float32 RGB [N, 3, {config.IMAGE_SIDE}, {config.IMAGE_SIDE}] in "
-            "{export.INPUT_RANGE} in, normalized inside, logits out), "
-            "or safetensors (the plain state dict, config and classes in its metadata).",
+            help="{export.FORMATS:described}. A model (all but {export.WEIGHTS_FORMATS:or}) takes float32 RGB "
+            "[N, 3, {config.IMAGE_SIDE}, {config.IMAGE_SIDE}] in {export.INPUT_RANGE}, normalized inside, "
+            "and returns logits.",
             show_default=False,
         ),
     ],
@@ -39,7 +40,10 @@ def export_command(
     ],
     opset: Annotated[
         Optional[int],
-        typer.Option("--opset", help="ONNX opset (--format onnx only). Default: {export.DEFAULT_OPSET}.", show_default=False),
+        typer.Option(
+            "--opset", help="ONNX opset (--format {export.OPSET_FORMATS:or} only). Default: {export.DEFAULT_OPSET}.",
+            show_default=False,
+        ),
     ] = None,
     data_dir: Annotated[
         Optional[Path],
@@ -55,10 +59,10 @@ def export_command(
         bool,
         typer.Option(
             "--no-verify",
-            help="Skip the parity check: by default the written file is run (onnxruntime, torch.jit.load) on "
-            "{export.PARITY_IMAGES} real test images and kept only when its logits are within "
-            "{export.PARITY_TOLERANCE:g} of the checkpoint's (else exit 1, no file). safetensors is always "
-            "checked, bit for bit, without images.",
+            help="Skip the parity check: by default a written model is run as a user runs it (onnxruntime, "
+            "torch.jit.load, ...) on {export.PARITY_IMAGES} real test images and kept only when its logits are "
+            "within {export.PARITY_TOLERANCE:g} of the checkpoint's (else exit 1, no file). "
+            "{export.WEIGHTS_FORMATS:or} is always checked, bit for bit, without images.",
         ),
     ] = False,
     json_output: JsonOption = False,
@@ -85,10 +89,10 @@ def export_command(
         f"wrote {result.path} ({result.format}{opset_text}, {result.weights} weights, "
         f"{result.size_bytes / 1e6:.1f} MB)"
     )
-    if result.format == "safetensors":
-        output.line("verified: every tensor and the metadata read back unchanged")
-    elif result.max_abs_diff is None:
+    if result.max_abs_diff is None:
         output.line("not verified (--no-verify)")
+    elif result.parity_images == 0:  # weights: checked bit for bit, no images
+        output.line("verified: every tensor and the metadata read back unchanged")
     else:
         output.line(
             f"verified on {result.parity_images} real test images: max |logit difference| "

@@ -8,9 +8,10 @@ stays with the module that owns it. Most of those modules import torch: filling 
 moment keeps ``resnet-cifar --help`` (which lists each command by the first paragraph of its
 help, naming no value) and the commands that need no torch free of it.
 
-Two format specs read a tuple: ``{sweep.BEST_FORMATS:or}`` shows choices as "toml or yaml",
-``{space.DEFAULT_SPACE:flags}`` dotted settings as their flags ("--lr, --batch-size"). A literal
-brace is written twice, as in ``str.format``.
+Three format specs read a collection: ``{sweep.BEST_FORMATS:or}`` shows choices as "toml or
+yaml", ``{export.FORMATS:described}`` a registry's names each with its help ("onnx (a model for
+...), ..."), ``{space.DEFAULT_SPACE:flags}`` dotted settings as their flags ("--lr,
+--batch-size"). A literal brace is written twice, as in ``str.format``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from typer.core import TyperCommand
 
+from resnet_cifar.choices import described, one_of
 from resnet_cifar.config import flag_for
 
 # The modules a help text may read values from, by the name it uses for them.
@@ -37,12 +39,6 @@ HELP_SOURCES = {
 }
 
 
-def one_of(choices: Sequence[Any]) -> str:
-    """``("a", "b", "c")`` -> ``"a, b or c"``, as the config's own help texts list choices."""
-    names = [str(choice) for choice in choices]
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-
-
 class _LibraryValues(string.Formatter):
     def get_value(self, key: int | str, args: Sequence[Any], kwargs: Any) -> Any:
         return importlib.import_module(HELP_SOURCES[str(key)])
@@ -50,6 +46,8 @@ class _LibraryValues(string.Formatter):
     def format_field(self, value: Any, format_spec: str) -> str:
         if format_spec == "or":
             return one_of(value)
+        if format_spec == "described":
+            return described(value)
         if format_spec == "flags":
             return ", ".join(flag_for(key) for key in value)
         return super().format_field(value, format_spec)

@@ -26,7 +26,8 @@ from .render import Output
 PredictModelArgument = Annotated[
     Path,
     typer.Argument(
-        help="A checkpoint written by `resnet-cifar train`, or an .onnx file written by `resnet-cifar export`.",
+        help="A checkpoint written by `resnet-cifar train`, or a {export.PREDICT_SUFFIXES:or} file written by "
+        "`resnet-cifar export`.",
         show_default=False,
     ),
 ]
@@ -122,8 +123,9 @@ def predict_command(
     json_output: JsonOption = False,
 ) -> None:
     """Print the most probable classes of each image."""
-    from resnet_cifar.inference import load_trained_model, predict_files
     from resnet_cifar.errors import UsageError
+    from resnet_cifar.export import load_exported_classifier, predict_exported_files, predictable_format
+    from resnet_cifar.inference import load_trained_model, predict_files
 
     out = Output(json_mode=json_output)
     with reported_errors(out):
@@ -133,12 +135,9 @@ def predict_command(
                 raise UsageError(f"{image}: no such image file")
         if top_k < 1:
             raise UsageError(f"--top-k must be at least 1, got {top_k}")
-        if checkpoint.suffix.lower() == ".onnx":  # an exported model (resnet-cifar export), run by onnxruntime
-            from resnet_cifar.export import load_onnx_classifier, predict_onnx_files
-
-            if device not in ("auto", "cpu"):
-                raise UsageError(f"an .onnx file runs on the CPU (onnxruntime); --device {device} does not apply")
-            predictions = predict_onnx_files(load_onnx_classifier(checkpoint), images, top_k=top_k, tta=tta)
+        if predictable_format(checkpoint) is not None:  # a file written by `resnet-cifar export`
+            classifier = load_exported_classifier(checkpoint, device=device)
+            predictions = predict_exported_files(classifier, images, top_k=top_k, tta=tta)
         else:
             trained = load_trained_model(checkpoint, device=device)
             predictions = predict_files(trained, images, top_k=top_k, tta=tta)

@@ -29,6 +29,7 @@ __all__ = [
     "WriteError",
     "atomic_path",
     "atomic_write",
+    "check_writable",
     "download_verified",
     "file_digest",
     "first_line",
@@ -125,9 +126,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
     created, so no thread ever changes the process's umask to read it.
     """
     with _replacing(Path(path)) as (descriptor, temp):
+        mode = os.fstat(descriptor).st_mode & 0o777  # what the umask gave it
         os.close(descriptor)
         yield temp
+        os.chmod(temp, mode)  # a writer that wrote a new file (safetensors does) may have made it private
         _fsync_file(temp)
+
+
+def check_writable(path: Path) -> None:
+    """Fail now as ``atomic_write(path, ...)`` would fail later when ``path``'s folder cannot be
+    written into (UnwritableFolder, exit 2), or the disk is full (WriteError): for a writer whose
+    file comes only after slow work (an export). Creates and removes an empty temp file there;
+    the folder must exist.
+    """
+    descriptor, temp = _new_temp_file(Path(path), ".tmp")
+    os.close(descriptor)
+    temp.unlink()
 
 
 # Errors of the disk rather than of the folder: the same folder works again once there is room.

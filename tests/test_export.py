@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -25,18 +26,27 @@ from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from resnet_cifar.engine.step import build_ema
 from resnet_cifar.inference import evaluate_checkpoint, load_eval_split
+from resnet_cifar.choices import described
 from resnet_cifar.export import (
+    FORMATS,
+    METADATA_KEYS,
+    OUTPUT_NAME,
     PARITY_IMAGES,
     PARITY_TOLERANCE,
+    Exported,
+    ExportFormat,
     ExportResult,
+    ExportSource,
     Preprocessed,
     export_checkpoint,
     model_from_safetensors,
+    model_metadata,
     read_safetensors_export,
 )
 from resnet_cifar.models import resnet18
 
 from helpers import save_checkpoint
+from test_faults_cli import _drop_file_permission_override, assert_one_line_error, run_cli
 
 TRAIN_STEPS = 30
 TRAIN_BATCH = 64
@@ -399,3 +409,130 @@ def test_onnx_without_its_packages_exits_2_with_the_pip_command(
     assert code == 2 and stdout == ""
     one_line_error(err, "onnxruntime", "pip install")
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- a new format
+
+
+def write_pt2(source: ExportSource, path: Path) -> None:
+    program = torch.export.export(source.module, (source.example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    with open(path, "wb") as out:  # a file object: torch.export.save warns about a path not ending in .pt2
+        torch.export.save(program, out, extra_files=dict(source.metadata))
+
+
+def open_pt2(path: Path) -> Exported:
+    metadata = dict.fromkeys(METADATA_KEYS, "")
+    with open(path, "rb") as stream:
+        module = torch.export.load(stream, extra_files=metadata).module()
+
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(images)
+
+    return Exported(metadata=metadata, logits=logits)
+
+
+# torch.export's ExportedProgram, a format the project does not ship: its registry entry is all it is.
+PT2 = ExportFormat(
+    title="ExportedProgram",
+    help="torch.export's program, for torch.export.load",
+    suffix=".pt2",
+    runnable=True,
+    metadata=model_metadata,
+    write=write_pt2,
+    open=open_pt2,
+    runtime="torch.export.load",
+    predicts=True,
+)
+
+
+def test_a_new_export_format_needs_only_its_registry_entry(
+    trained: Trained, real_data_root: Path, tmp_path: Path, capsys, cli_cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from resnet_cifar.cli.main import app
+
+    out = tmp_path / "model.pt2"
+    code, _, err = run_in_process(capsys, "export", str(trained.path), "--format", "pt2", "--out", str(out))
+    assert code == 2
+    one_line_error(err, "--format must be one of onnx, torchscript, safetensors, got 'pt2'")
+
+    monkeypatch.setitem(FORMATS, "pt2", PT2)
+    help_text = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "1000", "TERM": "dumb"}).output
+    assert described(FORMATS) in help_text and "or pt2 (torch.export's program, for torch.export.load)" in help_text
+    code, _, err = run_in_process(capsys, "export", str(trained.path), "--format", "pt2", "--out", str(out), "--opset", "18")
+    assert code == 2
+    one_line_error(err, "--opset applies to --format onnx only, not pt2")
+
+    # Written, read back and run on the parity images like the shipped model formats.
+    code, stdout, err = run_in_process(capsys, "export", str(trained.path), "--format", "pt2", "--out", str(out), "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert (report["format"], report["verified"], report["parity_images"]) == ("pt2", True, PARITY_IMAGES)
+    assert report["max_abs_diff"] <= PARITY_TOLERANCE and leftovers(tmp_path) == []
+    assert open_pt2(out).metadata["classes"] == json.dumps(list(CIFAR10_CLASSES))
+
+    # predict takes it by its suffix and answers as the checkpoint does.
+    images = [str(real_data_root / "test" / "cat" / "0000.jpg"), str(real_data_root / "test" / "ship" / "0001.jpg")]
+    answers = []
+    for model_file in (trained.path, out):
+        code, stdout, err = run_in_process(capsys, "predict", str(model_file), *images, "--device", "cpu", "--json")
+        assert code == 0, err
+        answers.append([prediction["top"] for prediction in json.loads(stdout)["predictions"]])
+    for mine, theirs in zip(answers[1], answers[0]):
+        assert [item["class"] for item in mine] == [item["class"] for item in theirs]
+        assert [item["probability"] for item in mine] == pytest.approx([item["probability"] for item in theirs], abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- refused in one line (issue 29)
+
+
+def test_export_into_a_folder_it_cannot_write_is_one_line_exit_2(trained: Trained, tmp_path: Path) -> None:
+    """A real process without root's permission override, as test_faults_cli makes them."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        result = run_cli(
+            "export", str(trained.path), "--format", "safetensors", "--out", str(folder / "model.safetensors"),
+            env={}, preexec_fn=_drop_file_permission_override if os.geteuid() == 0 else None,
+        )
+    finally:
+        folder.chmod(0o755)
+    assert_one_line_error(result, 2, f"error: cannot write into {folder} (Permission denied)")
+    assert result.stdout == "" and list(folder.iterdir()) == []
+
+
+def altered_onnx(source: Path, target: Path, *, classes: list[str] | None = None, output: str | None = None) -> Path:
+    """A copy of an ONNX export with other class names in its metadata, or its output renamed."""
+    proto = onnx.load(str(source))
+    for entry in proto.metadata_props:
+        if entry.key == "classes" and classes is not None:
+            entry.value = json.dumps(classes)
+    if output is not None:
+        for node in proto.graph.node:
+            node.output[:] = [output if name == OUTPUT_NAME else name for name in node.output]
+        proto.graph.output[0].name = output
+    onnx.save(proto, str(target))
+    return target
+
+
+@pytest.mark.parametrize("names", [9, 11], ids=["fewer-names-than-outputs", "fewer-outputs-than-names"])
+@pytest.mark.parametrize("tta", [False, True], ids=["plain", "tta"])
+def test_predict_refuses_an_onnx_file_whose_class_names_do_not_match_its_outputs(
+    exports, real_data_root: Path, tmp_path: Path, capsys, names: int, tta: bool
+) -> None:
+    onnx_file = altered_onnx(exports["onnx"].path, tmp_path / "renamed.onnx", classes=[f"c{i}" for i in range(names)])
+    image = str(real_data_root / "test" / "cat" / "0000.jpg")
+    code, out, err = run_in_process(capsys, "predict", str(onnx_file), image, *(["--tta"] if tta else []))
+    assert code == 1 and out == ""
+    one_line_error(err, f"{onnx_file}: its model returns 10 scores per image but its 'classes' metadata names {names}")
+
+
+def test_predict_refuses_an_onnx_file_with_another_output(exports, real_data_root: Path, tmp_path: Path, capsys) -> None:
+    onnx_file = altered_onnx(exports["onnx"].path, tmp_path / "other.onnx", output="probabilities")
+    image = str(real_data_root / "test" / "cat" / "0000.jpg")
+    code, out, err = run_in_process(capsys, "predict", str(onnx_file), image)
+    assert code == 1 and out == ""
+    one_line_error(err, f"{onnx_file}: not a resnet-cifar export", "outputs ['probabilities']")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from resnet_cifar.errors import DataError, UsageError
-from resnet_cifar.files import UnwritableFolder, WriteError, atomic_path, atomic_write
+from resnet_cifar.files import UnwritableFolder, WriteError, atomic_path, atomic_write, check_writable
 
 
 def names(folder: Path) -> list[str]:
@@ -94,6 +94,28 @@ def test_a_folder_that_cannot_be_written_into_is_one_usage_error(tmp_path: Path,
         assert isinstance(error, UsageError) and isinstance(error, WriteError) and error.exit_code == 2
         assert str(error) == f"cannot write into {target.parent} (Not a directory)" and error.errno == errno.ENOTDIR
     assert names(tmp_path) == ["a-file"]
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [(errno.EACCES, "cannot write into {folder} (Permission denied)"), (errno.ENOSPC, "{target}: cannot write (No space left on device)")],
+    ids=["denied", "full"],
+)
+def test_check_writable_fails_as_the_write_would_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, expected: str
+) -> None:
+    target = tmp_path / "model.onnx"
+    check_writable(target)
+    assert names(tmp_path) == []
+
+    def refused(*args: object, **kwargs: object) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(WriteError) as caught:
+        check_writable(target)
+    assert str(caught.value) == expected.format(folder=tmp_path, target=target)
+    assert caught.value.exit_code == (2 if code == errno.EACCES else 1) and names(tmp_path) == []
 
 
 def test_written_files_get_the_umask_permissions(tmp_path: Path) -> None:
