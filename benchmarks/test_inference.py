@@ -45,8 +45,11 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_CUDA = DEVICE.type == "cuda"
 BATCH_SIZE = int(os.environ.get("RESNET_CIFAR_BENCH_INFER_BATCH", 512 if ON_CUDA else 8))
 IMAGE_SIZE = 32
-ROUNDS = int(os.environ.get("RESNET_CIFAR_BENCH_ROUNDS", 21))
+DEFAULT_ROUNDS = 21
+ROUNDS = int(os.environ.get("RESNET_CIFAR_BENCH_ROUNDS", DEFAULT_ROUNDS))
 WARMUP_ROUNDS = 2
+# Judged (asserted) only over at least DEFAULT_ROUNDS interleaved rounds: fewer (the GPU run's dry
+# run takes 2) check the plumbing, and their ratio is recorded, not judged.
 MIN_SPEED_RATIO = 0.97
 # bf16 logits stay this close to fp32's (relative L2 error over the batch).
 MAX_BEST_RELATIVE_ERROR = 0.05
@@ -150,7 +153,7 @@ def test_inference_resnet50(benchmark, models_and_batch) -> None:
     ours_seconds, baseline_seconds, round_ratio = run_interleaved(benchmark, ours, baseline, images)
     # Speed ratio = our images/s over torchvision's = torchvision's time over ours.
     record(benchmark, ours_seconds, round_ratio, baseline_seconds / ours_seconds)
-    assert round_ratio >= MIN_SPEED_RATIO, (
+    assert ROUNDS < DEFAULT_ROUNDS or round_ratio >= MIN_SPEED_RATIO, (
         f"hand-written ResNet-50 runs at {round_ratio:.3f}x torchvision's speed (median of interleaved "
         f"rounds; medians {BATCH_SIZE / ours_seconds:.1f} vs {BATCH_SIZE / baseline_seconds:.1f} img/s)"
     )

@@ -2,7 +2,9 @@
 
     python -m pytest benchmarks/test_loader.py --benchmark-only
 
-Each benchmark times whole epochs (random crop with 4-pixel padding, horizontal flip,
+Each benchmark times whole epochs over every image of RESNET_CIFAR_TEST_DATA's train/ folder (the
+GPU run's dry run points it at a few images per class, RESNET_CIFAR_BENCH_LOADER_BATCH at a batch
+that fits them) (random crop with 4-pixel padding, horizontal flip,
 normalize; batch 512, last partial batch dropped; test_tensor_loader_cutout adds a
 16-pixel cutout square) after one untimed warm-up epoch, and
 records images_per_sec, device, dtype and batch_size in extra_info. The baseline is the
@@ -18,6 +20,7 @@ DataLoader(num_workers=2), so the ratio is the cost of augmenting, not of decodi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +34,7 @@ from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import CIFAR10_MEAN, CIFAR10_STD, CifarSplit
 
-BATCH_SIZE = 512
+BATCH_SIZE = int(os.environ.get("RESNET_CIFAR_BENCH_LOADER_BATCH", 512))
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Every benchmark's loader: a training epoch on the device (crop and flip, the default augmentation).
 TRAIN = LoaderSpec(batch_size=BATCH_SIZE, train=True, device=torch.device(DEVICE))
@@ -47,9 +50,15 @@ def run_epoch(loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> int:
     return count
 
 
-def measure(benchmark, loader, *, rounds: int, device: str, dtype: torch.dtype) -> None:
+@pytest.fixture(scope="module")
+def train_images(real_train_dir: Path) -> int:
+    """How many training images the folder holds (50,000 in the full data)."""
+    return sum(1 for _ in real_train_dir.glob("*/*.jpg"))
+
+
+def measure(benchmark, loader, *, rounds: int, device: str, dtype: torch.dtype, images: int) -> None:
     count = benchmark.pedantic(run_epoch, args=(loader,), rounds=rounds, iterations=1, warmup_rounds=1)
-    assert count == 50_000 // BATCH_SIZE * BATCH_SIZE
+    assert count == images // BATCH_SIZE * BATCH_SIZE  # every full batch of the epoch, each image once
     if benchmark.stats is None:  # under --benchmark-disable: one untimed run, no figures
         return
     benchmark.extra_info.update(
@@ -62,33 +71,33 @@ def measure(benchmark, loader, *, rounds: int, device: str, dtype: torch.dtype) 
 
 
 @pytest.mark.benchmark(group="loader")
-def test_tensor_loader(benchmark, real_train_split: CifarSplit) -> None:
+def test_tensor_loader(benchmark, train_images: int, real_train_split: CifarSplit) -> None:
     loader = TensorLoader(real_train_split, TRAIN)
-    measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32)
+    measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32, images=train_images)
 
 
 @pytest.mark.benchmark(group="loader")
-def test_tensor_loader_cutout(benchmark, real_train_split: CifarSplit) -> None:
+def test_tensor_loader_cutout(benchmark, train_images: int, real_train_split: CifarSplit) -> None:
     """The longer recipe's augmentation: crop, flip and a 16-pixel cutout square."""
     loader = TensorLoader(real_train_split, replace(TRAIN, augmentation=Augmentation(cutout=16)))
-    measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32)
+    measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32, images=train_images)
     benchmark.extra_info["cutout"] = 16
 
 
 @pytest.mark.benchmark(group="loader")
-def test_dali_loader_in_memory(benchmark, real_train_split: CifarSplit) -> None:
+def test_dali_loader_in_memory(benchmark, train_images: int, real_train_split: CifarSplit) -> None:
     loader = DaliLoader(real_train_split, TRAIN)
-    measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32)
+    measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32, images=train_images)
 
 
 @pytest.mark.benchmark(group="loader")
-def test_dali_loader_from_image_folder(benchmark, real_train_dir: Path) -> None:
+def test_dali_loader_from_image_folder(benchmark, train_images: int, real_train_dir: Path) -> None:
     loader = DaliLoader.from_image_folder(real_train_dir, TRAIN)
-    measure(benchmark, loader, rounds=2, device=DEVICE, dtype=torch.float32)
+    measure(benchmark, loader, rounds=2, device=DEVICE, dtype=torch.float32, images=train_images)
 
 
 @pytest.mark.benchmark(group="loader")
-def test_baseline_torchvision_imagefolder_dataloader(benchmark, real_train_dir: Path) -> None:
+def test_baseline_torchvision_imagefolder_dataloader(benchmark, train_images: int, real_train_dir: Path) -> None:
     from torchvision import datasets, transforms
 
     augment = transforms.Compose(
@@ -105,7 +114,7 @@ def test_baseline_torchvision_imagefolder_dataloader(benchmark, real_train_dir: 
         dataset, batch_size=BATCH_SIZE, shuffle=True, drop_last=True, num_workers=2, persistent_workers=True
     )
     # The baseline yields CPU tensors; a GPU run would add the host-to-device copy on top.
-    measure(benchmark, loader, rounds=1, device="cpu", dtype=torch.float32)
+    measure(benchmark, loader, rounds=1, device="cpu", dtype=torch.float32, images=train_images)
 
 
 AUGMENT_REFERENCE = "test_torchvision_autoaugment_dataloader"
@@ -113,20 +122,20 @@ AUGMENT_REFERENCE = "test_torchvision_autoaugment_dataloader"
 
 @pytest.mark.benchmark(group="loader")
 @pytest.mark.parametrize("policy", ["autoaugment", "randaugment", "trivialaugment"])
-def test_tensor_loader_policy(benchmark, real_train_split: CifarSplit, policy: str) -> None:
+def test_tensor_loader_policy(benchmark, train_images: int, real_train_split: CifarSplit, policy: str) -> None:
     """Crop, flip and the policy, batched on the device (RandAugment at torchvision's N=2, M=9)."""
     augmentation = Augmentation(policy=policy)
     loader = TensorLoader(real_train_split, replace(TRAIN, augmentation=augmentation))
-    measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32)
+    measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32, images=train_images)
     benchmark.extra_info.update(augment=policy, baseline=AUGMENT_REFERENCE)
 
 
 @pytest.mark.benchmark(group="loader")
-def test_tensor_loader_trivialaugment_cutmix(benchmark, real_train_split: CifarSplit) -> None:
+def test_tensor_loader_trivialaugment_cutmix(benchmark, train_images: int, real_train_split: CifarSplit) -> None:
     """TrivialAugment Wide then cutmix (alpha 1) on every batch: soft targets [N, 10]."""
     augmentation = Augmentation(policy="trivialaugment", cutmix=1.0)
     loader = TensorLoader(real_train_split, replace(TRAIN, augmentation=augmentation))
-    measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32)
+    measure(benchmark, loader, rounds=3, device=DEVICE, dtype=torch.float32, images=train_images)
     benchmark.extra_info.update(augment="trivialaugment", cutmix=1.0, baseline=AUGMENT_REFERENCE)
 
 
@@ -146,7 +155,7 @@ class _InMemoryDataset(torch.utils.data.Dataset):
 
 
 @pytest.mark.benchmark(group="loader")
-def test_torchvision_autoaugment_dataloader(benchmark, real_train_split: CifarSplit) -> None:
+def test_torchvision_autoaugment_dataloader(benchmark, train_images: int, real_train_split: CifarSplit) -> None:
     """The reference of the policy benchmarks (not named "baseline": the group keeps one)."""
     from torchvision.transforms import v2
 
@@ -167,5 +176,5 @@ def test_torchvision_autoaugment_dataloader(benchmark, real_train_split: CifarSp
         num_workers=2,
         persistent_workers=True,
     )
-    measure(benchmark, loader, rounds=1, device="cpu", dtype=torch.float32)
+    measure(benchmark, loader, rounds=1, device="cpu", dtype=torch.float32, images=train_images)
     benchmark.extra_info["augment"] = "torchvision v2 AutoAugment(CIFAR10)"

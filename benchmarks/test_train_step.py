@@ -6,7 +6,9 @@ One step = forward + loss + backward + SGD update, through the library's ``Train
 default recipe's optimizer (SGD, Nesterov momentum, weight decay) and loss (label smoothing 0.1),
 on augmented batches of real training images from the tensor loader. Variants:
 
-    baseline_eager_fp32       eager, float32, NCHW (the baseline)
+    baseline_eager_fp32       eager, float32, NCHW (the baseline): true fp32 on CUDA, TF32 off for
+                              matmuls and cuDNN convolutions alike
+    eager_tf32                the same with TF32 on for both (PyTorch's default lets cuDNN use it)
     amp_bf16                  + bf16 autocast (batches arrive in bf16, as the trainer sends them)
     channels_last             + NHWC model and batches
     amp_bf16_channels_last    both, eager
@@ -30,10 +32,11 @@ script's dry run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,14 +78,17 @@ class Variant:
     amp: bool
     channels_last: bool
     compile: bool
+    # TF32 for fp32 matmuls and convolutions on CUDA; None: PyTorch's defaults (the trainer's).
+    tf32: bool | None = None
 
     @property
     def dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.amp else torch.float32
 
 
-BASELINE = Variant("baseline_eager_fp32", amp=False, channels_last=False, compile=False)
+BASELINE = Variant("baseline_eager_fp32", amp=False, channels_last=False, compile=False, tf32=False)
 VARIANTS = [
+    Variant("eager_tf32", amp=False, channels_last=False, compile=False, tf32=True),
     Variant("amp_bf16", amp=True, channels_last=False, compile=False),
     Variant("channels_last", amp=False, channels_last=True, compile=False),
     Variant("amp_bf16_channels_last", amp=True, channels_last=True, compile=False),
@@ -96,6 +102,21 @@ if SKIP_COMPILE:
 def synchronize() -> None:
     if ON_CUDA:
         torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def tf32_mode(enabled: bool | None) -> Iterator[None]:
+    """TF32 on or off for CUDA matmuls and cuDNN convolutions inside the block (None: as it is).
+    The flags are global and the variants run interleaved, so each step sets its own."""
+    if enabled is None or not ON_CUDA:
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 def decode_rgb(path: Path) -> np.ndarray:
@@ -148,10 +169,11 @@ class TimedStep:
     def __call__(self) -> None:
         images, labels = self.batches[self.calls % len(self.batches)]
         self.calls += 1
-        start = time.perf_counter()
-        self.step(images, labels)
-        synchronize()
-        self.seconds.append(time.perf_counter() - start)
+        with tf32_mode(self.variant.tf32):
+            start = time.perf_counter()
+            self.step(images, labels)
+            synchronize()
+            self.seconds.append(time.perf_counter() - start)
 
     def warm_up(self) -> float:
         """Run the first step (compilation happens here) and a few more; returns the first step's seconds."""
@@ -195,11 +217,16 @@ def record(benchmark, timed: TimedStep, *, warmup_seconds: float, median_seconds
         stem="cifar",
         threads=torch.get_num_threads(),
         torch_version=torch.__version__,
-        # PyTorch's default lets cuDNN convolutions use TF32 in "fp32": the baseline is the default.
-        cudnn_allow_tf32=torch.backends.cudnn.allow_tf32 if ON_CUDA else None,
+        # What fp32 work ran as on CUDA: TF32 or true fp32 (None on the CPU, which has no TF32).
+        matmul_tf32=_tf32_setting(variant, torch.backends.cuda.matmul.allow_tf32) if ON_CUDA else None,
+        cudnn_tf32=_tf32_setting(variant, torch.backends.cudnn.allow_tf32) if ON_CUDA else None,
     )
     key = "compile_seconds" if variant.compile else "warmup_seconds"
     benchmark.extra_info[key] = round(warmup_seconds, 2)
+
+
+def _tf32_setting(variant: Variant, default: bool) -> bool:
+    return default if variant.tf32 is None else variant.tf32
 
 
 @pytest.mark.benchmark(group="train_step")

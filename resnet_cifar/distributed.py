@@ -37,7 +37,9 @@ from torch import nn
 from resnet_cifar.errors import ResnetCifarError, UsageError
 from resnet_cifar.files import first_line
 
-__all__ = ["SINGLE_PROCESS", "DistEnv", "PeerLost", "peer_lost", "process_group", "read_env", "sync_batchnorm"]
+__all__ = [
+    "SINGLE_PROCESS", "STOP_AGREEMENT_STEPS", "DistEnv", "PeerLost", "peer_lost", "process_group", "read_env", "sync_batchnorm",
+]
 
 
 class PeerLost(ResnetCifarError):
@@ -48,6 +50,9 @@ class PeerLost(ResnetCifarError):
 
 # How gloo and NCCL say that the process at the other end of a collective is gone.
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+# How often the ranks of a job agree on a stop request inside an epoch (DistEnv.agree_on_stop).
+STOP_AGREEMENT_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -133,12 +138,21 @@ class DistEnv:
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
         return self.all_reduce_sum_(tensor).tolist()
 
-    def agree_on_stop(self, signal_name: str | None, device: torch.device) -> str | None:
+    def agree_on_stop(self, signal_name: str | None, device: torch.device, *, step: int | None = None) -> str | None:
         """The stop request of the job: if any rank was asked to stop, every rank gets the signal's
         name (the highest signal number wins a tie), so all of them leave the loop after the same
-        step and none is left waiting in a collective."""
+        step and none is left waiting in a collective.
+
+        Agreeing is a blocking read of a collective's result, a device sync on CUDA. In a training
+        loop, pass ``step`` (the steps taken in the epoch): the ranks then agree only every
+        STOP_AGREEMENT_STEPS steps (None, "no stop yet", in between, on every rank alike), so the
+        loop keeps one sync per step and a request waits at most that many steps. Without
+        ``step`` they agree now (after validation, at the end).
+        """
         if not self.is_distributed:
             return signal_name
+        if step is not None and step % STOP_AGREEMENT_STEPS != 0:
+            return None
         code = _signal_code(signal_name)
         tensor = torch.tensor([code], dtype=torch.int64, device=device)
         if self._group_ready():

@@ -58,10 +58,11 @@ def small_config(data_root: Path, cache: Path, out: Path, **overrides: Any) -> T
     return helpers.small_config(data_root, cache, out, **{"precision.deterministic": True, **overrides})
 
 
-def test_resume_mid_epoch_is_exact_with_a_policy_and_mixing(
+def test_resume_mid_epoch_is_exact_with_a_policy_mixing_and_ema(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
 ) -> None:
-    augmented = {"data.augment": "trivialaugment", "data.mixup": 0.4, "data.cutmix": 1.0, "data.cutout": 8}
+    augmented = {"data.augment": "trivialaugment", "data.mixup": 0.4, "data.cutmix": 1.0, "data.cutout": 8,
+                 "optim.ema": True}  # fmt: skip
     straight = build_trainer(small_config(real_data_root, decoded_cache_dir, tmp_path / "straight", **augmented))
     straight_result = straight.fit()
     # Train accuracy counts dominant labels: a fraction, well below 1 on 256 mixed images.
@@ -83,6 +84,9 @@ def test_resume_mid_epoch_is_exact_with_a_policy_and_mixing(
     resumed_result = resumed.fit()
     assert without_timing(resumed_result.history) == without_timing(straight_result.history)
     for (name, expected), actual in zip(straight.parts.module.state_dict().items(), resumed.parts.module.state_dict().values()):
+        assert torch.equal(expected, actual), name
+    assert straight.parts.ema is not None and resumed.parts.ema is not None
+    for (name, expected), actual in zip(straight.parts.ema.state_dict().items(), resumed.parts.ema.state_dict().values()):
         assert torch.equal(expected, actual), name
 
 

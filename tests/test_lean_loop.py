@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from resnet_cifar.config import resolve_config
+from resnet_cifar.distributed import STOP_AGREEMENT_STEPS
 from resnet_cifar.engine import checkpointer as checkpointer_module
 from resnet_cifar.engine.checkpointer import BEST, LAST, Checkpointer
+from resnet_cifar.engine.precision import Precision
+from resnet_cifar.engine.step import TrainStep, build_ema, build_loss
 from resnet_cifar.engine.trainer import EpochFinished, StepFinished, build_trainer
 from resnet_cifar.errors import ResnetCifarError
 
@@ -28,31 +35,131 @@ def small(real_data_root: Path, cache: Path, out: Path, **more: Any):
 
 
 class SyncCounter:
-    """Counts the host syncs a CPU run would make on a GPU: reading a tensor's value on the host."""
+    """Counts the host syncs a CPU run would make on a GPU: reading a tensor's value on the host.
+
+    ``where`` keeps the caller of each read (file:line), so a failure says which code synced.
+    """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
+        self.where: list[str] = []
         for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
             original = getattr(torch.Tensor, name)
 
             def counted(tensor: torch.Tensor, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
                 self.count += 1
+                caller = sys._getframe(1)
+                self.where.append(f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno}")
                 return _original(tensor, *args, **kwargs)
 
             monkeypatch.setattr(torch.Tensor, name, counted)
 
 
+# Every preset's CUDA path through the loop, combined so each path is covered by one short run:
+# EMA, the three augmentation policies, mixup and cutmix (each alone and together), clipping.
+SYNC_PATHS = {
+    "default": {},
+    "ema+autoaugment+mixup": {"optim.ema": True, "data.augment": "autoaugment", "data.mixup": 0.2},
+    "randaugment+cutmix+grad_clip": {"data.augment": "randaugment", "data.cutmix": 1.0, "optim.grad_clip": 1.0},
+    "trivialaugment+mixup+cutmix": {"data.augment": "trivialaugment", "data.mixup": 0.2, "data.cutmix": 1.0},
+}
+
+
+@pytest.mark.parametrize("settings", SYNC_PATHS.values(), ids=SYNC_PATHS.keys())
 def test_a_training_step_syncs_the_host_at_most_once(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    real_data_root: Path,
+    decoded_cache_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: dict[str, Any],
 ) -> None:
-    cfg = small(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": 1})
-    counts: list[int] = []
-    trainer = build_trainer(cfg, on_event=lambda event: counts.append(counter.count) if isinstance(event, StepFinished) else None)
+    cfg = small(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": 1, **settings})
+    marks: list[int] = []
+    trainer = build_trainer(cfg, on_event=lambda event: marks.append(counter.count) if isinstance(event, StepFinished) else None)
     counter = SyncCounter(monkeypatch)
     trainer.fit()
-    assert len(counts) == 4
-    # Between two steps' events: the step's own loss.item() (the NaN guard) and nothing else.
-    assert [later - earlier for earlier, later in zip(counts, counts[1:])] == [1, 1, 1]
+    assert len(marks) == 4
+    # Between two steps' events (the next batch's loading and augmentation, the step, the EMA
+    # update): the step's own loss.item() (the NaN guard) and nothing else.
+    windows = [counter.where[earlier:later] for earlier, later in zip(marks, marks[1:])]
+    assert [len(window) for window in windows] == [1, 1, 1], windows
+    assert all(window[0].startswith("step.py:") for window in windows), windows
+
+
+def test_an_fp16_step_syncs_only_for_the_loss_and_the_scalers_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    # fp16 is a CUDA choice; its step is the same code on the CPU with an enabled scaler.
+    precision = Precision(device=torch.device("cpu"), amp=True, amp_dtype=torch.float16, channels_last=False)
+    torch.manual_seed(0)
+    # A small conv net (CPU fp16 convolutions are slow); batch norm brings the EMA's int buffers.
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    step = TrainStep(model, optimizer, build_loss(0.1), precision=precision, scaler=scaler, grad_clip=1.0,
+                     ema=build_ema(model, 0.9))  # fmt: skip
+    images, labels = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+    step(images, labels)  # the first step: the scaler's and the EMA's first-use work
+    counter = SyncCounter(monkeypatch)
+    for _ in range(3):
+        step(images, labels)
+    # Per step: the loss's NaN guard (step.py) and the GradScaler's own inf check (torch's).
+    assert counter.count == 6, counter.where
+    assert sorted({where.split(":")[0] for where in counter.where}) == ["grad_scaler.py", "step.py"], counter.where
+
+
+TORCHRUN_SYNC_SCRIPT = r"""
+import json, os, sys
+from pathlib import Path
+import torch
+sys.path.insert(0, sys.argv[3])
+from test_lean_loop import SyncCounter, small
+from resnet_cifar.distributed import process_group, read_env
+from resnet_cifar.engine.trainer import StepFinished, build_trainer
+
+
+class Patcher:  # pytest's monkeypatch.setattr, for a script
+    def setattr(self, target, name, value):
+        setattr(target, name, value)
+
+
+job = read_env(os.environ)
+cfg = small(Path(sys.argv[1]), Path(os.environ["RESNET_CIFAR_CACHE"]), Path(sys.argv[2]) / "run",
+            **{"optim.epochs": 1, "data.batch_size": 8, "data.limit_train": 192})
+with process_group(job, torch.device("cpu")):
+    marks = []
+    trainer = build_trainer(cfg, distributed=job,
+                      on_event=lambda event: marks.append(counter.count) if isinstance(event, StepFinished) else None)
+    counter = SyncCounter(Patcher())
+    trainer.fit()
+    windows = [counter.where[a:b] for a, b in zip(marks, marks[1:])]
+    (Path(sys.argv[2]) / f"rank{job.rank}.json").write_text(json.dumps(windows))
+"""
+
+
+def test_a_torchrun_step_syncs_once_and_agrees_on_stops_every_few_steps(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "sync.py"
+    script.write_text(TORCHRUN_SYNC_SCRIPT)
+    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir), "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               str(real_data_root), str(tmp_path), str(Path(__file__).parent)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        windows = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert len(windows) == 11  # 12 steps of 8 images per rank
+        # The window after step k holds the stop agreement when k is a multiple of 8, else only
+        # the next step's loss read.
+        for after_step, window in enumerate(windows, start=1):
+            expected = 2 if after_step % STOP_AGREEMENT_STEPS == 0 else 1
+            assert len(window) == expected, (rank, after_step, window)
+            assert window[-1].startswith("step.py:"), (rank, after_step, window)
+            if expected == 2:
+                assert window[0].startswith("distributed.py:"), (rank, after_step, window)
 
 
 def test_checkpoints_are_written_in_the_background_from_one_serialization(

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from resnet_cifar.engine.optim import build_optimizer, build_scheduler
 from resnet_cifar.engine.precision import Precision, make_grad_scaler, resolve_precision
@@ -142,6 +143,34 @@ def test_scheduler_is_stepped_once_per_step_and_ema_updates() -> None:
         torch.testing.assert_close(ema.module.state_dict()[key], expected)
         assert not torch.equal(ema.module.state_dict()[key], ema_before[key])
     assert ema.module is not model and ema.module.conv.weight is not model.conv.weight
+
+
+def test_ema_loads_averaged_model_state_and_continues_as_averaged_model_would() -> None:
+    # Checkpoints before the sync-free EMA hold torch's AveragedModel state dict: it loads, and the
+    # next updates are those AveragedModel would make, bit for bit.
+    model = _model()
+    reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    for seed in range(2):
+        model(_batch(seed=seed)[0])  # batch-norm statistics move; so do the weights, below
+        with torch.no_grad():
+            for param in model.parameters():
+                param.mul_(0.99)
+        reference.update_parameters(model)
+    ema = build_ema(_model(seed=1), 0.9)
+    ema.load_state_dict(copy.deepcopy(reference.state_dict()))
+    assert list(ema.state_dict()) == list(reference.state_dict())
+    for seed in range(2, 4):
+        model(_batch(seed=seed)[0])
+        reference.update_parameters(model)
+        ema.update_parameters(model)
+    for (name, expected), actual in zip(reference.state_dict().items(), ema.state_dict().values()):
+        assert torch.equal(expected, actual), name
+    assert int(ema.n_averaged) == 4
+    # A fresh EMA (n_averaged 0) loaded into one that has averaged copies again on its next update.
+    ema.load_state_dict(build_ema(model, 0.9).state_dict())
+    ema.update_parameters(model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(ema.module.state_dict()[key], value), key
 
 
 @pytest.mark.parametrize("poison", ["loss", "input"])

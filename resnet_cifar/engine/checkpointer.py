@@ -23,13 +23,15 @@ with ``torch.load(weights_only=True)``. Every check of whether a checkpoint fits
 settings, process count, data seed, classes, weights' shapes, EMA, monitor) is made here, with one
 message each.
 
-Checkpoints are written off the loop's path. The loop blocks only to *snapshot* the state: on
-CUDA a device-to-host copy into pinned buffers that are reused from one checkpoint to the next, on
-the CPU a copy. A background thread then serializes the snapshot once and writes those bytes to
-each file asked for (last.pt, and best.pt from the same snapshot) with the atomic temp + fsync +
+Checkpoints are written off the loop's path. The loop blocks only to *snapshot* the state: a copy
+into host buffers that are reused from one checkpoint to the next (pinned for CUDA tensors, so the
+device-to-host copies run asynchronously; on the CPU reuse spares each snapshot the page faults
+of ~190 MB of fresh memory for ResNet-50). ``prepare`` allocates and fills them before the
+training clock starts, so the first checkpoint blocks no longer than the others. A background
+thread then serializes the snapshot once and writes those bytes to each file asked for (last.pt, and best.pt from the same snapshot) with the atomic temp + fsync +
 rename of engine/checkpoint.py. At most one write is in flight: the next snapshot first waits for
 the previous write (that wait counts as blocked time, ``checkpoint_seconds``), which is also what
-lets the pinned buffers be reused. ``wait()`` joins the pending write and raises its error, if
+lets the buffers be reused. ``wait()`` joins the pending write and raises its error, if
 any, as the same one-line error a synchronous write gives; the trainer calls it before it
 reports, after a stop request, and on errors, so no run ends with a write still in flight.
 
@@ -245,7 +247,8 @@ class Checkpointer:
         self.every = every  # last.pt every N epochs (--checkpoint-every), and at the end
         self._last_position: tuple[int, int] | None = None  # (epoch, batches done) last.pt holds; on every rank
         self._resume: ResumeCheckpoint | None = None  # what open_run accepted, until restore() puts it back
-        self._pinned: dict[str, torch.Tensor] = {}  # reused host buffers for CUDA snapshots
+        self._buffers: dict[str, torch.Tensor] = {}  # reused host buffers of the snapshots, by key
+        self._copying_from_cuda = False  # the last snapshot has device-to-host copies in flight
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
         self._lock_fd: int | None = None
@@ -308,10 +311,7 @@ class Checkpointer:
         if not (self.is_main and names):
             return 0.0
         started = time.perf_counter()
-        self.wait()  # at most one write in flight; its pinned buffers are free again after it
-        snapshot = self._snapshot({"format": CHECKPOINT_FORMAT, **payload}, "")
-        if any(buffer.is_pinned() for buffer in self._pinned.values()):
-            torch.cuda.synchronize()  # the non-blocking device-to-host copies have landed
+        snapshot = self._take_snapshot(payload)
         if stamp_last_record and snapshot.get("history"):
             snapshot["history"][-1] = {**snapshot["history"][-1], "checkpoint_seconds": time.perf_counter() - started}
         paths = [self.path(name) for name in names]
@@ -328,18 +328,43 @@ class Checkpointer:
             error, self._error = self._error, None
             raise error
 
+    def prepare(self, state: RunState, position: LoopPosition) -> None:
+        """Allocate and fill the snapshot buffers for ``state`` now (no file is written), so that
+        no checkpoint of the loop pays for allocating them: the trainer calls it before its
+        training clock starts. A no-op off rank 0 (no collective)."""
+        if self.is_main:
+            self._take_snapshot(state.state_dict(position))
+
+    def _take_snapshot(self, payload: dict[str, Any]) -> dict[str, Any]:
+        self.wait()  # at most one write in flight; its buffers are free again after it
+        self._copying_from_cuda = False
+        # The host copies are memory-bound: one thread moves them about as fast as two, and on a
+        # loaded machine a two-thread copy waits for its slower thread to be scheduled (ResNet-50's
+        # 180 MiB: 0.06 s with one thread, 0.30 s with two, at load 4 on 2 cores).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            snapshot = self._snapshot({"format": CHECKPOINT_FORMAT, **payload}, "")
+        finally:
+            torch.set_num_threads(threads)
+        if self._copying_from_cuda:
+            torch.cuda.synchronize()  # the non-blocking device-to-host copies have landed
+        return snapshot
+
     def _snapshot(self, value: Any, key: str) -> Any:
-        """``value`` with every tensor copied off the live state: into a reused pinned buffer for
-        a CUDA tensor, a plain copy for a CPU one. Containers are rebuilt, plain values shared."""
+        """``value`` with every tensor copied off the live state into its reused host buffer
+        (``key`` names its place in the payload). Containers are rebuilt, plain values shared."""
         if isinstance(value, torch.Tensor):
             value = value.detach()
-            if value.device.type != "cuda":
-                return value.clone()
-            buffer = self._pinned.get(key)
+            on_cuda = value.device.type == "cuda"
+            buffer = self._buffers.get(key)
             if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
-                buffer = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
-                self._pinned[key] = buffer
-            return buffer.copy_(value, non_blocking=True)
+                # The live tensor's strides (a channels_last weight stays channels_last), pinned
+                # for a CUDA tensor so that the copy below is asynchronous.
+                buffer = torch.empty_like(value, device="cpu", pin_memory=on_cuda)
+                self._buffers[key] = buffer
+            self._copying_from_cuda |= on_cuda
+            return buffer.copy_(value, non_blocking=on_cuda)
         if isinstance(value, dict):
             return {name: self._snapshot(item, f"{key}/{name}") for name, item in value.items()}
         if isinstance(value, (list, tuple)):

@@ -109,7 +109,49 @@ class TrainStep:
         return StepOutput(loss=loss.detach().float(), correct=correct, loss_value=loss_value)
 
 
-def build_ema(model: nn.Module, decay: float) -> AveragedModel:
+class WeightsEMA(AveragedModel):
+    """torch's ``AveragedModel`` with the EMA's multi-tensor update, minus its host syncs.
+
+    ``AveragedModel.update_parameters`` reads its ``n_averaged`` counter on the host twice per
+    update and copies it to the model's device (a blocking host-to-device copy on CUDA) for an
+    EMA function that never reads it. This update keeps a host-side mirror of "has it averaged
+    yet" instead and does the same arithmetic: the first update copies the weights, later ones
+    apply ``multi_avg_fn`` to each (device, dtype) group, as ``AveragedModel`` groups them. The
+    state dict is ``AveragedModel``'s (``module.<name>`` keys and ``n_averaged``), so older
+    checkpoints load and resume as before.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self._averaged = False  # n_averaged > 0, known without reading the tensor
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        ema_tensors = [*self.module.parameters(), *self.module.buffers()]
+        model_tensors = [*model.parameters(), *model.buffers()]
+        if not self._averaged:
+            for ema_tensor, model_tensor in zip(ema_tensors, model_tensors, strict=True):
+                ema_tensor.copy_(model_tensor)
+        else:
+            groups: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
+            for ema_tensor, model_tensor in zip(ema_tensors, model_tensors, strict=True):
+                group = groups.setdefault((ema_tensor.device, ema_tensor.dtype), ([], []))
+                group[0].append(ema_tensor)
+                group[1].append(model_tensor.detach())
+            assert self.multi_avg_fn is not None
+            for ema_group, model_group in groups.values():
+                # The EMA function ignores its count argument: the host counter goes as it is.
+                self.multi_avg_fn(ema_group, model_group, self.n_averaged)
+        self.n_averaged += 1  # where it lives (the host unless moved): no device sync
+        self._averaged = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # Once per load (a resume, the compile warm-up's restore), never per step.
+        self._averaged = bool(self.n_averaged.item() > 0)
+
+
+def build_ema(model: nn.Module, decay: float) -> WeightsEMA:
     """An exponential moving average of the weights AND buffers (batch-norm statistics).
 
     Averaging the buffers too (``use_buffers=True``) keeps the EMA model's batch-norm statistics
@@ -118,7 +160,7 @@ def build_ema(model: nn.Module, decay: float) -> AveragedModel:
     """
     if not (math.isfinite(decay) and 0.0 < decay < 1.0):
         raise UsageError(f"EMA decay must be in (0, 1), got {decay!r}")
-    return AveragedModel(unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return WeightsEMA(unwrap_model(model), decay)
 
 
 def build_loss(label_smoothing: float = 0.0) -> nn.CrossEntropyLoss:

@@ -14,7 +14,8 @@ outcome comes back as a FitResult. This module owns the order of things:
 ``resume`` continues exactly where the checkpoint was taken: the loaders' order and augmentation
 depend only on (seed, epoch), and the RNG states cover dropout.
 
-A stop request is honoured after the current step: from a signal (the CLI's SIGTERM/SIGINT handler
+A stop request is honoured after the current step (under torchrun within
+STOP_AGREEMENT_STEPS steps, when the ranks agree on it): from a signal (the CLI's SIGTERM/SIGINT handler
 sets it) a resumable last.pt is written and the result names the signal (``interrupted``); from a
 sweep's pruner the run stops after its epoch and the result says ``pruned``. A non-finite loss
 raises NonFiniteLossError before any update, and no checkpoint is written after it, so the last
@@ -26,8 +27,9 @@ Each rank trains on its own disjoint slice of every epoch's permutation (``--bat
 process) with the model wrapped in DistributedDataParallel after compilation, and evaluates its own
 shard of the validation and test sets; the confusion matrices, loss sums and train sums are summed
 over the ranks, so every rank sees the global metrics and takes the same early-stopping decision.
-The stop request and the non-finite-loss check are agreed on by all ranks (one tiny all-reduce
-each per step), so no rank is left waiting in a collective. Only rank 0 writes files; checkpoints
+The non-finite-loss check (the loss's all-reduce, every step) and the stop request (every few
+steps and at each epoch's end, resnet_cifar.distributed.STOP_AGREEMENT_STEPS) are agreed on by all
+ranks, so no rank is left waiting in a collective. Only rank 0 writes files; checkpoints
 hold the unwrapped module's state, rank 0's RNG state and every rank's (for an exact resume), and
 resume with the same number of processes.
 """
@@ -105,7 +107,7 @@ class FitResult:
     test: dict[str, Any] | None  # the final model's test report (never used for selection)
     checkpoint: Path
     world_size: int = 1  # processes that trained the run together
-    compile_seconds: float = 0.0  # torch.compile's warm-up, before the training clock started
+    compile_seconds: float = 0.0  # the warm-up step with torch.compile, before the training clock (0 eager)
     train_seconds: float = 0.0  # the loop's wall time: training, validation and checkpointing
     reached_target: bool | None = None  # --target-acc: whether validation reached it (None: no target)
     time_to_target_s: float | None = None  # training seconds (validations included) until it did
@@ -241,11 +243,19 @@ class Trainer:
         history = tuple(record.to_dict() for record in self.history)
         return LoopPosition(epoch=epoch, batches_done=batches_done, partial_epoch=partial, history=history)
 
-    def _warm_up_compiled_model(self) -> float:
-        """Compile before the training clock starts: one step on the first batch, then every bit
-        of state put back as it was (weights, optimizer, schedule, scaler, EMA, RNG, step count),
-        so the run trains exactly as without the warm-up. Returns the seconds it took."""
-        if not self.cfg.precision.compile:
+    def _warm_up(self) -> float:
+        """Before the training clock starts, the checkpoints' host buffers are allocated, and on
+        CUDA or with --compile one step is taken on the first batch first: torch.compile compiles
+        in it, and the buffers are then allocated from the state after it (the optimizer makes
+        its state, the momentum, in its first step), so no epoch's checkpoint pays for either.
+        After the step every bit of state is put back as it was (weights, optimizer, schedule,
+        scaler, EMA, RNG, step count), so the run trains exactly as without it. Every rank takes
+        the step (DDP's collectives). Returns the compilation's seconds (0 without --compile)."""
+        compiling = self.cfg.precision.compile
+        if not (compiling or self.device.type == "cuda"):
+            # An eager CPU run is spared the extra step: its first checkpoint allocates only the
+            # optimizer's state (the buffers' first use costs page faults, not pinning).
+            self.checkpointer.prepare(self.state, self._position(self.start_epoch, self.batches_done))
             return 0.0
         started = time.perf_counter()
         saved = copy.deepcopy(self.state.state_dict(self._position(self.start_epoch, self.batches_done)))
@@ -256,8 +266,10 @@ class Trainer:
         self.parts.step(images, labels)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.state.load_state_dict(saved, "the compile warm-up's snapshot")
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.checkpointer.prepare(self.state, self._position(self.start_epoch, self.batches_done))
+        self.state.load_state_dict(saved, "the warm-up's snapshot")
+        return seconds if compiling else 0.0
 
     # -- the loop
 
@@ -277,10 +289,11 @@ class Trainer:
             tta=tta,
         )
 
-    def _agreed_stop(self) -> bool:
+    def _agreed_stop(self, *, step: int | None = None) -> bool:
         """Whether to stop now: a signal any rank got, the same on every rank (see
-        DistEnv.agree_on_stop), or the pruner of a (single-process) sweep."""
-        agreed = self.dist.agree_on_stop(self.stop.signal_name, self.device)
+        DistEnv.agree_on_stop; ``step`` spaces the agreement out inside an epoch), or the pruner
+        of a (single-process) sweep."""
+        agreed = self.dist.agree_on_stop(self.stop.signal_name, self.device, step=step)
         if agreed is not None and agreed != self.stop.signal_name:
             self.stop.request(agreed)  # another rank got a signal: this one stops, and reports, with it
         return agreed is not None or self.stop.pruned
@@ -356,7 +369,7 @@ class Trainer:
         # taken (a crash between the two) must not appear twice.
         self._write_metrics()
         self.on_event(self._started())
-        self.compile_seconds = self._warm_up_compiled_model()
+        self.compile_seconds = self._warm_up()
         self.clock_started = time.perf_counter()
         stopped_early, stop_reason = False, None
         target = cfg.run.target_acc
@@ -430,7 +443,7 @@ class Trainer:
                     images_per_sec=(seen - seen_before) * world / elapsed,
                 )
             )
-            if self._agreed_stop():
+            if self._agreed_stop(step=index + 1):
                 total_loss, total_correct, total_seen = self._summed(loss_sum, correct, seen)
                 partial = {"loss_sum": total_loss, "correct": int(total_correct), "seen": int(total_seen)}
                 self.checkpointer.save_stop(self.state, self._position(epoch, index + 1, partial))

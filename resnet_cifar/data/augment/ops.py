@@ -13,6 +13,10 @@ No torchvision import: the library never depends on it.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -227,17 +231,35 @@ def apply_op(op: int, images: Tensor, magnitudes: Tensor) -> Tensor:
 
 # Group ids: every geometric op shares one (one affine grid for all of them).
 _GEOMETRIC_GROUP = OP_ID["ShearX"]
-_GROUP_OF = torch.tensor([_GEOMETRIC_GROUP if op in GEOMETRIC_OPS else op for op in range(len(OP_NAMES))])
+_GROUP_OF = np.array([_GEOMETRIC_GROUP if op in GEOMETRIC_OPS else op for op in range(len(OP_NAMES))], dtype=np.int64)
 
 
-def apply_ops(images: Tensor, ops: Tensor, magnitudes: Tensor) -> Tensor:
+def op_groups(ops: np.ndarray) -> np.ndarray:
+    """The group id of each op id (host arrays): what apply_ops batches together."""
+    return _GROUP_OF[ops]
+
+
+def group_sizes(groups: np.ndarray) -> list[int]:
+    """Images per group id, counted on the host (``apply_ops``'s ``sizes``)."""
+    return np.bincount(groups, minlength=len(OP_NAMES)).tolist()
+
+
+@functools.lru_cache(maxsize=None)
+def _group_table(device: torch.device) -> Tensor:
+    return torch.from_numpy(_GROUP_OF).to(device)  # once per device, not per batch
+
+
+def apply_ops(images: Tensor, ops: Tensor, magnitudes: Tensor, sizes: Sequence[int] | None = None) -> Tensor:
     """Apply ops[i] with magnitudes[i] to images[i] (uint8 [B, 3, H, W]) for every i, grouped by op.
 
-    One host sync (the group sizes) and a handful of kernels per op present: no per-image code.
+    A handful of kernels per op present, no per-image code. ``sizes`` are the images per group
+    (``group_sizes(op_groups(ops))``, counted on the host where the ops were drawn); without
+    them they are read back from ``ops``, one host sync (a device sync on CUDA).
     """
-    groups = _GROUP_OF.to(ops.device)[ops]
+    groups = _group_table(ops.device)[ops]
     order = torch.argsort(groups, stable=True)
-    sizes = torch.bincount(groups, minlength=len(OP_NAMES)).tolist()
+    if sizes is None:
+        sizes = torch.bincount(groups, minlength=len(OP_NAMES)).tolist()
     output = images
     start = 0
     for group, size in enumerate(sizes):

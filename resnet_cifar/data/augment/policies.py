@@ -12,14 +12,15 @@ One draw function per sampler of the registry, bound to it at import.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from resnet_cifar.choices import bound
 from resnet_cifar.choices.policies import POLICIES, SAMPLERS, OpRange, PolicySpec
-from resnet_cifar.data.augment.ops import IDENTITY, OP_ID, apply_ops
+from resnet_cifar.data.augment.ops import IDENTITY, OP_ID, apply_ops, group_sizes, op_groups
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,25 @@ def space_tables(space: tuple[OpRange, ...], bins: int) -> SpaceTables:
 
 @dataclass(frozen=True)
 class PolicyPlan:
-    """Per image and op slot (applied in slot order): the op id and its signed magnitude."""
+    """Per image and op slot (applied in slot order): the op id and its signed magnitude.
+
+    ``host_groups`` is the ops' group ids as a host array, made where the plan is drawn (on the
+    CPU) and kept by ``to``: each batch's group sizes are counted from it, so applying a plan on
+    CUDA never reads a tensor back from the device.
+    """
 
     ops: Tensor  # int64 [n, slots]
     magnitudes: Tensor  # float32 [n, slots]
+    host_groups: np.ndarray = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.host_groups is None:
+            if self.ops.device.type != "cpu":
+                raise ValueError("a PolicyPlan is drawn on the CPU; move it with .to(device)")
+            object.__setattr__(self, "host_groups", op_groups(self.ops.numpy()))
 
     def to(self, device: torch.device) -> PolicyPlan:
-        return PolicyPlan(self.ops.to(device), self.magnitudes.to(device))
+        return PolicyPlan(self.ops.to(device), self.magnitudes.to(device), self.host_groups)
 
 
 def _signed(magnitude: Tensor, signed: Tensor, generator: torch.Generator) -> Tensor:
@@ -124,5 +137,6 @@ def apply_policy(images: Tensor, plan: PolicyPlan, start: int, stop: int) -> Ten
     """Images start..stop-1 of the plan (uint8 [B, 3, H, W], on the plan's device), augmented."""
     ops, magnitudes = plan.ops[start:stop], plan.magnitudes[start:stop]
     for slot in range(ops.shape[1]):
-        images = apply_ops(images, ops[:, slot], magnitudes[:, slot])
+        sizes = group_sizes(plan.host_groups[start:stop, slot])
+        images = apply_ops(images, ops[:, slot], magnitudes[:, slot], sizes)
     return images
