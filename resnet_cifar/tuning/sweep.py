@@ -42,18 +42,27 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from resnet_cifar.config import TrainConfig, save_config
+from resnet_cifar.config import TrainConfig, config_text
 from resnet_cifar.engine.trainer import EpochFinished, Event, StepFinished, StopRequest, train
 from resnet_cifar.errors import ResnetCifarError, UsageError
 from resnet_cifar.files import atomic_write, first_line, one_line
+from resnet_cifar.tuning.page import Axis, SweepPage, render_sweep_page
 from resnet_cifar.tuning.space import SearchSpace, check_space
-from resnet_cifar.tuning.storage import DEFAULT_HEARTBEAT, OpenedStorage, check_storage_url, default_storage, open_storage
+from resnet_cifar.tuning.storage import (
+    DEFAULT_HEARTBEAT,
+    OpenedStorage,
+    check_storage_url,
+    default_storage,
+    open_storage,
+)
 
 DEFAULT_STUDY_NAME = "resnet-cifar"
 BEST_FORMATS = ("toml", "yaml")
@@ -183,7 +192,7 @@ def report_sweep(
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UsageError(f"{out_dir}: cannot create the report folder ({error.strerror or error})") from None
-        summaries, best_path, trials_csv = _write_reports(study, out_dir, best_format)
+        summaries, best_path, trials_csv = _write_reports(study, out_dir, best_format, opened.shown)
     return SweepResult(
         study_name=study_name,
         storage=opened.shown,
@@ -289,7 +298,7 @@ def run_sweep(
                 with _heartbeat(study, trial, opened):
                     interrupted = _run_trial(study, trial, base, space, trials_dir, emit, stop)
                 ran += 1
-                _write_reports(study, out_dir, None)
+                _write_reports(study, out_dir, None, opened.shown)
                 if interrupted is not None:
                     break
         finally:
@@ -297,7 +306,7 @@ def run_sweep(
         if stop.signal_name is not None:
             interrupted = stop.signal_name
         # The best config once, as this worker leaves: the study's best of every worker's trials.
-        summaries, best_path, trials_csv = _write_reports(study, out_dir, best_format)
+        summaries, best_path, trials_csv = _write_reports(study, out_dir, best_format, opened.shown)
     best = _best(summaries)
     return SweepResult(
         study_name=study_name,
@@ -668,22 +677,94 @@ def best_config(study_trial_config: dict[str, Any]) -> TrainConfig:
 
 
 def _write_reports(
-    study: Any, out_dir: Path, best_format: str | None
+    study: Any, out_dir: Path, best_format: str | None, shown: str
 ) -> tuple[tuple[TrialSummary, ...], Path | None, Path]:
-    """trials.csv of every trial and, given a ``best_format``, the best trial's config; returns
-    (summaries, best file or None, csv)."""
+    """trials.csv and sweep.html of every trial and, given a ``best_format``, the best trial's
+    config; returns (summaries, best file or None, csv)."""
     frozen = sorted(study.get_trials(deepcopy=False), key=lambda trial: trial.number)
     summaries = tuple(_summary(trial) for trial in frozen)
     trials_csv = out_dir / "trials.csv"
-    text = _csv_text(summaries)
-    atomic_write(trials_csv, text)
+    atomic_write(trials_csv, _csv_text(summaries))
     best = _best(summaries)
-    best_path = None
-    if best is not None and best_format is not None:
-        best_path = out_dir / f"best.{best_format}"
-        config = next(trial for trial in frozen if trial.number == best.number).user_attrs["config"]
-        save_config(best_config(config), best_path)
+    best_path, best_text = None, None
+    if best is not None:
+        cfg = best_config(next(trial for trial in frozen if trial.number == best.number).user_attrs["config"])
+        best_text = config_text(cfg, f".{best_format or 'toml'}")
+        if best_format is not None:
+            best_path = out_dir / f"best.{best_format}"
+            atomic_write(best_path, best_text)
+    atomic_write(out_dir / SWEEP_PAGE, render_sweep_page(_page(study, shown, frozen, summaries, best_text, best_path)))
     return summaries, best_path, trials_csv
+
+
+# The sweep's page, beside trials.csv.
+SWEEP_PAGE = "sweep.html"
+
+
+def _page(
+    study: Any, shown: str, frozen: list[Any], summaries: tuple[TrialSummary, ...], best_text: str | None,
+    best_path: Path | None,
+) -> SweepPage:  # fmt: skip
+    from resnet_cifar import __version__
+
+    importances, note = _importances(study)
+    return SweepPage(
+        study_name=study.study_name,
+        storage=shown,
+        trials=summaries,
+        axes=_axes(frozen),
+        importances=importances,
+        importance_note=note,
+        best_config_text=best_text,
+        best_config_file=None if best_path is None else str(best_path),
+        written_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        version=__version__,
+    )
+
+
+def _axes(frozen: list[Any]) -> tuple[Axis, ...]:
+    """One axis per searched parameter, from the distributions the study stored."""
+    from optuna.distributions import CategoricalDistribution
+
+    axes: dict[str, Axis] = {}
+    for trial in frozen:
+        for key, distribution in trial.distributions.items():
+            if key not in axes:
+                if isinstance(distribution, CategoricalDistribution):
+                    axes[key] = Axis(key=key, choices=tuple(distribution.choices))
+                else:
+                    axes[key] = Axis(key=key, log=bool(getattr(distribution, "log", False)))
+    return tuple(axes[key] for key in sorted(axes))
+
+
+def _importances(study: Any) -> tuple[dict[str, float] | None, str]:
+    """Optuna's PED-ANOVA importances over the complete trials (its evaluator that needs no
+    scikit-learn, and is deterministic: the same study gives the same page), or None and the
+    reason there are none."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        return None, "they need at least 2 complete trials"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental; few trials for its quantile
+            values = optuna.importance.get_param_importances(study, evaluator=importance_evaluator())
+    except (RuntimeError, ValueError, ImportError, ZeroDivisionError) as error:
+        return None, one_line(error)
+    shares = {key: float(value) for key, value in values.items()}
+    if not all(math.isfinite(share) for share in shares.values()):
+        return None, "the complete trials do not tell the parameters apart yet"
+    return shares, "Optuna's PedAnovaImportanceEvaluator over the complete trials, normalised to sum to 1."
+
+
+def importance_evaluator() -> Any:
+    """The evaluator of sweep.html's importances (tests compare with it)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return optuna.importance.PedAnovaImportanceEvaluator()
 
 
 def _csv_text(summaries: tuple[TrialSummary, ...]) -> str:
@@ -727,6 +808,7 @@ __all__ = [
     "apply_params",
     "best_config",
     "default_storage",
+    "importance_evaluator",
     "report_sweep",
     "run_sweep",
 ]
