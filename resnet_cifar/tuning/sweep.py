@@ -785,13 +785,17 @@ def _csv_text(summaries: tuple[TrialSummary, ...]) -> str:
 
 @contextmanager
 def _quiet_optuna() -> Iterator[None]:
-    """Optuna logs every trial at INFO on stderr; a library must not print, so warnings only."""
+    """Optuna logs every trial at INFO on stderr; a library must not print, so warnings only, and
+    not the two that a sweep's own heartbeat loop (ask and tell, not optimize) always triggers."""
     import optuna
 
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+            yield
     finally:
         optuna.logging.set_verbosity(previous)
 
