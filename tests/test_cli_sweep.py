@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import typer.main
 
 from resnet_cifar.config import resolve_config
@@ -118,3 +119,32 @@ def test_sweep_takes_every_setting_flag_of_train() -> None:
     sweep_flags = {option for param in commands["sweep"].params for option in [*param.opts, *param.secondary_opts]}
     assert train_flags - sweep_flags == {"--resume"}  # --out and --json exist in both, with the sweep's meaning
     assert {"--trials", "--epochs", "--timeout", "--space", "--lr", "--seed", "--amp", "--no-amp"} <= sweep_flags
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--timeout", "nan"], "error: --timeout must be a positive number of seconds, got nan"),
+        (["--timeout", "inf"], "error: --timeout must be a positive number of seconds, got inf"),
+        (["--study-name", ""], "error: --study-name must not be empty"),
+        (["--heartbeat", "0"], "error: --heartbeat must be at least 1 second, got 0"),
+        (["--storage", "sweeper:hunter2@db.example/sweeps"], "error: --storage must be an RDB URL"),
+        (["--storage", "journal:"], "error: --storage journal:PATH needs a file path, got 'journal:'"),
+        (["--storage", "postgresql+psycopg://u:hunter2@127.0.0.1:1/x", "--report"], "error: postgresql+psycopg://u:***@127.0.0.1:1/x: "),
+        (["--report", "--study-name", "nope"], "does not exist; give the sweep's --out or its --storage URL"),
+    ],
+    ids=["timeout-nan", "timeout-inf", "empty-study-name", "heartbeat-0", "not-a-url", "journal-without-path", "report-unreachable", "report-no-study"],
+)
+def test_bad_sweep_values_are_one_line_exit_2_and_write_nothing(
+    args: list[str], message: str, real_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resnet_cifar.cli.main import run
+
+    out = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as exit_info:
+        run(["sweep", *TINY, "--batch-size", "16", "--data-dir", str(real_data_root), "--out", str(out), *args])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1, err
+    assert message in lines[0] and "hunter2" not in err
+    assert not out.exists() or not any(out.iterdir())

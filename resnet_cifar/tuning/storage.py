@@ -32,8 +32,8 @@ DEFAULT_HEARTBEAT = 30
 GRACE_FACTOR = 2
 # How long connecting to a database server may take before the sweep gives up (seconds).
 CONNECT_TIMEOUT = 10
-# A password in a URL: scheme://user:PASSWORD@host
-_PASSWORD = re.compile(r"(?P<head>://[^/@:]*:)(?P<password>[^@/]*)@")
+# A password in a URL: scheme://user:PASSWORD@host (or user:PASSWORD@host, the scheme forgotten)
+_PASSWORD = re.compile(r"(?P<head>(?:^|://)[^/@:]*:)(?P<password>[^@/]*)@")
 
 
 def mask_url(url: str) -> str:
