@@ -54,6 +54,7 @@ class SweepPage:
     study_name: str
     storage: str  # password masked
     trials: Sequence[Any]  # TrialSummary, by number
+    best: Any  # the best complete TrialSummary, or None
     axes: Sequence[Axis]  # the searched parameters
     importances: dict[str, float] | None
     importance_note: str  # why there are none, or how they were computed
@@ -217,7 +218,7 @@ def _header(page: SweepPage) -> str:
 
 
 def _best_section(page: SweepPage) -> str:
-    best = _best(page.trials)
+    best = page.best
     if best is None:
         return '<section id="best"><h2>Best trial</h2><p class="muted">No trial has completed yet.</p></section>'
     params = "".join(f"<dt>{escape(key)}</dt><dd>{escape(str(value))}</dd>" for key, value in best.params.items())
@@ -232,11 +233,6 @@ def _best_section(page: SweepPage) -> str:
         f'<span data-value="{best.value!r}">{_fmt(best.value)}</span></h2>'
         f'<dl class="facts">{params}</dl>{command}{config}</section>'
     )
-
-
-def _best(trials: Sequence[Any]) -> Any:
-    complete = [trial for trial in trials if trial.state == "COMPLETE" and trial.value is not None]
-    return max(complete, key=lambda trial: (trial.value, -trial.number), default=None)
 
 
 def _charts(page: SweepPage) -> str:

@@ -188,22 +188,9 @@ def report_sweep(
             raise UsageError(f"{opened.shown}: no study {study_name!r} (studies there: {names})") from None
         except sqlalchemy.exc.SQLAlchemyError as error:
             raise opened.error(f"cannot read study {study_name!r}", error) from None
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UsageError(f"{out_dir}: cannot create the report folder ({error.strerror or error})") from None
-        summaries, best_path, trials_csv = _write_reports(study, out_dir, best_format, opened.shown)
-    return SweepResult(
-        study_name=study_name,
-        storage=opened.shown,
-        out_dir=out_dir,
-        trials=summaries,
-        best=_best(summaries),
-        best_config=best_path,
-        trials_csv=trials_csv,
-        ran=0,
-        interrupted=None,
-    )
+        _make_folder(out_dir)
+        reports = _write_reports(study, out_dir, best_format, opened.shown)
+    return _result(study_name, opened, out_dir, reports, ran=0, interrupted=None)
 
 
 def _check_sweep_values(trials: int, timeout: float | None, study_name: str, best_format: str, heartbeat: int) -> None:
@@ -270,10 +257,7 @@ def run_sweep(
     trials_dir = out_dir / "trials"
     if storage is not None:
         check_storage_url(storage)  # before the sweep folder is made
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"{out_dir}: cannot create the sweep folder ({error.strerror or error})") from None
+    _make_folder(out_dir)
 
     with _quiet_optuna():
         study, opened = _open_study(out_dir, storage, study_name, pruner or optuna.pruners.MedianPruner(), heartbeat)
@@ -306,14 +290,28 @@ def run_sweep(
         if stop.signal_name is not None:
             interrupted = stop.signal_name
         # The best config once, as this worker leaves: the study's best of every worker's trials.
-        summaries, best_path, trials_csv = _write_reports(study, out_dir, best_format, opened.shown)
-    best = _best(summaries)
+        reports = _write_reports(study, out_dir, best_format, opened.shown)
+    return _result(study_name, opened, out_dir, reports, ran=ran, interrupted=interrupted)
+
+
+def _make_folder(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{out_dir}: cannot create the sweep folder ({error.strerror or error})") from None
+
+
+def _result(
+    study_name: str, opened: OpenedStorage, out_dir: Path, reports: tuple[Any, Path | None, Path], *, ran: int,
+    interrupted: str | None,
+) -> SweepResult:  # fmt: skip
+    summaries, best_path, trials_csv = reports
     return SweepResult(
         study_name=study_name,
         storage=opened.shown,
         out_dir=out_dir,
         trials=summaries,
-        best=best,
+        best=_best(summaries),
         best_config=best_path,
         trials_csv=trials_csv,
         ran=ran,
@@ -712,6 +710,7 @@ def _page(
         study_name=study.study_name,
         storage=shown,
         trials=summaries,
+        best=_best(summaries),
         axes=_axes(frozen),
         importances=importances,
         importance_note=note,
