@@ -168,6 +168,9 @@ def test_three_workers_on_postgresql_one_killed_one_terminated_finish_exactly(
         rows = {int(row["number"]): row["state"] for row in csv.DictReader(handle)}
     assert rows == _states(postgres)
     assert PASSWORD not in report.stdout + report.stderr
+    for out in (outs[2], elsewhere):  # the page of the whole study, password masked
+        page = (out / "sweep.html").read_text(encoding="utf-8")
+        assert page.count("<tr data-trial=") == len(rows) and PASSWORD not in page and f"{USER}:***@" in page
 
 
 def test_journal_storage_shared_by_concurrent_workers_holds_exactly_the_trials(

@@ -12,20 +12,21 @@ sweep's fixed settings (``base``) and the trial's sampled parameters, trained in
   median at the same epoch is pruned). The trainer is then asked to stop through its StopRequest
   (``prune()``) and stops right after that epoch's checkpoints, so a pruned trial's folder holds
   its config, metrics and a resumable last.pt.
-* Storage: SQLite in ``out/study.db`` by default (any Optuna RDB URL may be given instead), so
-  running again tops the study up to the new ``trials`` and several processes or machines can
-  work on one study: each counts the trials already finished (complete, pruned or failed) before
-  starting another, and stops once the study holds ``trials`` of them (workers that check at the
-  same moment may each start one more). A trial whose process was killed stays RUNNING in the
-  storage and does not count; one stopped by a signal is failed with ``interrupted`` set and
-  does not count either, so the next run replaces it.
+* Storage: SQLite in ``out/study.db`` by default, an RDB URL (PostgreSQL, for several machines) or
+  ``journal:PATH`` (see storage.py), so running again tops the study up to the new ``trials`` and
+  several processes or machines can work on one study. Exactly ``trials`` trials take a place
+  (complete, pruned, running or queued, or failed for a reason of their own), whatever the number
+  of workers: see _WorkerRegistry. A trial whose worker was killed is failed by the heartbeat of an
+  RDB storage and queued again once; one stopped by a signal is failed with ``interrupted`` set;
+  neither counts, so another worker (or the next run) replaces it.
 * Failures: a ResnetCifarError from a trial (a sampled combination that does not validate, a
   non-finite loss, ...) or a CUDA out-of-memory error fails that trial, with its message in the
   ``error`` user attribute, and the study goes on. Any other exception fails the trial and is raised.
-* Outputs: ``trials.csv`` (every trial of the study), the best trial's full config as
-  ``best.toml`` (or ``best.yaml``) that ``resnet-cifar train --config`` accepts, and a
-  ``trial.json`` in each trial folder. They are rewritten after every trial, so an interrupted
-  sweep leaves them current.
+* Outputs: ``trials.csv`` and ``sweep.html`` (every trial of the study; rewritten after every
+  trial, so an interrupted sweep leaves them current), a ``trial.json`` in each trial folder, and
+  the best trial's full config as ``best.toml`` (or ``best.yaml``) that ``resnet-cifar train
+  --config`` accepts, written once, as the worker leaves. ``report_sweep`` rewrites them from the
+  storage on any machine.
 
 The value of a trial is its best validation accuracy (maximized); the test split is reported per
 trial (``test_acc``) but never used for selection. Nothing here prints, and Optuna's own logging is
