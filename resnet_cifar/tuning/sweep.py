@@ -244,9 +244,11 @@ def run_sweep(
     ``trials``, so the next run replaces it.
 
     Raises:
-        UsageError: ``trials`` below 1, an unknown ``best_format``, a space bound the setting
-            refuses, a storage holding another study (default storage) or a direction other than
-            maximize, a space whose distributions changed for the same study.
+        UsageError: ``trials`` below 1, a ``timeout`` that is not a positive number, an empty
+            ``study_name``, an unknown ``best_format``, a space bound the setting refuses, a storage
+            that cannot be opened (one line, password masked), a storage holding another study
+            (default storage) or a direction other than maximize, a space whose distributions
+            changed for the same study.
     """
     import optuna
 
