@@ -132,7 +132,7 @@ def test_three_workers_on_postgresql_one_killed_one_terminated_finish_exactly(
 ) -> None:
     space = tmp_path / "space.toml"
     space.write_text(LR_SPACE)
-    args = [*TINY, "--data-dir", str(real_data_root), "--space", str(space), "--storage", postgres, "--trials", "4", "--heartbeat", "1"]  # fmt: skip
+    args = [*TINY, "--data-dir", str(real_data_root), "--space", str(space), "--storage", postgres, "--trials", "4", "--heartbeat", "5"]  # fmt: skip
     outs = [tmp_path / f"machine-{index}" for index in range(3)]
     workers = [_worker(args, out, decoded_cache_dir) for out in outs]
 

@@ -188,6 +188,7 @@ def _without_class(error: BaseException) -> BaseException:
 
 __all__ = [
     "DEFAULT_HEARTBEAT",
+    "GRACE_FACTOR",
     "JOURNAL_PREFIX",
     "OpenedStorage",
     "check_storage_url",

@@ -59,6 +59,7 @@ from resnet_cifar.tuning.page import Axis, SweepPage, render_sweep_page
 from resnet_cifar.tuning.space import SearchSpace, check_space
 from resnet_cifar.tuning.storage import (
     DEFAULT_HEARTBEAT,
+    GRACE_FACTOR,
     OpenedStorage,
     check_storage_url,
     default_storage,
@@ -282,8 +283,9 @@ def run_sweep(
                 trial = workers.next_trial(study, trials, base.run.seed, stop)
                 if trial is None:
                     break
-                with _heartbeat(study, trial, opened):
-                    interrupted = _run_trial(study, trial, base, space, trials_dir, emit, stop)
+                interrupted = _run_beating(
+                    study, trial, opened, emit, lambda: _run_trial(study, trial, base, space, trials_dir, emit, stop)
+                )
                 ran += 1
                 _write_reports(study, out_dir, None, opened.shown)
                 if interrupted is not None:
@@ -295,6 +297,25 @@ def run_sweep(
         # The best config once, as this worker leaves: the study's best of every worker's trials.
         reports = _write_reports(study, out_dir, best_format, opened.shown)
     return _result(study_name, opened, out_dir, reports, ran=ran, interrupted=interrupted)
+
+
+def _run_beating(
+    study: Any, trial: Any, opened: OpenedStorage, emit: SweepEventHandler, run: Callable[[], str | None]
+) -> str | None:
+    """``run`` the trial with its heartbeat. If another worker failed it meanwhile (its heartbeats
+    came too late: a machine too busy to run this process for twice --heartbeat seconds), the
+    storage refuses every later update of it: this worker lets the trial go (its retry runs once,
+    anywhere) and goes on with the next one."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        with _heartbeat(study, trial, opened):
+            return run()
+    except UpdateFinishedTrialError:
+        lost = _summary(_frozen(study, trial.number))
+        note = f"failed by another worker: no heartbeat for {GRACE_FACTOR}x --heartbeat seconds; it is run again once"
+        emit(TrialFinished(trial=replace(lost, error=lost.error or note)))
+        return None
 
 
 def _make_folder(out_dir: Path) -> None:
