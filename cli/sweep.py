@@ -40,7 +40,9 @@ def _sweep_options(
     space: Annotated[Optional[Path], typer.Option("--space", help="A TOML or YAML search space (default: {space.DEFAULT_SPACE:flags}; see resnet_cifar/tuning/space.py).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help=f"Sweep folder: study.db, trials/<number>/, trials.csv and the best config. \\[default: {DEFAULT_OUT}]", show_default=False)] = None,
     study_name: Annotated[Optional[str], typer.Option("--study-name", help="The study's name in its storage. \\[default: {sweep.DEFAULT_STUDY_NAME}]", show_default=False)] = None,
-    storage: Annotated[Optional[str], typer.Option("--storage", help="An Optuna RDB URL shared by several machines (default: sqlite:///<out>/study.db).", show_default=False)] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Where the study lives, shared by every worker: an Optuna RDB URL (postgresql+psycopg://USER:PASSWORD@HOST/DB for several machines; see docs/distributed.md) or journal:PATH, a file on a shared folder (default: sqlite:///<out>/study.db).", show_default=False)] = None,
+    heartbeat: Annotated[int, typer.Option("--heartbeat", help="Seconds between a running trial's heartbeats in an RDB storage: a trial silent for twice as long (its worker died) is failed and run again once.")] = 30,
+    report: Annotated[bool, typer.Option("--report", help="Run no trial: read the study from --storage (or --out's study.db) as it stands and write trials.csv, the best config and sweep.html into --out.")] = False,
     best_format: Annotated[str, typer.Option("--best-format", help="{sweep.BEST_FORMATS:or}: the best trial's config file, best.toml or best.yaml.")] = "toml",
 ) -> None:
     """The sweep's own options; the run options and train's setting flags follow them."""
@@ -114,16 +116,32 @@ def render_trials(out: Output, result: Any) -> None:
     out.line(f"trials table in {result.trials_csv}")
 
 
+def _render(output: Output, result: Any, json_output: bool) -> None:
+    if json_output:
+        output.json(result.to_dict())
+    else:
+        render_trials(output, result)
+
+
 def sweep(**values: Any) -> None:
     """Search hyperparameters with Optuna (TPE, median pruning): trials of the training engine, each
     in its own folder, a resumable study in --out, a table of trials and the best config."""
     from resnet_cifar.engine.trainer import StopRequest
     from resnet_cifar.errors import UsageError
-    from resnet_cifar.tuning import DEFAULT_STUDY_NAME, default_space, load_space, run_sweep
+    from resnet_cifar.tuning import DEFAULT_STUDY_NAME, default_space, load_space, report_sweep, run_sweep
 
     quiet_known_harmless_logs()
     json_output = values["json_output"]
     output = Output(json_mode=json_output)
+    study_name = DEFAULT_STUDY_NAME if values["study_name"] is None else values["study_name"]
+    if values["report"]:
+        with reported_errors(output):
+            result = report_sweep(
+                out_dir=values["out"] or DEFAULT_OUT, storage=values["storage"], study_name=study_name,
+                best_format=values["best_format"],
+            )  # fmt: skip
+        _render(output, result, json_output)
+        return
     with reported_errors(output):
         space = load_space(values["space"]) if values["space"] is not None else default_space()
         overrides = setting_overrides(values, exclude=TRAIN_ONLY)
@@ -147,18 +165,16 @@ def sweep(**values: Any) -> None:
                     out_dir=values["out"] or DEFAULT_OUT,
                     trials=values["trials"],
                     timeout=values["timeout"],
-                    study_name=DEFAULT_STUDY_NAME if values["study_name"] is None else values["study_name"],
+                    study_name=study_name,
                     storage=values["storage"],
+                    heartbeat=values["heartbeat"],
                     best_format=values["best_format"],
                     on_event=renderer,
                     stop=stop,
                 )
             finally:
                 renderer.close()
-    if json_output:
-        output.json(result.to_dict())
-    else:
-        render_trials(output, result)
+    _render(output, result, json_output)
     if result.interrupted is not None:
         output.line(f"interrupted by {result.interrupted}; run the same command again to go on")
         raise typer.Exit(SIGNAL_EXIT_CODES.get(result.interrupted, 1))

@@ -267,3 +267,27 @@ def test_interrupted_trials_do_not_count_and_pruned_ones_stop_after_their_epoch(
 
     third = run_sweep(base, space, out_dir=out, trials=1)  # a pruned trial counts: nothing to run
     assert third.ran == 0 and len(third.trials) == 2
+
+
+def test_a_trial_another_worker_failed_as_stale_is_let_go_and_replaced(base: TrainConfig, tmp_path: Path) -> None:
+    """What a worker does when its machine was too busy to beat in time and another worker failed
+    its trial (fail_stale_trials): the storage refuses the trial's next update; the worker lets it
+    go and the study still ends with exactly --trials trials."""
+    out = tmp_path / "sweep"
+    other_worker = {}
+
+    def fail_it_from_elsewhere(event: Any) -> None:
+        if isinstance(event, TrialEvent) and isinstance(event.event, StepFinished) and not other_worker:
+            elsewhere = optuna.load_study(study_name=DEFAULT_STUDY_NAME, storage=default_storage(out))
+            elsewhere.tell(event.number, state=optuna.trial.TrialState.FAIL)
+            other_worker["failed"] = event.number
+        events.append(event)
+
+    events: list[Any] = []
+    result = run_sweep(base, parse_space(LR_SPACE, source="s"), out_dir=out, trials=2, on_event=fail_it_from_elsewhere)
+
+    assert other_worker == {"failed": 0}
+    assert [(trial.number, trial.state) for trial in result.trials] == [(0, "FAIL"), (1, "COMPLETE"), (2, "COMPLETE")]
+    lost = [event.trial for event in events if type(event).__name__ == "TrialFinished" and event.trial.number == 0]
+    assert len(lost) == 1 and "failed by another worker" in (lost[0].error or "")
+    assert result.completed == 2 and result.best_config == out / "best.toml"

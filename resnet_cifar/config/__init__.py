@@ -26,7 +26,15 @@ from resnet_cifar.choices.optimizers import OPTIMIZERS
 from resnet_cifar.choices.policies import POLICIES, RANDAUGMENT_BINS, RANDAUGMENT_MAX_OPS
 from resnet_cifar.choices.schedules import SCHEDULES
 from resnet_cifar.config.fields import FLAG_EXCEPTIONS, ConfigValueError, Section, flag_for, setting, unwrap_optional
-from resnet_cifar.config.files import CONFIG_SUFFIXES, parse_toml, parse_yaml, read_config_file, read_document, save_config
+from resnet_cifar.config.files import (
+    CONFIG_SUFFIXES,
+    config_text,
+    parse_toml,
+    parse_yaml,
+    read_config_file,
+    read_document,
+    save_config,
+)
 from resnet_cifar.config.keys import sectioned, settings
 from resnet_cifar.config.presets import DEFAULT_PRESET, PRESETS
 from resnet_cifar.config.resolve import resolve_config
@@ -79,6 +87,7 @@ __all__ = [
     "RunConfig",
     "Section",
     "TrainConfig",
+    "config_text",
     "describe_lr",
     "flag_for",
     "parse_toml",

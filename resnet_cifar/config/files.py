@@ -55,19 +55,21 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike[str]) -> Path:
     the disk fails; UnwritableFolder, exit 2, for a folder it cannot write into). TOML has no null, so None settings are left out; absent means default, and every
     field that may be None defaults to None, so ``resolve_config(file=path)`` returns ``cfg``."""
     path = Path(path)
-    suffix = _suffix(path, "config file")
+    atomic_write(path, config_text(cfg, _suffix(path, "config file")))
+    return path
+
+
+def config_text(cfg: TrainConfig, suffix: str = ".toml") -> str:
+    """``cfg`` as the text of a .toml or .yaml config file (what save_config writes)."""
     values = cfg.to_dict()
     if suffix == ".toml":
         import tomli_w
 
         body = tomli_w.dumps({name: _without_none(entries) for name, entries in values.items()})
-        text = "# resnet-cifar resolved config. A setting left out is None (its default).\n\n" + body
-    else:
-        import yaml
+        return "# resnet-cifar resolved config. A setting left out is None (its default).\n\n" + body
+    import yaml
 
-        text = "# resnet-cifar resolved config.\n" + yaml.safe_dump(values, sort_keys=False, default_flow_style=False)
-    atomic_write(path, text)
-    return path
+    return "# resnet-cifar resolved config.\n" + yaml.safe_dump(values, sort_keys=False, default_flow_style=False)
 
 
 def _suffix(path: Path, kind: str) -> str:

@@ -13,11 +13,14 @@ from resnet_cifar.tuning.sweep import (
     TrialSummary,
     apply_params,
     best_config,
-    default_storage,
+    report_sweep,
     run_sweep,
 )
+from resnet_cifar.tuning.storage import DEFAULT_HEARTBEAT, JOURNAL_PREFIX, default_storage, mask_url
 
 __all__ = [
+    "DEFAULT_HEARTBEAT",
+    "JOURNAL_PREFIX",
     "BEST_FORMATS",
     "DEFAULT_SPACE",
     "DEFAULT_STUDY_NAME",
@@ -33,6 +36,8 @@ __all__ = [
     "check_space",
     "default_space",
     "default_storage",
+    "mask_url",
+    "report_sweep",
     "load_space",
     "parse_space",
     "run_sweep",

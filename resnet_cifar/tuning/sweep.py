@@ -12,20 +12,21 @@ sweep's fixed settings (``base``) and the trial's sampled parameters, trained in
   median at the same epoch is pruned). The trainer is then asked to stop through its StopRequest
   (``prune()``) and stops right after that epoch's checkpoints, so a pruned trial's folder holds
   its config, metrics and a resumable last.pt.
-* Storage: SQLite in ``out/study.db`` by default (any Optuna RDB URL may be given instead), so
-  running again tops the study up to the new ``trials`` and several processes or machines can
-  work on one study: each counts the trials already finished (complete, pruned or failed) before
-  starting another, and stops once the study holds ``trials`` of them (workers that check at the
-  same moment may each start one more). A trial whose process was killed stays RUNNING in the
-  storage and does not count; one stopped by a signal is failed with ``interrupted`` set and
-  does not count either, so the next run replaces it.
+* Storage: SQLite in ``out/study.db`` by default, an RDB URL (PostgreSQL, for several machines) or
+  ``journal:PATH`` (see storage.py), so running again tops the study up to the new ``trials`` and
+  several processes or machines can work on one study. Exactly ``trials`` trials take a place
+  (complete, pruned, running or queued, or failed for a reason of their own), whatever the number
+  of workers: see _WorkerRegistry. A trial whose worker was killed is failed by the heartbeat of an
+  RDB storage and queued again once; one stopped by a signal is failed with ``interrupted`` set;
+  neither counts, so another worker (or the next run) replaces it.
 * Failures: a ResnetCifarError from a trial (a sampled combination that does not validate, a
   non-finite loss, ...) or a CUDA out-of-memory error fails that trial, with its message in the
   ``error`` user attribute, and the study goes on. Any other exception fails the trial and is raised.
-* Outputs: ``trials.csv`` (every trial of the study), the best trial's full config as
-  ``best.toml`` (or ``best.yaml``) that ``resnet-cifar train --config`` accepts, and a
-  ``trial.json`` in each trial folder. They are rewritten after every trial, so an interrupted
-  sweep leaves them current.
+* Outputs: ``trials.csv`` and ``sweep.html`` (every trial of the study; rewritten after every
+  trial, so an interrupted sweep leaves them current), a ``trial.json`` in each trial folder, and
+  the best trial's full config as ``best.toml`` (or ``best.yaml``) that ``resnet-cifar train
+  --config`` accepts, written once, as the worker leaves. ``report_sweep`` rewrites them from the
+  storage on any machine.
 
 The value of a trial is its best validation accuracy (maximized); the test split is reported per
 trial (``test_acc``) but never used for selection. Nothing here prints, and Optuna's own logging is
@@ -40,18 +41,30 @@ import io
 import json
 import math
 import os
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from resnet_cifar.config import TrainConfig, save_config
+from resnet_cifar.config import TrainConfig, config_text
 from resnet_cifar.engine.trainer import EpochFinished, Event, StepFinished, StopRequest, train
 from resnet_cifar.errors import ResnetCifarError, UsageError
 from resnet_cifar.files import atomic_write, first_line, one_line
+from resnet_cifar.tuning.page import Axis, SweepPage, render_sweep_page
 from resnet_cifar.tuning.space import SearchSpace, check_space
+from resnet_cifar.tuning.storage import (
+    DEFAULT_HEARTBEAT,
+    GRACE_FACTOR,
+    OpenedStorage,
+    check_storage_url,
+    default_storage,
+    open_storage,
+)
 
 DEFAULT_STUDY_NAME = "resnet-cifar"
 BEST_FORMATS = ("toml", "yaml")
@@ -151,8 +164,48 @@ class _TrialPruned(Exception):
 # ----------------------------------------------------------------------------- the sweep
 
 
-def default_storage(out_dir: Path) -> str:
-    return f"sqlite:///{Path(out_dir).resolve() / 'study.db'}"
+def report_sweep(
+    *, out_dir: Path, storage: str | None = None, study_name: str = DEFAULT_STUDY_NAME, best_format: str = "toml"
+) -> SweepResult:
+    """Read a study as it stands (from any machine that reaches its storage; workers may still be
+    running) and write trials.csv and the best config into ``out_dir``, running no trial.
+
+    Raises:
+        UsageError: no such storage or study, or a storage that cannot be reached (one line,
+            password masked).
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    _check_sweep_values(1, None, study_name, best_format, DEFAULT_HEARTBEAT)
+    out_dir = Path(out_dir)
+    if storage is None and not (out_dir / "study.db").is_file():
+        raise UsageError(f"{out_dir / 'study.db'} does not exist; give the sweep's --out or its --storage URL")
+    with _quiet_optuna():
+        opened = open_storage(storage or default_storage(out_dir))
+        try:
+            study = optuna.load_study(study_name=study_name, storage=opened.storage)
+        except KeyError:
+            names = ", ".join(repr(name) for name in optuna.get_all_study_names(opened.storage)) or "none"
+            raise UsageError(f"{opened.shown}: no study {study_name!r} (studies there: {names})") from None
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            raise opened.error(f"cannot read study {study_name!r}", error) from None
+        _make_folder(out_dir)
+        reports = _write_reports(study, out_dir, best_format, opened.shown)
+    return _result(study_name, opened, out_dir, reports, ran=0, interrupted=None)
+
+
+def _check_sweep_values(trials: int, timeout: float | None, study_name: str, best_format: str, heartbeat: int) -> None:
+    if trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {trials}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout}")
+    if not study_name.strip():
+        raise UsageError("--study-name must not be empty")
+    if best_format not in BEST_FORMATS:
+        raise UsageError(f"--best-format must be one of {', '.join(BEST_FORMATS)}, got {best_format!r}")
+    if heartbeat < 1:
+        raise UsageError(f"--heartbeat must be at least 1 second, got {heartbeat}")
 
 
 def apply_params(base: TrainConfig, params: dict[str, Any], *, out_dir: Path) -> TrainConfig:
@@ -180,6 +233,7 @@ def run_sweep(
     pruner: Any = None,
     on_event: SweepEventHandler | None = None,
     stop: StopRequest | None = None,
+    heartbeat: int = DEFAULT_HEARTBEAT,
 ) -> SweepResult:
     """Top the study up to ``trials`` finished trials (fewer when ``timeout`` seconds pass first or
     ``stop`` is requested) and write trials.csv and the best config into ``out_dir``.
@@ -191,107 +245,127 @@ def run_sweep(
     ``trials``, so the next run replaces it.
 
     Raises:
-        UsageError: ``trials`` below 1, an unknown ``best_format``, a space bound the setting
-            refuses, a storage holding another study (default storage) or a direction other than
-            maximize, a space whose distributions changed for the same study.
+        UsageError: ``trials`` below 1, a ``timeout`` that is not a positive number, an empty
+            ``study_name``, an unknown ``best_format``, a space bound the setting refuses, a storage
+            that cannot be opened (one line, password masked), a storage holding another study
+            (default storage) or a direction other than maximize, a space whose distributions
+            changed for the same study.
     """
     import optuna
 
-    if trials < 1:
-        raise UsageError(f"--trials must be at least 1, got {trials}")
-    if timeout is not None and timeout <= 0:
-        raise UsageError(f"--timeout must be positive seconds, got {timeout}")
-    if best_format not in BEST_FORMATS:
-        raise UsageError(f"--best-format must be one of {', '.join(BEST_FORMATS)}, got {best_format!r}")
+    _check_sweep_values(trials, timeout, study_name, best_format, heartbeat)
     check_space(space, base)
     out_dir = Path(out_dir)
     stop = stop or StopRequest()
     emit = on_event or (lambda event: None)
     trials_dir = out_dir / "trials"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"{out_dir}: cannot create the sweep folder ({error.strerror or error})") from None
+    if storage is not None:
+        check_storage_url(storage)  # before the sweep folder is made
+    _make_folder(out_dir)
 
     with _quiet_optuna():
-        study, storage_url = _open_study(out_dir, storage, study_name, pruner or optuna.pruners.MedianPruner())
+        study, opened = _open_study(out_dir, storage, study_name, pruner or optuna.pruners.MedianPruner(), heartbeat)
         existing = study.get_trials(deepcopy=False)
-        _check_compatible(space, existing, storage_url)
+        _check_compatible(space, existing, opened.shown)
         if not existing and trials_dir.is_dir() and any(trials_dir.iterdir()):
             raise UsageError(
-                f"{trials_dir} holds trial runs of a study that {storage_url} does not know; use another --out"
+                f"{trials_dir} holds trial runs of a study that {opened.shown} does not know; use another --out"
             )
         started = time.monotonic()
         ran = 0
         interrupted: str | None = None
-        workers = _WorkerRegistry(out_dir, own_storage=storage is None)
+        workers = _WorkerRegistry(out_dir, own_storage=storage is None, heartbeat=opened.heartbeat)
         workers.join(study)
         try:
             while stop.signal_name is None:
                 if timeout is not None and time.monotonic() - started >= timeout:
                     break
-                trial = workers.ask_if_room(study, trials, base.run.seed)
+                trial = workers.next_trial(study, trials, base.run.seed, stop)
                 if trial is None:
                     break
-                interrupted = _run_trial(study, trial, base, space, trials_dir, emit, stop)
+                interrupted = _run_beating(
+                    study, trial, opened, emit, lambda: _run_trial(study, trial, base, space, trials_dir, emit, stop)
+                )
                 ran += 1
-                _write_reports(study, out_dir, best_format)
+                _write_reports(study, out_dir, None, opened.shown)
                 if interrupted is not None:
                     break
         finally:
             workers.leave()
         if stop.signal_name is not None:
             interrupted = stop.signal_name
-        summaries, best_path, trials_csv = _write_reports(study, out_dir, best_format)
-    best = _best(summaries)
+        # The best config once, as this worker leaves: the study's best of every worker's trials.
+        reports = _write_reports(study, out_dir, best_format, opened.shown)
+    return _result(study_name, opened, out_dir, reports, ran=ran, interrupted=interrupted)
+
+
+def _run_beating(
+    study: Any, trial: Any, opened: OpenedStorage, emit: SweepEventHandler, run: Callable[[], str | None]
+) -> str | None:
+    """``run`` the trial with its heartbeat. If another worker failed it meanwhile (its heartbeats
+    came too late: a machine too busy to run this process for twice --heartbeat seconds), the
+    storage refuses every later update of it: this worker lets the trial go (its retry runs once,
+    anywhere) and goes on with the next one."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        with _heartbeat(study, trial, opened):
+            return run()
+    except UpdateFinishedTrialError:
+        lost = _summary(_frozen(study, trial.number))
+        note = f"failed by another worker: no heartbeat for {GRACE_FACTOR}x --heartbeat seconds; it is run again once"
+        emit(TrialFinished(trial=replace(lost, error=lost.error or note)))
+        return None
+
+
+def _make_folder(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{out_dir}: cannot create the sweep folder ({error.strerror or error})") from None
+
+
+def _result(
+    study_name: str, opened: OpenedStorage, out_dir: Path, reports: tuple[Any, Path | None, Path], *, ran: int,
+    interrupted: str | None,
+) -> SweepResult:  # fmt: skip
+    summaries, best_path, trials_csv = reports
     return SweepResult(
         study_name=study_name,
-        storage=storage_url,
+        storage=opened.shown,
         out_dir=out_dir,
         trials=summaries,
-        best=best,
-        best_config=best_path if best is not None else None,
+        best=_best(summaries),
+        best_config=best_path,
         trials_csv=trials_csv,
         ran=ran,
         interrupted=interrupted,
     )
 
 
-def _open_study(out_dir: Path, storage: str | None, study_name: str, pruner: Any) -> tuple[Any, str]:
+def _open_study(
+    out_dir: Path, storage: str | None, study_name: str, pruner: Any, heartbeat: int
+) -> tuple[Any, OpenedStorage]:
     import optuna
     import sqlalchemy.exc
 
-    url = storage or default_storage(out_dir)
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # wait out other writers
-    attempts = 5
-    for attempt in range(attempts):
-        try:
-            rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-            break
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as error:
-            # Workers started together race to create a new storage's tables; the loser finds
-            # them there on its next try.
-            if attempt == attempts - 1:
-                raise UsageError(f"{url}: cannot open the study storage ({first_line(error)})") from None
-            time.sleep(0.5 * (attempt + 1))
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
-            raise UsageError(f"{url}: cannot open the study storage ({first_line(error)})") from None
-    if storage is None:
-        # One sweep folder holds one study: trial folders are named by trial number only.
-        others = [name for name in optuna.get_all_study_names(rdb) if name != study_name]
-        if others:
-            raise UsageError(
-                f"{out_dir / 'study.db'} holds study {others[0]!r}; use --study-name {others[0]} or another --out"
-            )
+    opened = open_storage(storage or default_storage(out_dir), heartbeat=heartbeat)
     try:
+        if storage is None:
+            # One sweep folder holds one study: trial folders are named by trial number only.
+            others = [name for name in optuna.get_all_study_names(opened.storage) if name != study_name]
+            if others:
+                raise UsageError(
+                    f"{out_dir / 'study.db'} holds study {others[0]!r}; use --study-name {others[0]} or another --out"
+                )
         study = optuna.create_study(
-            storage=rdb, study_name=study_name, direction="maximize", pruner=pruner, load_if_exists=True
+            storage=opened.storage, study_name=study_name, direction="maximize", pruner=pruner, load_if_exists=True
         )
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as error:
-        raise UsageError(f"{url}: cannot open study {study_name!r} ({first_line(error)})") from None
+        raise opened.error(f"cannot open study {study_name!r}", error) from None
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise UsageError(f"{url}: study {study_name!r} minimizes; a sweep maximizes validation accuracy")
-    return study, url
+        raise UsageError(f"{opened.shown}: study {study_name!r} minimizes; a sweep maximizes validation accuracy")
+    return study, opened
 
 
 def _check_compatible(space: SearchSpace, existing: list[Any], storage_url: str) -> None:
@@ -314,31 +388,61 @@ def _check_compatible(space: SearchSpace, existing: list[Any], storage_url: str)
             break
 
 
-def _finished_count(study: Any) -> int:
-    """Trials that count towards --trials: complete, pruned or failed, but not the ones a signal
-    interrupted (a top-up replaces those)."""
-    from optuna.trial import TrialState
+# The study's user attribute listing the trials a killed worker left running (see _WorkerRegistry).
+ORPHANED_ATTR = "orphaned_trials"
+# Seconds between two looks at the study by a worker waiting for other workers' running trials.
+WAIT_POLL_SECONDS = 1.0
 
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+
+def _counts(trial: Any, orphaned: set[int]) -> bool:
+    """Whether ``trial`` takes one of the study's --trials places: complete, pruned, running or
+    queued ones do, and failed ones that failed for a reason of their own (an ``error``). A trial
+    a signal interrupted, one whose worker died (failed by the heartbeat, or orphaned: its retry or
+    a new trial replaces it) and a surplus one do not."""
+    state = trial.state.name
+    if state in ("COMPLETE", "PRUNED", "RUNNING", "WAITING"):
+        return True
+    attrs = trial.user_attrs
+    return (
+        state == "FAIL"
+        and attrs.get("error") is not None
+        and not attrs.get("interrupted", False)
+        and not attrs.get(SURPLUS_ATTR, False)
+        and trial.number not in orphaned
+    )
+
+
+def _counting(study: Any) -> list[Any]:
     orphaned = set(study.user_attrs.get(ORPHANED_ATTR, []))
-    return sum(not trial.user_attrs.get("interrupted", False) and trial.number not in orphaned for trial in finished)
+    return [trial for trial in study.get_trials(deepcopy=False) if _counts(trial, orphaned)]
+
+
+# A trial a worker asked for after the study was full (another machine took the last place at the
+# same moment): told failed at once with this user attribute, never trained, never counted.
+SURPLUS_ATTR = "surplus"
 
 
 class _WorkerRegistry:
-    """Keeps several workers on one sweep folder at exactly --trials trials.
+    """Keeps every worker of one study, on any machine, at exactly --trials trials.
 
-    Each worker holds a shared flock on ``.workers.lock`` while it runs, and counting the trials
-    and asking for a new one happen together under an exclusive flock on ``.ask.lock``, so two
-    workers never both take the last free place. Running trials count towards --trials. A trial
-    left RUNNING by a killed worker would count forever: a worker that finds no other worker alive
-    (its exclusive try on ``.workers.lock`` succeeds) marks such trials failed and interrupted,
-    so the top-up replaces them. That check sees only workers on this machine's folder, so it is
-    skipped for a shared ``--storage`` (other machines' workers may be running those trials).
+    A worker asks for a trial only while fewer than --trials trials take a place (see _counts), and
+    then checks its trial's rank: trials are numbered in the order the storage created them, so if
+    the trials before it already take every place (another worker asked at the same moment), it is
+    told failed as surplus, untrained. Where the storage has heartbeats, a worker with nothing left
+    to start waits while other workers' trials run: one of them may die, and its retry (or the
+    place it frees) needs a worker. It leaves when nothing runs any more.
+
+    On one sweep folder, workers also take turns asking under an exclusive flock on ``.ask.lock``
+    and each holds a shared flock on ``.workers.lock`` while it runs. With the folder's own storage,
+    a worker that finds no other worker alive there (its exclusive try on ``.workers.lock``
+    succeeds) marks trials left RUNNING failed at once (orphaned), instead of waiting out the
+    heartbeat; on a shared storage other machines' workers may be running those trials.
     """
 
-    def __init__(self, out_dir: Path, *, own_storage: bool) -> None:
+    def __init__(self, out_dir: Path, *, own_storage: bool, heartbeat: bool) -> None:
         self.out_dir = out_dir
         self.own_storage = own_storage
+        self.heartbeat = heartbeat
         self._presence: int | None = None
 
     def join(self, study: Any) -> None:
@@ -360,18 +464,36 @@ class _WorkerRegistry:
             os.close(self._presence)
             self._presence = None
 
-    def ask_if_room(self, study: Any, trials: int, seed: int) -> Any:
-        """A new trial, or None once finished and running trials reach ``trials``."""
+    def next_trial(self, study: Any, trials: int, seed: int, stop: StopRequest) -> Any:
+        """A trial to run (a new one or a queued retry), or None once the study is full and, where
+        dead workers are found, nothing runs any more (or ``stop`` was requested)."""
+        from optuna.storages import fail_stale_trials
+
+        while stop.signal_name is None:
+            if self.heartbeat:
+                fail_stale_trials(study)  # dead workers' trials: failed, and queued again once
+            with self._asking():
+                counting = _counting(study)
+                if len(counting) < trials or any(trial.state.name == "WAITING" for trial in counting):
+                    trial = self._ask(study, seed)
+                    if _rank(study, trial.number) < trials:
+                        return trial
+                    _tell_surplus(study, trial)
+                    continue
+            if not self.heartbeat or not any(trial.state.name == "RUNNING" for trial in counting):
+                return None
+            _wait(WAIT_POLL_SECONDS, stop)
+        return None
+
+    @staticmethod
+    def _ask(study: Any, seed: int) -> Any:
         import optuna
 
-        with self._asking():
-            if _counted(study) >= trials:
-                return None
-            # TPE keeps no state but its random stream (the history is in the storage), so each
-            # trial gets a sampler seeded by the trials before it: reproducible, and a top-up or a
-            # second worker does not replay the random start-up draws of the first.
-            study.sampler = optuna.samplers.TPESampler(seed=(seed + len(study.get_trials(deepcopy=False))) % 2**32)
-            return study.ask()
+        # TPE keeps no state but its random stream (the history is in the storage), so each
+        # trial gets a sampler seeded by the trials before it: reproducible, and a top-up or a
+        # second worker does not replay the random start-up draws of the first.
+        study.sampler = optuna.samplers.TPESampler(seed=(seed + len(study.get_trials(deepcopy=False))) % 2**32)
+        return study.ask()
 
     @contextlib.contextmanager
     def _asking(self) -> Iterator[None]:
@@ -385,15 +507,53 @@ class _WorkerRegistry:
             os.close(fd)
 
 
-def _counted(study: Any) -> int:
-    """Trials that count towards --trials: finished ones (see _finished_count) and running ones."""
+def _rank(study: Any, number: int) -> int:
+    """How many place-taking trials came before trial ``number``."""
+    return sum(trial.number < number for trial in _counting(study))
+
+
+def _tell_surplus(study: Any, trial: Any) -> None:
     from optuna.trial import TrialState
 
-    return _finished_count(study) + len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    trial.set_user_attr(SURPLUS_ATTR, True)
+    trial.set_user_attr("error", "not run: the study already had --trials trials when this worker asked")
+    study.tell(trial, state=TrialState.FAIL)
 
 
-# The study's user attribute listing the trials a killed worker left running (see _WorkerRegistry).
-ORPHANED_ATTR = "orphaned_trials"
+def _wait(seconds: float, stop: StopRequest) -> None:
+    """Sleep ``seconds``, in short naps so that a stop request is seen at once."""
+    deadline = time.monotonic() + seconds
+    while stop.signal_name is None and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 0.2))
+
+
+@contextlib.contextmanager
+def _heartbeat(study: Any, trial: Any, opened: OpenedStorage) -> Iterator[None]:
+    """Record ``trial``'s heartbeat every interval while it runs (Optuna's optimize() does this
+    for its own trials; a sweep asks and tells, so it beats itself)."""
+    if not opened.heartbeat:
+        yield
+        return
+    storage = opened.storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), trial.number
+    )
+    done = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a lost connection: the next beat tries again
+                storage.record_heartbeat(trial_id)
+            if done.wait(storage.get_heartbeat_interval()):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _fail_orphaned_trials(study: Any) -> None:
@@ -538,19 +698,96 @@ def best_config(study_trial_config: dict[str, Any]) -> TrainConfig:
     return replace(cfg, run=replace(cfg.run, out_dir=BEST_RUN_DIR, resume=None))
 
 
-def _write_reports(study: Any, out_dir: Path, best_format: str) -> tuple[tuple[TrialSummary, ...], Path, Path]:
-    """trials.csv of every trial, and the best trial's config; returns (summaries, best file, csv)."""
+def _write_reports(
+    study: Any, out_dir: Path, best_format: str | None, shown: str
+) -> tuple[tuple[TrialSummary, ...], Path | None, Path]:
+    """trials.csv and sweep.html of every trial and, given a ``best_format``, the best trial's
+    config; returns (summaries, best file or None, csv)."""
     frozen = sorted(study.get_trials(deepcopy=False), key=lambda trial: trial.number)
     summaries = tuple(_summary(trial) for trial in frozen)
     trials_csv = out_dir / "trials.csv"
-    text = _csv_text(summaries)
-    atomic_write(trials_csv, text)
-    best_path = out_dir / f"best.{best_format}"
+    atomic_write(trials_csv, _csv_text(summaries))
     best = _best(summaries)
+    best_path, best_text = None, None
     if best is not None:
-        config = next(trial for trial in frozen if trial.number == best.number).user_attrs["config"]
-        save_config(best_config(config), best_path)
+        cfg = best_config(next(trial for trial in frozen if trial.number == best.number).user_attrs["config"])
+        best_text = config_text(cfg, f".{best_format or 'toml'}")
+        if best_format is not None:
+            best_path = out_dir / f"best.{best_format}"
+            atomic_write(best_path, best_text)
+    atomic_write(out_dir / SWEEP_PAGE, render_sweep_page(_page(study, shown, frozen, summaries, best_text, best_path)))
     return summaries, best_path, trials_csv
+
+
+# The sweep's page, beside trials.csv.
+SWEEP_PAGE = "sweep.html"
+
+
+def _page(
+    study: Any, shown: str, frozen: list[Any], summaries: tuple[TrialSummary, ...], best_text: str | None,
+    best_path: Path | None,
+) -> SweepPage:  # fmt: skip
+    from resnet_cifar import __version__
+
+    importances, note = _importances(study)
+    return SweepPage(
+        study_name=study.study_name,
+        storage=shown,
+        trials=summaries,
+        best=_best(summaries),
+        axes=_axes(frozen),
+        importances=importances,
+        importance_note=note,
+        best_config_text=best_text,
+        best_config_file=None if best_path is None else str(best_path),
+        written_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        version=__version__,
+    )
+
+
+def _axes(frozen: list[Any]) -> tuple[Axis, ...]:
+    """One axis per searched parameter, from the distributions the study stored."""
+    from optuna.distributions import CategoricalDistribution
+
+    axes: dict[str, Axis] = {}
+    for trial in frozen:
+        for key, distribution in trial.distributions.items():
+            if key not in axes:
+                if isinstance(distribution, CategoricalDistribution):
+                    axes[key] = Axis(key=key, choices=tuple(distribution.choices))
+                else:
+                    axes[key] = Axis(key=key, log=bool(getattr(distribution, "log", False)))
+    return tuple(axes[key] for key in sorted(axes))
+
+
+def _importances(study: Any) -> tuple[dict[str, float] | None, str]:
+    """Optuna's PED-ANOVA importances over the complete trials (its evaluator that needs no
+    scikit-learn, and is deterministic: the same study gives the same page), or None and the
+    reason there are none."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        return None, "they need at least 2 complete trials"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental; few trials for its quantile
+            values = optuna.importance.get_param_importances(study, evaluator=importance_evaluator())
+    except (RuntimeError, ValueError, ImportError, ZeroDivisionError) as error:
+        return None, one_line(error)
+    shares = {key: float(value) for key, value in values.items()}
+    if not all(math.isfinite(share) for share in shares.values()):
+        return None, "the complete trials do not tell the parameters apart yet"
+    return shares, "Optuna's PedAnovaImportanceEvaluator over the complete trials, normalised to sum to 1."
+
+
+def importance_evaluator() -> Any:
+    """The evaluator of sweep.html's importances (tests compare with it)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return optuna.importance.PedAnovaImportanceEvaluator()
 
 
 def _csv_text(summaries: tuple[TrialSummary, ...]) -> str:
@@ -571,13 +808,17 @@ def _csv_text(summaries: tuple[TrialSummary, ...]) -> str:
 
 @contextmanager
 def _quiet_optuna() -> Iterator[None]:
-    """Optuna logs every trial at INFO on stderr; a library must not print, so warnings only."""
+    """Optuna logs every trial at INFO on stderr; a library must not print, so warnings only, and
+    not the two that a sweep's own heartbeat loop (ask and tell, not optimize) always triggers."""
     import optuna
 
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+            yield
     finally:
         optuna.logging.set_verbosity(previous)
 
@@ -594,5 +835,7 @@ __all__ = [
     "apply_params",
     "best_config",
     "default_storage",
+    "importance_evaluator",
+    "report_sweep",
     "run_sweep",
 ]
