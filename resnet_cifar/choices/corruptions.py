@@ -75,6 +75,10 @@ def available_corruptions() -> tuple[str, ...]:
     return tuple(name for name, spec in CORRUPTIONS.items() if not spec.unavailable)
 
 
+AVAILABLE = available_corruptions()
+LEFT_OUT = tuple(name for name in CORRUPTIONS if name not in AVAILABLE)
+
+
 def left_out() -> dict[str, str]:
     """The registered corruptions that are not computed, with the reason."""
     return {name: spec.unavailable for name, spec in CORRUPTIONS.items() if spec.unavailable}
