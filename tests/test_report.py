@@ -21,12 +21,10 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_cifar.config import resolve_config
 from resnet_cifar.data.types import CIFAR10_CLASSES
-from resnet_cifar.models import resnet18
 from resnet_cifar.report.gallery import select_mistakes, thumbnail_uri
 
-from helpers import save_checkpoint
+from helpers import save_random_resnet18
 
 LIMIT = 300  # test images scored: 30 per class
 
@@ -61,19 +59,8 @@ HISTORY = [
 def run_dir(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path, real_splits) -> Path:
     """A run folder as `train` leaves it, as far as the report reads it: best.pt (a ResNet-18 with
     random weights and batch-norm statistics, so predictions and confidences vary) and metrics.jsonl."""
-    cfg = resolve_config(
-        preset="smoke", overrides={"data.data_dir": str(real_data_root), "model.stem": "imagenet", "model.depth": 18}
-    )
-    torch.manual_seed(0)
-    model = resnet18(num_classes=10, stem="imagenet")
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
     folder = tmp_path_factory.mktemp("run")
-    payload = {"format": 1, "model": model.state_dict(), "ema": None, "classes": list(CIFAR10_CLASSES),
-               "config": cfg.to_dict(), "epoch": 3}  # fmt: skip
-    save_checkpoint(folder / "best.pt", payload)
+    save_random_resnet18(folder / "best.pt", real_data_root, epoch=3)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in HISTORY))
     return folder
 
@@ -225,7 +212,7 @@ def test_page_sections_curves_and_gallery(evaluated: tuple[dict[str, Any], Path]
     assert html.count("<svg") == 4  # and the reliability diagram
 
     shots = [attributes for tag, attributes in page.tags if tag == "figure" and "shot" in attributes.get("class", "")]
-    images = [a for tag, a in page.tags if tag == "img"]
+    images = [a for tag, a in page.tags if tag == "img" and a.get("class") != "cam"]  # Grad-CAM: test_robustness.py
     assert len(images) == len(shots) >= 30
     matrix = np.array(report["confusion_matrix"])
     for index, name in enumerate(CIFAR10_CLASSES):
@@ -299,7 +286,7 @@ def test_page_renders_in_headless_chromium(evaluated: tuple[dict[str, Any], Path
     # A copy with a probe that records, once the page has loaded, how each gallery image decoded.
     probe = (
         "<script>window.addEventListener('load', function () {"
-        "var shots = Array.from(document.querySelectorAll('#gallery img'));"
+        "var shots = Array.from(document.querySelectorAll('#gallery img:not(.cam)'));"
         "document.body.setAttribute('data-probe', JSON.stringify(shots.map(function (i) {"
         "return [i.complete, i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width]; })));"
         "document.body.setAttribute('data-filter', String(!document.querySelector('#gallery .filter').hidden));"
