@@ -39,7 +39,7 @@ CorruptionsOption = Annotated[
         "--corruptions",
         help="Also score the split under CIFAR-10-C corruptions computed on the fly: all, families "
         "({corruptions.FAMILIES:or}) or names ({corruptions.AVAILABLE:or}), comma-separated. "
-        "Left out (see docs/robustness.md): {corruptions.LEFT_OUT:or}.",
+        "None of {corruptions.LEFT_OUT:or} is computed (see docs/robustness.md).",
         show_default=False,
     ),
 ]
