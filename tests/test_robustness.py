@@ -3,6 +3,8 @@ and Grad-CAM (captum) against the textbook formula computed by hand."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import re
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from resnet_cifar.models import resnet18
 from resnet_cifar.report import explain
@@ -80,6 +83,24 @@ def test_report_shows_the_robustness_numbers_and_examples(evaluated: tuple[dict[
             assert f'data-key="robustness.accuracy.{name}.{severity}" data-value="{value!r}"' in section
     assert len(re.findall(r'<img class="grid" src="data:image/png;base64,', section)) == 2
     assert "frost" in section and "http" not in section
+
+
+def test_example_grid_shows_the_images_as_scored(evaluated: tuple[dict[str, Any], Path], real_splits) -> None:
+    from resnet_cifar.data.split import limit_split
+    from resnet_cifar.evaluation.corruptions import corrupt
+    from resnet_cifar.evaluation.robustness import EXAMPLES
+
+    payload, out_dir = evaluated
+    page = (out_dir / "report.html").read_text()
+    encoded = re.search(r'<img class="grid" src="data:image/png;base64,([^"]+)" alt="contrast', page)
+    assert encoded
+    with Image.open(io.BytesIO(base64.b64decode(encoded.group(1)))) as decoded:
+        grid = np.asarray(decoded.convert("RGB"))[::2, ::2]  # drawn at twice the size
+    data = limit_split(real_splits.test, LIMIT, 0)
+    clean = torch.from_numpy(data.images[:EXAMPLES].copy())
+    columns = [clean] + [corrupt(clean, "contrast", s, torch.Generator()) for s in payload["robustness"]["severities"]]
+    expected = np.concatenate([np.concatenate(list(column.numpy()), axis=0) for column in columns], axis=1)
+    assert np.array_equal(grid, expected)
 
 
 def test_gallery_has_gradcam_overlays_with_captum(evaluated: tuple[dict[str, Any], Path]) -> None:

@@ -389,7 +389,10 @@ def _robustness_grid(inputs: ReportInputs, name: str) -> str:
     count = examples.shape[1]
     columns = [inputs.images[:count], *examples]
     grid = np.concatenate([np.concatenate(list(column), axis=0) for column in columns], axis=1)
-    return f'<img class="grid" src="{thumbnail_uri(grid, 2)}" alt="{escape(name)}: clean, then severities">'
+    return (
+        f'<figure class="examples"><img class="grid" src="{thumbnail_uri(grid, 2)}" '
+        f'alt="{escape(name)}: clean, then severities"><figcaption>{escape(name)}</figcaption></figure>'
+    )
 
 
 def _robustness(inputs: ReportInputs) -> str:
@@ -401,9 +404,10 @@ def _robustness(inputs: ReportInputs) -> str:
     head = "".join(f"<th>{severity}</th>" for severity in severities)
     rows = [
         f'<tr><th scope="row">{escape(name)}</th>{_robustness_heat(row, m, name)}'
-        f'<td>{_num(m, f"robustness.mean_accuracy.{name}")}</td><td>{_robustness_grid(inputs, name)}</td></tr>'
+        f'<td>{_num(m, f"robustness.mean_accuracy.{name}")}</td></tr>'
         for name, row in robustness["accuracy"].items()
     ]
+    grids = "".join(_robustness_grid(inputs, name) for name in robustness["accuracy"])
     left_out = "".join(f"<li>{escape(name)}: {escape(why)}</li>" for name, why in robustness["left_out"].items())
     drop = "n/a" if robustness["relative_drop"] is None else _num(m, "robustness.relative_drop")
     return (
@@ -412,9 +416,9 @@ def _robustness(inputs: ReportInputs) -> str:
         f'{_num(m, "robustness.clean_accuracy")} clean: a relative drop of {drop}.</p>'
         '<p class="muted">CIFAR-10-C corruptions (Hendrycks &amp; Dietterich, 2019) computed on the fly with their '
         "CIFAR parameters; accuracy per severity (the deeper the blue, the more of the clean accuracy kept). "
-        "Examples: the split's first images, clean then at each severity.</p>"
-        f'<table class="numbers robust"><tr><th>corruption</th>{head}<th>mean</th><th>examples</th></tr>'
-        f'{"".join(rows)}</table>'
+        "Examples: the split's first images as scored, clean then at each severity (left to right).</p>"
+        f'<table class="numbers robust"><tr><th>corruption</th>{head}<th>mean</th></tr>'
+        f'{"".join(rows)}</table><div class="grids">{grids}</div>'
         + (f'<p class="muted">Left out:</p><ul class="muted">{left_out}</ul>' if left_out else "")
         + "</section>"
     )
@@ -519,7 +523,9 @@ figure.shot img { width: 96px; height: 96px; image-rendering: pixelated; border-
 figure.shot .conf { color: #dc2626; font-weight: 600; }
 figure.shot .idx { color: var(--muted); }
 figure.shot img.cam { width: 48px; height: 48px; display: inline-block; margin: 0 1px 4px; }
-table.robust img.grid { image-rendering: pixelated; display: block; }
+.grids { display: flex; flex-wrap: wrap; gap: 14px; margin-top: 12px; }
+figure.examples img.grid { image-rendering: pixelated; display: block; }
+figure.examples figcaption { font-size: 12px; color: var(--muted); text-align: center; }
 .calib { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
 details summary { cursor: pointer; color: var(--accent); margin-bottom: 6px; }
 footer { color: var(--muted); font-size: 12px; margin-top: 18px; text-align: center; }
