@@ -92,7 +92,10 @@ def explain_mistakes(outcome: EvalOutcome) -> tuple[dict[int, tuple[str, str]] |
                 thumbnail_uri(heat_overlay(image, _at_image_size(predicted[row], image))),
                 thumbnail_uri(heat_overlay(image, _at_image_size(true[row], image))),
             )
-    return overlays, "Grad-CAM (captum LayerGradCam, last stage): where the network looked for each class."
+    return overlays, (
+        "Under each image, Grad-CAM (captum's LayerGradCam on the last stage): where the network looked for the "
+        "predicted class (left) and for the true class (right); red is most."
+    )
 
 
 def _at_image_size(heat: np.ndarray, image: np.ndarray) -> np.ndarray:
