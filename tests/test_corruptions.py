@@ -19,7 +19,7 @@ from resnet_cifar.choices.corruptions import (
     parse_severities,
     select_corruptions,
 )
-from resnet_cifar.evaluation.corruptions import corrupt, defocus_kernel, pixelate_matrix
+from resnet_cifar.evaluation.corruptions import corrupt, defocus_kernel, elastic_transform, pixelate_matrix
 from resnet_cifar.evaluation.robustness import corrupt_split
 
 COUNT = 300  # real test images
@@ -41,7 +41,7 @@ def level(name: str, severity: int):
 def test_registry_names_families_and_severities() -> None:
     assert set(AVAILABLE) | set(LEFT_OUT) == set(CORRUPTIONS) and len(CORRUPTIONS) == 15
     assert all(len(CORRUPTIONS[name].levels) == 5 for name in AVAILABLE)
-    assert set(LEFT_OUT) == {"motion_blur", "snow", "frost", "elastic_transform"}
+    assert set(LEFT_OUT) == {"motion_blur", "snow", "frost"}
     names, skipped = select_corruptions("noise,contrast")
     assert names == ("gaussian_noise", "shot_noise", "impulse_noise", "contrast") and skipped == {}
     names, skipped = select_corruptions("weather")
@@ -171,8 +171,8 @@ def test_defocus_kernel_is_the_anti_aliased_disk(severity: int) -> None:
     assert kernel[8, 8].item() == kernel.max().item()
 
 
-@pytest.mark.parametrize("name", ["defocus_blur", "zoom_blur", "glass_blur"])
-def test_blurs_keep_a_flat_image_flat(name: str) -> None:
+@pytest.mark.parametrize("name", ["defocus_blur", "zoom_blur", "glass_blur", "elastic_transform"])
+def test_blurs_and_warps_keep_a_flat_image_flat(name: str) -> None:
     flat = torch.full((4, 32, 32, 3), 128, dtype=torch.uint8)
     for severity in SEVERITIES:
         assert (corrupted(flat, name, severity).int() - 128).abs().max().item() <= 1
@@ -207,3 +207,45 @@ def test_fog_adds_a_fractal_scaled_by_its_strength(clean: torch.Tensor, severity
 def test_zoom_blur_grows_with_severity(clean: torch.Tensor) -> None:
     distances = [(corrupted(clean, "zoom_blur", s).double() - clean.double()).abs().mean().item() for s in SEVERITIES]
     assert distances == sorted(distances) and distances[0] > 0
+
+
+def test_elastic_transform_without_displacement_is_the_identity(clean: torch.Tensor) -> None:
+    x = clean[:8].permute(0, 3, 1, 2).float() / 255
+    assert torch.allclose(elastic_transform(x, (0, 0, 0), torch.Generator()) / 255, x, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_elastic_severity_one_moves_its_three_points_within_the_spread(seed: int) -> None:
+    # Severity 1: no displacement field, only the affine warp that moves the points (26, 26),
+    # (26, 6), (6, 6) by up to 0.08 x 32 px in each coordinate. Channels 0 and 1 are ramps of the
+    # column and the row, so the output shows where each pixel was taken from: fit that affine
+    # map, and find where it sends the three points.
+    _, _, spread = (32 * value for value in level("elastic_transform", 1))
+    rows, cols = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    ramps = torch.stack([cols, rows, rows]).unsqueeze(0) / 31
+    out = elastic_transform(ramps, level("elastic_transform", 1), torch.Generator().manual_seed(seed)) / 255 * 31
+    taken = torch.stack([out[0, 0], out[0, 1]], dim=-1)  # (column, row) each pixel was taken from
+    # The centre: its pixels come from within the image, away from the mirrored edges.
+    inside = (rows >= 8) & (rows <= 23) & (cols >= 8) & (cols <= 23)
+    design = torch.stack([cols[inside], rows[inside], torch.ones_like(cols[inside])], dim=1).double()
+    mapping = torch.linalg.lstsq(design, taken[inside].double()).solution  # [3, 2]: dst -> src
+    assert (design @ mapping - taken[inside].double()).abs().max().item() < 1e-3  # an affine map
+    points = torch.tensor([[26.0, 26.0], [26.0, 6.0], [6.0, 6.0]], dtype=torch.float64)
+    linear, offset = mapping[:2].T, mapping[2]
+    moved = torch.linalg.solve(linear, (points - offset).T).T  # where each point went
+    assert (moved - points).abs().max().item() <= spread + 1e-3
+    assert (moved - points).abs().max().item() > 0.05
+
+
+@pytest.mark.parametrize("severity", [3, 4, 5])
+def test_elastic_displacement_has_the_spread_of_its_smoothed_noise(severity: int) -> None:
+    # Without the affine part, a pixel moves by alpha x (uniform(-1, 1) noise smoothed by a Gaussian
+    # of sigma): standard deviation alpha / (sqrt(12 pi) sigma) (variance 1/3 times the 2-D kernel's
+    # sum of squares, 1 / (4 pi sigma^2)). Ramps of the column show the horizontal move.
+    alpha, sigma, _ = level("elastic_transform", severity)
+    rows, cols = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    ramps = torch.stack([cols, rows, rows]).unsqueeze(0).expand(64, 3, 32, 32) / 31
+    out = elastic_transform(ramps, (alpha, sigma, 0), torch.Generator().manual_seed(severity)) / 255 * 31
+    moved = (out[:, 0] - cols)[:, 4:28, 4:28]  # away from the mirrored edges
+    expected = 32 * alpha / (math.sqrt(12 * math.pi) * 32 * sigma)
+    assert moved.std().item() == pytest.approx(expected, rel=0.15)

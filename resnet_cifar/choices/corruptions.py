@@ -64,7 +64,9 @@ CORRUPTIONS: dict[str, CorruptionSpec] = {
     "brightness": CorruptionSpec("weather", "added HSV value", (0.05, 0.1, 0.15, 0.2, 0.3)),
     "contrast": CorruptionSpec("digital", "contrast factor about the mean", (0.75, 0.5, 0.4, 0.3, 0.15)),
     "elastic_transform": CorruptionSpec(
-        "digital", "", unavailable="not implemented yet (an affine warp plus a smoothed displacement field)"
+        "digital",
+        "displacement scale, its smoothing sigma, affine spread (x 32 px)",
+        ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)),
     ),
     "pixelate": CorruptionSpec("digital", "box-downscale factor", (0.95, 0.9, 0.85, 0.75, 0.65)),
     "jpeg_compression": CorruptionSpec("digital", "JPEG quality (Pillow)", (80, 65, 58, 50, 40)),

@@ -16,6 +16,10 @@ Where the script calls a library, the library's definition is reproduced:
 - scipy's ``zoom(order=1)`` (zoom blur): bilinear with corners aligned and ``round(side * factor)`` outputs.
 - Pillow's BOX resize (pixelate): the exact linear maps, read from Pillow itself in float mode,
   applied as two matrix products per pass with Pillow's rounding to uint8 after each pass.
+- cv2's ``getAffineTransform``/``warpAffine(BORDER_REFLECT_101)`` and scipy's
+  ``map_coordinates(order=1, mode='reflect')`` (elastic): ``grid_sample``, bilinear, with the
+  matching mirror (whole-sample, then half-sample); cv2 rounds sampling positions to 1/32 pixel,
+  this does not.
 - Pillow's JPEG encoder (JPEG): the only one that runs per image on the CPU, since the
   definition is Pillow's encoder at a quality.
 Glass blur's "swap" is, in the script, ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on numpy
@@ -169,6 +173,63 @@ def fog(x: Tensor, level: tuple[float, float], generator: torch.Generator) -> Te
     return ((x + strength * plasma) * peak / (peak + strength)).clamp(0, 1) * 255
 
 
+def _symmetric_gaussian(field: Tensor, sigma: float) -> Tensor:
+    """skimage's ``gaussian(mode='reflect', truncate=3)`` of ``[N, H, W]`` fields: scipy's
+    half-sample mirror at the edges (d c b a | a b c d)."""
+    taps = _gaussian_taps(sigma, truncate=3.0).to(field.device, field.dtype)
+    radius = (len(taps) - 1) // 2
+    for dim in (1, 2):
+        size = field.shape[dim]
+        index = torch.arange(-radius, size + radius, device=field.device)
+        index = torch.where(index < 0, -index - 1, torch.where(index >= size, 2 * size - 1 - index, index))
+        padded = field.index_select(dim, index).unfold(dim, len(taps), 1)
+        field = (padded * taps).sum(-1)
+    return field
+
+
+def _pixel_grid(like: Tensor) -> tuple[Tensor, Tensor]:
+    side_h, side_w = like.shape[-2:]
+    rows, cols = torch.meshgrid(
+        torch.arange(side_h, device=like.device, dtype=like.dtype),
+        torch.arange(side_w, device=like.device, dtype=like.dtype),
+        indexing="ij",
+    )
+    return cols, rows
+
+
+def _random_affine(x: Tensor, spread: float, generator: torch.Generator) -> Tensor:
+    """cv2's getAffineTransform + warpAffine(BORDER_REFLECT_101), bilinear: the three points
+    around the centre moved by up to ``spread`` pixels each, the image moved with them."""
+    count, side = x.shape[0], x.shape[-1]
+    centre, half = side // 2, side // 3
+    source = torch.tensor(
+        [[centre + half, centre + half], [centre + half, centre - half], [centre - half, centre - half]],
+        device=x.device,
+        dtype=torch.float64,
+    ).expand(count, 3, 2)
+    target = source + _uniform((count, 3, 2), -spread, spread, x, generator).double()
+    ones = torch.ones((count, 3, 1), device=x.device, dtype=torch.float64)
+    # Rows [x, y, 1] of the targets times the inverse map give the sources: dst -> src directly.
+    inverse = torch.linalg.solve(torch.cat([target, ones], dim=2), source)  # [count, 3, 2]
+    cols, rows = _pixel_grid(x)
+    pixels = torch.stack([cols, rows, torch.ones_like(cols)], dim=-1).double().view(1, -1, 3)
+    sampled = (pixels @ inverse).view(count, side, side, 2).to(x.dtype)
+    grid = sampled * 2 / (side - 1) - 1  # align_corners=True: -1 and 1 are the edge pixels' centres
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+
+
+def elastic_transform(x: Tensor, level: tuple[float, float, float], generator: torch.Generator) -> Tensor:
+    alpha, sigma, spread = (32 * value for value in level)
+    warped = _random_affine(x, spread, generator)
+    count, side = x.shape[0], x.shape[-1]
+    dx = _symmetric_gaussian(_uniform((count, side, side), -1, 1, x, generator), sigma) * alpha
+    dy = _symmetric_gaussian(_uniform((count, side, side), -1, 1, x, generator), sigma) * alpha
+    cols, rows = _pixel_grid(x)
+    # scipy's map_coordinates(order=1, mode='reflect'): half-sample mirror = align_corners=False reflection.
+    grid = torch.stack([(2 * (cols + dx) + 1) / side - 1, (2 * (rows + dy) + 1) / side - 1], dim=-1)
+    return F.grid_sample(warped, grid, mode="bilinear", padding_mode="reflection", align_corners=False).clamp(0, 1) * 255
+
+
 def brightness(x: Tensor, shift: float, generator: torch.Generator) -> Tensor:
     # In HSV, V = max(r, g, b) and every channel is V times a factor of H and S: adding to V and
     # converting back scales the pixel by V'/V (a black pixel, S = 0, becomes grey V').
@@ -235,6 +296,7 @@ CORRUPTION_FUNCTIONS: dict[str, Corruption] = dict(
             "fog": fog,
             "brightness": brightness,
             "contrast": contrast,
+            "elastic_transform": elastic_transform,
             "pixelate": pixelate,
             "jpeg_compression": jpeg_compression,
         },
