@@ -21,10 +21,12 @@ import pytest
 import torch
 from PIL import Image
 
+from resnet_cifar.config import resolve_config
 from resnet_cifar.data.types import CIFAR10_CLASSES
+from resnet_cifar.models import resnet18
 from resnet_cifar.report.gallery import select_mistakes, thumbnail_uri
 
-from helpers import save_random_resnet18
+from helpers import save_checkpoint
 
 LIMIT = 300  # test images scored: 30 per class
 
@@ -59,8 +61,19 @@ HISTORY = [
 def run_dir(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path, real_splits) -> Path:
     """A run folder as `train` leaves it, as far as the report reads it: best.pt (a ResNet-18 with
     random weights and batch-norm statistics, so predictions and confidences vary) and metrics.jsonl."""
+    cfg = resolve_config(
+        preset="smoke", overrides={"data.data_dir": str(real_data_root), "model.stem": "imagenet", "model.depth": 18}
+    )
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10, stem="imagenet")
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
     folder = tmp_path_factory.mktemp("run")
-    save_random_resnet18(folder / "best.pt", real_data_root, epoch=3)
+    payload = {"format": 1, "model": model.state_dict(), "ema": None, "classes": list(CIFAR10_CLASSES),
+               "config": cfg.to_dict(), "epoch": 3}  # fmt: skip
+    save_checkpoint(folder / "best.pt", payload)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in HISTORY))
     return folder
 
