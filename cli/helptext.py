@@ -30,6 +30,7 @@ from resnet_cifar.config import flag_for
 HELP_SOURCES = {
     "checkpointer": "resnet_cifar.engine.checkpointer",
     "config": "resnet_cifar.config",
+    "corruptions": "resnet_cifar.choices.corruptions",
     "download": "resnet_cifar.data.download",
     "export": "resnet_cifar.export",
     "inference": "resnet_cifar.inference",

@@ -33,6 +33,24 @@ PredictModelArgument = Annotated[
 ]
 
 
+CorruptionsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--corruptions",
+        help="Also score the split under CIFAR-10-C corruptions computed on the fly: all, families "
+        "({corruptions.FAMILIES:or}) or names ({corruptions.AVAILABLE:or}), comma-separated. "
+        "None of {corruptions.LEFT_OUT:or} is computed (see docs/robustness.md).",
+        show_default=False,
+    ),
+]
+SeveritiesOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--severities", help="With --corruptions: severities such as 1,3,5 or 1-3. Default: 1-5.", show_default=False
+    ),
+]
+
+
 def _number(value: float) -> str:
     return f"{value:.4f}"
 
@@ -55,6 +73,25 @@ def render_eval(out: Output, report: dict[str, Any], out_dir: Path) -> None:
         f"  ece {_number(report['ece'])}  mean confidence {_number(report['mean_confidence'])}" if "ece" in report else ""
     )
     out.line(f"accuracy {_number(report['accuracy'])}  loss {loss}{calibration}  report in {out_dir}")
+    if "robustness" in report:
+        render_robustness(out, report["robustness"])
+
+
+def render_robustness(out: Output, robustness: dict[str, Any]) -> None:
+    """Accuracy per corruption (rows) and severity (columns), the mean, and what was left out."""
+    severities = [str(severity) for severity in robustness["severities"]]
+    rows = [
+        (name, *(_number(row[severity]) for severity in severities), _number(robustness["mean_accuracy"][name]))
+        for name, row in robustness["accuracy"].items()
+    ]
+    out.table("accuracy under corruption", ("corruption", *severities, "mean"), rows)
+    drop = robustness["relative_drop"]
+    out.line(
+        f"mean corruption accuracy {_number(robustness['mean_corruption_accuracy'])}  clean "
+        f"{_number(robustness['clean_accuracy'])}  relative drop {'n/a' if drop is None else _number(drop)}"
+    )
+    for name, why in robustness["left_out"].items():
+        out.line(f"left out: {name} ({why})")
 
 
 def eval_command(
@@ -81,6 +118,8 @@ def eval_command(
             "--out", help="Report folder. Default: eval-<split> beside the checkpoint.", show_default=False
         ),
     ] = None,
+    corruptions: CorruptionsOption = None,
+    severities: SeveritiesOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Score a checkpoint on a split and write its metrics, confusion matrix and HTML report.
@@ -101,6 +140,8 @@ def eval_command(
             tta=tta,
             out_dir=out_dir,
             cache_dir=cache_dir_from_env(os.environ),
+            corruptions=corruptions,
+            severities=severities,
         )
     if json_output:
         out.json({**outcome.report, "out_dir": str(outcome.out_dir)})

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from resnet_cifar.choices.corruptions import SEVERITIES, parse_severities, select_corruptions
 from resnet_cifar.config import DataConfig, PrecisionConfig
 from resnet_cifar.data import validation_split
 from resnet_cifar.data.load import load_cifar10
@@ -62,6 +63,7 @@ from resnet_cifar.engine.precision import Precision, select_device
 from resnet_cifar.engine.step import build_loss
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation.evaluate import EvalResult, evaluate, predict_logits
+from resnet_cifar.evaluation.robustness import RobustnessResult, evaluate_robustness
 from resnet_cifar.evaluation.plots import plot_confusion_matrix, write_confusion_csv, write_metrics_json
 from resnet_cifar.models import resize_batch
 from resnet_cifar.files import first_line
@@ -244,6 +246,7 @@ class EvalOutcome:
     files: tuple[Path, ...]
     trained: TrainedModel | None = None
     data: CifarSplit | None = None
+    robustness: RobustnessResult | None = None
 
 
 def write_eval_files(report: Mapping[str, Any], classes: Sequence[str], out_dir: Path) -> tuple[Path, ...]:
@@ -271,11 +274,17 @@ def evaluate_checkpoint(
     tta: bool = False,
     out_dir: Path | None = None,
     cache_dir: Path | None = None,
+    corruptions: str | None = None,
+    severities: str | None = None,
 ) -> EvalOutcome:
     """Load ``checkpoint``, score it on ``split`` and write the report files into ``out_dir``
     (default: ``eval-<split>`` beside the checkpoint). ``batch_size`` defaults to the
-    checkpoint's ``data.eval_batch_size``. Arguments are checked before anything heavy runs."""
+    checkpoint's ``data.eval_batch_size``. ``corruptions`` (``all``, families or names, see
+    choices/corruptions.py) also scores the split under those CIFAR-10-C corruptions at
+    ``severities`` (default 1-5) into ``report["robustness"]``. Arguments are checked before
+    anything heavy runs."""
     _check_request(split=split, limit=limit, data_dir=data_dir, batch_size=batch_size)
+    robustness_request = _robustness_request(corruptions, severities)
     checkpoint = Path(checkpoint)
     trained = load_trained_model(checkpoint, device=device)
     data = load_eval_split(trained.config.data, split, data_dir=data_dir, limit=limit, cache_dir=cache_dir)
@@ -299,9 +308,61 @@ def evaluate_checkpoint(
         "device": str(trained.precision.device),
         "amp_dtype": None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
     }
+    robustness = None
+    if robustness_request is not None:
+        robustness = _score_corrupted(trained, data, robustness_request, batch_size, tta, result.accuracy)
+        report["robustness"] = robustness.to_dict()
     files = write_eval_files(report, trained.classes, target)
     return EvalOutcome(
-        result=result, report=report, classes=trained.classes, out_dir=target, files=files, trained=trained, data=data
+        result=result,
+        report=report,
+        classes=trained.classes,
+        out_dir=target,
+        files=files,
+        trained=trained,
+        data=data,
+        robustness=robustness,
+    )
+
+
+@dataclass(frozen=True)
+class _RobustnessRequest:
+    names: tuple[str, ...]
+    severities: tuple[int, ...]
+    left_out: dict[str, str]
+
+
+def _robustness_request(corruptions: str | None, severities: str | None) -> _RobustnessRequest | None:
+    """--corruptions/--severities checked (UsageError) before anything is loaded; None: not asked."""
+    if corruptions is None:
+        if severities is not None:
+            raise UsageError("--severities needs --corruptions")
+        return None
+    try:
+        names, skipped = select_corruptions(corruptions)
+        chosen = parse_severities(severities) if severities is not None else SEVERITIES
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if not names:
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        raise UsageError(f"--corruptions {corruptions}: none of these can be computed here ({reasons})")
+    return _RobustnessRequest(names, chosen, skipped)
+
+
+def _score_corrupted(
+    trained: TrainedModel, data: CifarSplit, request: _RobustnessRequest, batch_size: int, tta: bool, clean: float
+) -> RobustnessResult:
+    """The split under each requested corruption, scored as the clean split was (same TTA)."""
+    return evaluate_robustness(
+        data,
+        lambda corrupted: evaluate_split(trained, corrupted, batch_size=batch_size, tta=tta).accuracy,
+        names=request.names,
+        severities=request.severities,
+        clean_accuracy=clean,
+        device=trained.precision.device,
+        seed=trained.config.data.seed,
+        batch_size=batch_size,
+        left_out=request.left_out,
     )
 
 

@@ -195,7 +195,7 @@ def test_page_sections_curves_and_gallery(evaluated: tuple[dict[str, Any], Path]
     assert html.count("<svg") == 4  # and the reliability diagram
 
     shots = [attributes for tag, attributes in page.tags if tag == "figure" and "shot" in attributes.get("class", "")]
-    images = [a for tag, a in page.tags if tag == "img"]
+    images = [a for tag, a in page.tags if tag == "img" and a.get("class") != "cam"]  # Grad-CAM: test_robustness.py
     assert len(images) == len(shots) >= 30
     matrix = np.array(report["confusion_matrix"])
     for index, name in enumerate(CIFAR10_CLASSES):
@@ -269,7 +269,7 @@ def test_page_renders_in_headless_chromium(evaluated: tuple[dict[str, Any], Path
     # A copy with a probe that records, once the page has loaded, how each gallery image decoded.
     probe = (
         "<script>window.addEventListener('load', function () {"
-        "var shots = Array.from(document.querySelectorAll('#gallery img'));"
+        "var shots = Array.from(document.querySelectorAll('#gallery img:not(.cam)'));"
         "document.body.setAttribute('data-probe', JSON.stringify(shots.map(function (i) {"
         "return [i.complete, i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width]; })));"
         "document.body.setAttribute('data-filter', String(!document.querySelector('#gallery .filter').hidden));"

@@ -20,6 +20,8 @@ the first import (so every test), never a user's run.
 - ``monitors``: metric -> whether higher or lower is better.
 - ``weights``: named ImageNet weights -> their file.
 - ``models``: ResNet depth -> its block and blocks per stage; the stems.
+- ``corruptions``: CIFAR-10-C corruption -> family, parameters per severity, or why it is left out
+  (``eval --corruptions``).
 """
 
 from __future__ import annotations

@@ -18,8 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from resnet_cifar.data.types import CifarSplit
 from resnet_cifar.files import atomic_write
 from resnet_cifar.inference import EvalOutcome, evaluate_checkpoint
+from resnet_cifar.report.explain import EXPLAIN_HINT, explain_available, gradcam, heat_overlay
+from resnet_cifar.report.gallery import select_mistakes, thumbnail_uri
 from resnet_cifar.report.page import ReportInputs, render_page
 
 __all__ = ["REPORT_FILE", "ReportInputs", "evaluate_and_report", "read_history", "render_page", "write_report"]
@@ -57,6 +60,55 @@ def _clean(value: Any) -> Any:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
+EXPLAIN_BATCH = 64  # mistakes explained per backward pass
+
+
+def explain_mistakes(outcome: EvalOutcome) -> tuple[dict[int, tuple[str, str]] | None, str]:
+    """Grad-CAM overlays (data: URIs) for the gallery's mistakes, by split position: (for the
+    predicted class, for the true class); None and how to get them when captum is missing."""
+    if not explain_available():
+        return None, f"Grad-CAM overlays of where the network looks: {EXPLAIN_HINT}."
+    assert outcome.trained is not None and outcome.data is not None and outcome.result.predictions is not None
+    trained, data = outcome.trained, outcome.data
+    confidences = outcome.result.confidences
+    mistakes = select_mistakes(
+        data.labels,
+        outcome.result.predictions.numpy(),
+        confidences.numpy() if confidences is not None else np.zeros(len(data.labels)),
+        len(outcome.classes),
+    )
+    overlays: dict[int, tuple[str, str]] = {}
+    for start in range(0, len(mistakes), EXPLAIN_BATCH):
+        chosen = mistakes[start : start + EXPLAIN_BATCH]
+        indices = np.array([mistake.index for mistake in chosen])
+        subset = CifarSplit(data.images[indices], np.asarray(data.labels)[indices], data.classes)
+        batch, _ = next(iter(trained.loader(subset, batch_size=len(chosen))))
+        batch = trained.resize(batch).float()
+        predicted = gradcam(trained.model, batch, [mistake.predicted for mistake in chosen]).cpu().numpy()
+        true = gradcam(trained.model, batch, [mistake.true for mistake in chosen]).cpu().numpy()
+        for row, mistake in enumerate(chosen):
+            image = data.images[mistake.index]
+            overlays[mistake.index] = (
+                thumbnail_uri(heat_overlay(image, _at_image_size(predicted[row], image))),
+                thumbnail_uri(heat_overlay(image, _at_image_size(true[row], image))),
+            )
+    return overlays, (
+        "Under each image, Grad-CAM (captum's LayerGradCam on the last stage): where the network looked for the "
+        "predicted class (left) and for the true class (right); red is most."
+    )
+
+
+def _at_image_size(heat: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """A map computed at the model's --image-size, brought back to the thumbnail's pixels."""
+    if heat.shape == image.shape[:2]:
+        return heat
+    import torch.nn.functional as F
+    from torch import from_numpy
+
+    resized = F.interpolate(from_numpy(heat)[None, None], size=image.shape[:2], mode="bilinear", align_corners=False)
+    return resized[0, 0].numpy()
+
+
 def report_inputs(outcome: EvalOutcome, *, generated: datetime | None = None) -> ReportInputs:
     """What the page needs, from an evaluate_checkpoint outcome."""
     from resnet_cifar import __version__
@@ -69,7 +121,12 @@ def report_inputs(outcome: EvalOutcome, *, generated: datetime | None = None) ->
         saved: datetime | None = datetime.fromtimestamp(trained.path.stat().st_mtime)
     except OSError:
         saved = None
+    explanations, explain_note = explain_mistakes(outcome)
+    robustness = outcome.robustness
     return ReportInputs(
+        explanations=explanations,
+        explain_note=explain_note,
+        robustness_examples=robustness.examples if robustness is not None else None,
         metrics=outcome.report,
         classes=outcome.classes,
         config=trained.config,

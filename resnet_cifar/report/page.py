@@ -51,6 +51,12 @@ class ReportInputs:
     generated: datetime
     version: str
     checkpoint_saved: datetime | None = None
+    # Grad-CAM overlays (predicted class, true class) of gallery images by split position, or None
+    # (captum missing), and the gallery's line about them.
+    explanations: Mapping[int, tuple[str, str]] | None = None
+    explain_note: str = ""
+    # Per corruption, uint8 [severities, examples, 32, 32, 3]: the first images of the split as scored.
+    robustness_examples: Mapping[str, np.ndarray] | None = None
 
 
 # ----------------------------------------------------------------------------- number formatting
@@ -328,7 +334,7 @@ def _gallery(inputs: ReportInputs) -> str:
         figures.append(
             f'<figure class="shot" data-true="{escape(true)}">'
             f'<img src="{thumbnail_uri(inputs.images[mistake.index])}" width="96" height="96" '
-            f'alt="{escape(true)} predicted as {escape(predicted)}">'
+            f'alt="{escape(true)} predicted as {escape(predicted)}">{_overlays(inputs, mistake.index, true, predicted)}'
             f'<figcaption><b>{escape(true)}</b> &rarr; {escape(predicted)}<br>'
             f'<span class="conf">{mistake.confidence * 100:.1f}%</span> <span class="idx">#{mistake.index}</span>'
             "</figcaption></figure>"
@@ -348,7 +354,73 @@ def _gallery(inputs: ReportInputs) -> str:
     )
     return (
         f'<section id="gallery"><h2>Mistakes</h2><p class="muted">{intro}</p>'
+        f'<p class="muted explain">{escape(inputs.explain_note)}</p>'
         f'<div class="filter" hidden>{buttons}</div><div class="shots">{"".join(figures)}</div></section>'
+    )
+
+
+def _overlays(inputs: ReportInputs, index: int, true: str, predicted: str) -> str:
+    """The Grad-CAM overlays of one gallery image, for its predicted and its true class."""
+    if inputs.explanations is None or index not in inputs.explanations:
+        return ""
+    for_predicted, for_true = inputs.explanations[index]
+    return (
+        f'<span class="cams"><img class="cam" src="{for_predicted}" width="48" height="48" '
+        f'alt="Grad-CAM for {escape(predicted)}" title="Grad-CAM: {escape(predicted)} (predicted)">'
+        f'<img class="cam" src="{for_true}" width="48" height="48" alt="Grad-CAM for {escape(true)}" '
+        f'title="Grad-CAM: {escape(true)} (true)"></span>'
+    )
+
+
+def _robustness_heat(row: Mapping[str, float], metrics: Mapping[str, Any], name: str) -> str:
+    cells = []
+    for severity, value in row.items():
+        clean = float(metrics["robustness"]["clean_accuracy"]) or 1.0
+        share = max(0.0, min(1.0, float(value) / clean))  # blue as strong as the clean accuracy kept
+        cells.append(f"<td{_heat(share, True)}>{_num(metrics, f'robustness.accuracy.{name}.{severity}')}</td>")
+    return "".join(cells)
+
+
+def _robustness_grid(inputs: ReportInputs, name: str) -> str:
+    """One image per corruption: the first examples (rows), clean then each severity (columns)."""
+    examples = (inputs.robustness_examples or {}).get(name)
+    if examples is None:
+        return ""
+    count = examples.shape[1]
+    columns = [inputs.images[:count], *examples]
+    grid = np.concatenate([np.concatenate(list(column), axis=0) for column in columns], axis=1)
+    return (
+        f'<figure class="examples"><img class="grid" src="{thumbnail_uri(grid, 2)}" '
+        f'alt="{escape(name)}: clean, then severities"><figcaption>{escape(name)}</figcaption></figure>'
+    )
+
+
+def _robustness(inputs: ReportInputs) -> str:
+    m = inputs.metrics
+    if "robustness" not in m:
+        return ""
+    robustness = m["robustness"]
+    severities = [str(severity) for severity in robustness["severities"]]
+    head = "".join(f"<th>{severity}</th>" for severity in severities)
+    rows = [
+        f'<tr><th scope="row">{escape(name)}</th>{_robustness_heat(row, m, name)}'
+        f'<td>{_num(m, f"robustness.mean_accuracy.{name}")}</td></tr>'
+        for name, row in robustness["accuracy"].items()
+    ]
+    grids = "".join(_robustness_grid(inputs, name) for name in robustness["accuracy"])
+    left_out = "".join(f"<li>{escape(name)}: {escape(why)}</li>" for name, why in robustness["left_out"].items())
+    drop = "n/a" if robustness["relative_drop"] is None else _num(m, "robustness.relative_drop")
+    return (
+        '<section id="robustness"><h2>Robustness to corruptions</h2>'
+        f'<p>Mean corruption accuracy {_num(m, "robustness.mean_corruption_accuracy")} against '
+        f'{_num(m, "robustness.clean_accuracy")} clean: a relative drop of {drop}.</p>'
+        '<p class="muted">CIFAR-10-C corruptions (Hendrycks &amp; Dietterich, 2019) computed on the fly with their '
+        "CIFAR parameters; accuracy per severity (the deeper the blue, the more of the clean accuracy kept). "
+        "Examples: the split's first images as scored, clean then at each severity (left to right).</p>"
+        f'<table class="numbers robust"><tr><th>corruption</th>{head}<th>mean</th></tr>'
+        f'{"".join(rows)}</table><div class="grids">{grids}</div>'
+        + (f'<p class="muted">Left out:</p><ul class="muted">{left_out}</ul>' if left_out else "")
+        + "</section>"
     )
 
 
@@ -450,6 +522,10 @@ figure.shot img { width: 96px; height: 96px; image-rendering: pixelated; border-
   box-shadow: 0 0 0 1px var(--line); }
 figure.shot .conf { color: #dc2626; font-weight: 600; }
 figure.shot .idx { color: var(--muted); }
+figure.shot img.cam { width: 48px; height: 48px; display: inline-block; margin: 0 1px 4px; }
+.grids { display: flex; flex-wrap: wrap; gap: 14px; margin-top: 12px; }
+figure.examples img.grid { image-rendering: pixelated; display: block; }
+figure.examples figcaption { font-size: 12px; color: var(--muted); text-align: center; }
 .calib { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
 details summary { cursor: pointer; color: var(--accent); margin-bottom: 6px; }
 footer { color: var(--muted); font-size: 12px; margin-top: 18px; text-align: center; }
@@ -489,6 +565,7 @@ def render_page(inputs: ReportInputs) -> str:
         _pairs(inputs),
         _gallery(inputs),
         _calibration(inputs),
+        _robustness(inputs),
     ]
     footer = (
         f"<footer>Written by resnet-cifar {escape(inputs.version)}. Every evaluation number on this page is the one "
