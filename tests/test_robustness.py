@@ -17,12 +17,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from resnet_cifar.config import resolve_config
-from resnet_cifar.data.types import CIFAR10_CLASSES
 from resnet_cifar.models import resnet18
 from resnet_cifar.report import explain
 
-from helpers import save_checkpoint
+from helpers import random_resnet18, smoke_config, write_checkpoint
 
 LIMIT = 100
 
@@ -30,22 +28,9 @@ LIMIT = 100
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path) -> Path:
     """best.pt of a ResNet-18 with random weights and batch-norm statistics (predictions vary)."""
-    # On main after issue 25's test clean-up this is helpers' write_checkpoint(path, smoke_config(...),
-    # random_resnet18(random_batch_norm=True)); this branch predates those helpers.
-    cfg = resolve_config(
-        preset="smoke", overrides={"data.data_dir": str(real_data_root), "model.stem": "imagenet", "model.depth": 18}
-    )
-    torch.manual_seed(0)
-    model = resnet18(num_classes=10, stem="imagenet")
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
     path = tmp_path_factory.mktemp("run") / "best.pt"
-    payload = {"format": 1, "model": model.state_dict(), "ema": None, "classes": list(CIFAR10_CLASSES),
-               "config": cfg.to_dict(), "epoch": 1}  # fmt: skip
-    save_checkpoint(path, payload)
-    return path
+    cfg = smoke_config(real_data_root, **{"model.depth": 18})
+    return write_checkpoint(path, cfg, random_resnet18(random_batch_norm=True), epoch=1)
 
 
 def run_eval(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
