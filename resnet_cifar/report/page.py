@@ -385,7 +385,39 @@ def _calibration(inputs: ReportInputs) -> str:
         f'<section id="calibration"><h2>Calibration</h2>{summary}'
         f'<div class="calib"><figure>{diagram}</figure><div>{table}'
         '<p class="muted">Bars below the diagonal: the model is more confident than it is right in that bin. '
-        "The strip under the diagram shows how many images fall in each bin.</p></div></div></section>"
+        f"The strip under the diagram shows how many images fall in each bin.</p></div></div>{_temperature(m)}</section>"
+    )
+
+
+def _temperature(m: Mapping[str, Any]) -> str:
+    """Temperature scaling's effect on the evaluated images: NLL, ECE and mean confidence before
+    (T = 1) and after, and both reliability diagrams."""
+    scaling = m.get("temperature_scaling")
+    if not scaling:
+        return (
+            '<h3 id="temperature">Temperature scaling</h3><p class="muted">The checkpoint has no fitted temperature: '
+            "the probabilities are the raw softmax (run <code>resnet-cifar calibrate</code> on it).</p>"
+        )
+    key = "temperature_scaling"
+    figures_of = (("negative log-likelihood", "nll"), ("calibration error (ECE)", "ece"), ("mean confidence", "mean_confidence"))
+    rows = "".join(
+        f"<tr><td>{label}</td><td>{_num(m, f'{key}.before.{name}', _dec)}</td>"
+        f"<td>{_num(m, f'{key}.after.{name}', _dec)}</td></tr>"
+        for label, name in figures_of
+    )
+    figures = []
+    for when, caption in (("before", "before: raw softmax (T = 1)"), ("after", "after: softmax(logits / T)")):
+        bins = scaling[when]["calibration"]
+        diagram = reliability_diagram(bins["accuracy"], bins["confidence"], bins["count"])
+        figures.append(f'<figure data-when="{when}"><figcaption>{caption}</figcaption>{diagram}</figure>')
+    joined = "".join(figures)
+    return (
+        '<h3 id="temperature">Temperature scaling</h3>'
+        f"<p>The logits are divided by the temperature T = {_num(m, f'{key}.temperature', _dec)}, fitted on the "
+        "validation split by minimising its negative log-likelihood (never on the test split). Predictions, accuracy "
+        "and the confusion matrix are the same with and without it; only the probabilities change. The figures "
+        f"above are after it; on these images:</p><table class=\"numbers\"><tr><th></th><th>before (T = 1)</th>"
+        f"<th>after</th></tr>{rows}</table><div class=\"calib\">{joined}</div>"
     )
 
 
