@@ -13,8 +13,9 @@ Choices, and why:
   the checkpoint has them (``select_weights``), in eval mode, in float32, on the CPU.
 - **The labels travel with the file.** ONNX ``metadata_props`` and TorchScript extra files hold
   the same keys (``METADATA_KEYS``): ``classes`` (a JSON list in label order), ``mean``, ``std``
-  (JSON lists), ``input_range`` and the project version, plus the weights used and the
-  architecture. safetensors holds the plain state dict (no pickle anywhere) with the full
+  (JSON lists), ``input_range`` and the project version, plus the weights used, the
+  architecture and the ``temperature`` the graph divides the logits by (the checkpoint's fitted
+  temperature scaling, ``resnet-cifar calibrate``; 1.0 when it has none). safetensors holds the plain state dict (no pickle anywhere) with the full
   training config and classes in its string metadata.
 - **A file proves itself before it is kept.** It is written to a temp file in the target's
   folder, loaded back the way a user would (onnxruntime's CPU provider for ONNX,
@@ -102,7 +103,9 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 INPUT_RANGE = "[0, 1]"
 SAFETENSORS_FORMAT = "resnet-cifar-state-dict"
-METADATA_KEYS = ("classes", "mean", "std", "input_range", "input", "output", "weights", "architecture", "resnet_cifar_version")
+METADATA_KEYS = (
+    "classes", "mean", "std", "input_range", "input", "output", "weights", "architecture", "temperature", "resnet_cifar_version",
+)  # fmt: skip
 ONNX_PACKAGES_HINT = "pip install 'resnet-cifar[export]' (or: pip install onnx onnxruntime onnxscript)"
 # The trace/export example: two images, so no exporter specializes the batch size to 1.
 EXAMPLE_BATCH = 2
@@ -118,19 +121,22 @@ class ParityError(ResnetCifarError):
 
 
 class Preprocessed(nn.Module):
-    """``model`` behind CIFAR-10's normalization and the trainer's resize: [0, 1] RGB in, logits out."""
+    """``model`` behind CIFAR-10's normalization and the trainer's resize: [0, 1] RGB in, logits out,
+    divided by the checkpoint's fitted temperature (1 when it has none), so a softmax of the output
+    gives the calibrated probabilities ``predict`` gives."""
 
-    def __init__(self, model: nn.Module, image_size: int | None) -> None:
+    def __init__(self, model: nn.Module, image_size: int | None, temperature: float | None = None) -> None:
         super().__init__()
         self.model = model
         self.image_size = image_size
+        self.register_buffer("temperature", torch.tensor(temperature or 1.0, dtype=torch.float32))
         # Buffers, not parameters: they are constants of the exported graph, never trained.
         self.register_buffer("mean", torch.tensor(CIFAR10_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(CIFAR10_STD, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, images: Tensor) -> Tensor:
         normalized = (images - self.mean) / self.std
-        return self.model(resize_batch(normalized, self.image_size))
+        return self.model(resize_batch(normalized, self.image_size)) / self.temperature
 
 
 def _float32_cpu_copy(trained: TrainedModel) -> nn.Module:
@@ -152,9 +158,11 @@ def export_metadata(trained: TrainedModel) -> dict[str, str]:
         "std": json.dumps(list(CIFAR10_STD)),
         "input_range": INPUT_RANGE,
         "input": f"{INPUT_NAME}: float32 RGB [N, 3, {side}, {side}] in {INPUT_RANGE}, normalized inside",
-        "output": f"{OUTPUT_NAME}: float32 [N, {trained.num_classes}]",
+        "output": f"{OUTPUT_NAME}: float32 [N, {trained.num_classes}], divided by the temperature",
         "weights": trained.weights,
         "architecture": f"resnet{model_cfg.depth}, {model_cfg.stem} stem",
+        # The fitted temperature the graph divides the logits by ("1.0": none was fitted).
+        "temperature": repr(float(trained.temperature or 1.0)),
         "resnet_cifar_version": __version__,
     }
 
@@ -244,6 +252,7 @@ def parity_batch(
     loader = TensorLoader(split, LoaderSpec(batch_size=len(split), train=False))  # float32 NCHW on the CPU
     with torch.inference_mode():
         reference = torch.cat([predict_logits(model, trained.resize(batch)) for batch, _ in loader])
+    reference = reference / (trained.temperature or 1.0)  # as predict divides them
     images = torch.from_numpy(split.images).permute(0, 3, 1, 2).float().div(255.0).contiguous()
     return images, reference
 
@@ -324,6 +333,8 @@ def safetensors_metadata(trained: TrainedModel) -> dict[str, str]:
         "weights": trained.weights,
         "mean": base["mean"],
         "std": base["std"],
+        # The weights' logits are raw: divide them by this temperature (JSON; null: none fitted).
+        "temperature": json.dumps(trained.temperature),
         # The state dict's model expects *normalized* images: the mean and std above.
         "input": f"float32 RGB [N, 3, H, W], (x - mean) / std with x in {INPUT_RANGE}",
         "resnet_cifar_version": base["resnet_cifar_version"],
@@ -463,7 +474,7 @@ def _write_and_check(
                 raise ParityError(f"the safetensors file does not read back as written ({key} differs)")
         return 0.0
 
-    module = Preprocessed(model, trained.config.model.image_size).eval()
+    module = Preprocessed(model, trained.config.model.image_size, trained.temperature).eval()
     metadata = export_metadata(trained)
     # A fixed, seeded example: the traced graph must not depend on the global RNG's state.
     example = torch.rand(EXAMPLE_BATCH, 3, IMAGE_SHAPE[0], IMAGE_SHAPE[1], generator=torch.Generator().manual_seed(0))
