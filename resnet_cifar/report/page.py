@@ -14,7 +14,7 @@ Numbers from elsewhere (the run's config, metrics.jsonl, per-image confidences) 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
@@ -28,7 +28,7 @@ from resnet_cifar.config import TrainConfig
 from resnet_cifar.report.gallery import Mistake, select_mistakes, thumbnail_uri
 from resnet_cifar.report.svg import Series, line_chart, reliability_diagram
 
-__all__ = ["ReportInputs", "render_page"]
+__all__ = ["ReportInputs", "confusion_table", "heat_style", "render_page"]
 
 TOP_PAIRS = 10  # rows in the "most confused pairs" table
 
@@ -221,7 +221,7 @@ def _curves(inputs: ReportInputs) -> str:
     return f'<section id="curves"><h2>Training curves</h2><div class="charts">{figures}</div><p class="muted">{note}</p></section>'
 
 
-def _heat(share: float, diagonal: bool) -> str:
+def heat_style(share: float, diagonal: bool) -> str:
     """Inline cell colour: blue for the right answers, red for the mistakes (scaled up: they are small)."""
     if diagonal:
         alpha, rgb = share, "37, 99, 235"
@@ -237,7 +237,7 @@ def _per_class(inputs: ReportInputs) -> str:
     for name in inputs.classes:
         key = f"per_class.{name}"
         cells = "".join(
-            f'<td{_heat(float(m["per_class"][name][metric]), True)}>{_num(m, f"{key}.{metric}", _dec)}</td>'
+            f'<td{heat_style(float(m["per_class"][name][metric]), True)}>{_num(m, f"{key}.{metric}", _dec)}</td>'
             for metric in ("precision", "recall", "f1")
         )
         rows.append(f'<tr><th scope="row">{escape(name)}</th>{cells}<td>{_num(m, f"{key}.support", _int)}</td></tr>')
@@ -252,29 +252,31 @@ def _per_class(inputs: ReportInputs) -> str:
     )
 
 
-def _matrix_table(inputs: ReportInputs, normalized: bool) -> str:
-    m = inputs.metrics
-    matrix = m["confusion_matrix"]
-    classes = inputs.classes
+def confusion_table(matrix: Sequence[Sequence[float]], classes: Sequence[str], cell: Callable[[int, int, float], str]) -> str:
+    """A confusion <table>: rows the true classes, columns the predictions, each cell coloured by
+    its share of its row and filled with ``cell(i, j, share)``."""
     head = "".join(f'<th class="rot"><span>{escape(name)}</span></th>' for name in classes)
     rows = []
     for i, name in enumerate(classes):
         total = sum(matrix[i])
-        cells = []
-        for j in range(len(classes)):
-            share = matrix[i][j] / total if total else 0.0
-            if normalized:
-                # Derived from metrics.json, so it names the count it divides rather than a key of its own.
-                text = f'<span data-share-of="confusion_matrix.{i}.{j}" data-share="{share!r}">{share * 100:.1f}</span>'
-            else:
-                text = _num(m, f"confusion_matrix.{i}.{j}", _int)
-            cells.append(f"<td{_heat(share, i == j)}>{text}</td>")
-        rows.append(f'<tr><th scope="row">{escape(name)}</th>{"".join(cells)}</tr>')
+        shares = [matrix[i][j] / total if total else 0.0 for j in range(len(classes))]
+        cells = "".join(f"<td{heat_style(share, i == j)}>{cell(i, j, share)}</td>" for j, share in enumerate(shares))
+        rows.append(f'<tr><th scope="row">{escape(name)}</th>{cells}</tr>')
+    return f'<table class="confusion"><tr><th class="corner">true \\ predicted</th>{head}</tr>{"".join(rows)}</table>'
+
+
+def _matrix_table(inputs: ReportInputs, normalized: bool) -> str:
+    m = inputs.metrics
+
+    def cell(i: int, j: int, share: float) -> str:
+        if normalized:
+            # Derived from metrics.json, so it names the count it divides rather than a key of its own.
+            return f'<span data-share-of="confusion_matrix.{i}.{j}" data-share="{share!r}">{share * 100:.1f}</span>'
+        return _num(m, f"confusion_matrix.{i}.{j}", _int)
+
     caption = "row-normalized, % of the true class" if normalized else "counts"
-    return (
-        f'<figure class="matrix"><figcaption>{caption}</figcaption><table class="confusion">'
-        f'<tr><th class="corner">true \\ predicted</th>{head}</tr>{"".join(rows)}</table></figure>'
-    )
+    table = confusion_table(m["confusion_matrix"], inputs.classes, cell)
+    return f'<figure class="matrix"><figcaption>{caption}</figcaption>{table}</figure>'
 
 
 def _confusion(inputs: ReportInputs) -> str:

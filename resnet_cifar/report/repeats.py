@@ -19,7 +19,7 @@ from typing import Any
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation.spread import REPEATS_FILE
 from resnet_cifar.files import atomic_write
-from resnet_cifar.report.page import CSS
+from resnet_cifar.report.page import CSS, confusion_table
 
 __all__ = ["read_repeats", "render_repeats_page", "write_repeats_report"]
 
@@ -116,24 +116,15 @@ def _per_class(summary: Mapping[str, Any]) -> str:
 
 
 def _confusion(summary: Mapping[str, Any]) -> str:
-    matrix, classes = summary["mean_confusion_matrix"], summary["classes"]
-    head = "".join(f'<th class="rot"><span>{escape(name)}</span></th>' for name in classes)
-    rows = []
-    for i, name in enumerate(classes):
-        total = sum(matrix[i])
-        cells = []
-        for j in range(len(classes)):
-            share = matrix[i][j] / total if total else 0.0
-            alpha, rgb = (share, "37, 99, 235") if i == j else (min(1.0, share * 2.5), "220, 38, 38")
-            cells.append(
-                f'<td style="background: rgba({rgb}, {alpha:.3f})" title="{share * 100:.1f}% of the true class">'
-                f'{_tag(summary, f"mean_confusion_matrix.{i}.{j}", 1)}</td>'
-            )
-        rows.append(f'<tr><th scope="row">{escape(name)}</th>{"".join(cells)}</tr>')
+    table = confusion_table(
+        summary["mean_confusion_matrix"],
+        summary["classes"],
+        lambda i, j, share: _tag(summary, f"mean_confusion_matrix.{i}.{j}", 1),
+    )
     return (
         '<section id="confusion"><h2>Mean confusion matrix</h2><p class="muted">The test confusion matrices of the '
-        "seeds, averaged cell by cell (image counts). Rows are the true classes, columns the predictions.</p>"
-        f'<table class="confusion"><tr><th class="corner">true \\ predicted</th>{head}</tr>{"".join(rows)}</table></section>'
+        "seeds, averaged cell by cell (image counts). Rows are the true classes, columns the predictions; the colour "
+        f"is the cell's share of its row.</p>{table}</section>"
     )
 
 
