@@ -122,3 +122,20 @@ def test_predict_and_export_use_the_temperature(
     assert float(extra["temperature"]) == temperature
     with torch.inference_mode():
         torch.testing.assert_close(exported(batch), logits / temperature, atol=1e-4, rtol=1e-4)
+
+
+def test_calibrate_command(trained: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    checkpoint = copy_of(trained, tmp_path / "run")
+    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
+    command = [sys.executable, "-m", "resnet_cifar.cli", "calibrate"]
+    result = subprocess.run([*command, str(checkpoint), "--device", "cpu", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["split"] == "val" and printed["count"] == LIMIT_VAL
+    assert load_checkpoint(checkpoint)["temperature"]["temperature"] == printed["temperature"]
+    missing = subprocess.run([*command, str(tmp_path / "none.pt")], capture_output=True, text=True, env=env, timeout=600)
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: checkpoint not found: {tmp_path / 'none.pt'}"
