@@ -36,6 +36,7 @@ HELP_SOURCES = {
     "inference": "resnet_cifar.inference",
     "report": "resnet_cifar.report",
     "space": "resnet_cifar.tuning.space",
+    "spread": "resnet_cifar.evaluation.spread",
     "sweep": "resnet_cifar.tuning.sweep",
 }
 

@@ -72,6 +72,13 @@ def render_eval(out: Output, report: dict[str, Any], out_dir: Path) -> None:
     calibration = (
         f"  ece {_number(report['ece'])}  mean confidence {_number(report['mean_confidence'])}" if "ece" in report else ""
     )
+    scaling = report.get("temperature_scaling")
+    if scaling:  # the figures above are after it; what it changed on these images
+        before, after = scaling["before"], scaling["after"]
+        out.line(
+            f"temperature {_number(scaling['temperature'])}: NLL {_number(before['nll'])} -> {_number(after['nll'])}, "
+            f"ECE {_number(before['ece'])} -> {_number(after['ece'])}"
+        )
     out.line(f"accuracy {_number(report['accuracy'])}  loss {loss}{calibration}  report in {out_dir}")
     if "robustness" in report:
         render_robustness(out, report["robustness"])

@@ -13,6 +13,7 @@ import sys
 import typer
 import typer.exceptions
 
+from .calibrate import calibrate_command
 from .data import data, download
 from .export import export_command
 from .helptext import LibraryHelpCommand
@@ -37,6 +38,7 @@ for name, command in (
     ("predict", predict_command),
     ("export", export_command),
     ("report", report_command),
+    ("calibrate", calibrate_command),
     ("sweep", sweep),
     ("data", data),
     ("download", download),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -44,6 +44,10 @@ def train(**values: Any) -> None:
     from resnet_cifar.engine.tensorboard import TENSORBOARD_DIR, TensorBoardLogger, require_tensorboard
     from resnet_cifar.engine.trainer import StopRequest, build_trainer
 
+    if values["seeds"] is not None or values["repeats"] is not None:
+        from .repeats import train_repeats
+
+        return train_repeats(values)
     quiet_known_harmless_logs()
     json_output = values["json_output"]
     output = Output(json_mode=json_output)
@@ -87,10 +91,11 @@ def train(**values: Any) -> None:
                     if board is not None:
                         board.close()
             if job.is_main:  # the other ranks print nothing
+                calibration = _calibrate_best(cfg, result)
                 if json_output:
-                    output.json(result.to_dict())
+                    output.json({**result.to_dict(), "temperature_scaling": calibration})
                 else:
-                    _print_summary(output, result)
+                    _print_summary(output, result, calibration)
             # No rank exits before rank 0 is done: torchrun stops the whole job (SIGTERM) as
             # soon as one worker exits with an error code, 143 after a stop request included.
             job.barrier()
@@ -98,8 +103,38 @@ def train(**values: Any) -> None:
         raise typer.Exit(SIGNAL_EXIT_CODES.get(result.interrupted, 1))
 
 
+def repeat_options(
+    seeds: Annotated[
+        Optional[str],
+        typer.Option(
+            "--seeds",
+            help="Repeat the run once per seed (comma-separated, e.g. 0,1,2), one after another on the one device, "
+            "each in OUT/seed-<S>/; then the spread of their results (mean, std, 95% CI) in OUT/{spread.REPEATS_FILE}. "
+            "The same command again continues them.",
+            show_default=False,
+        ),
+    ] = None,
+    repeats: Annotated[
+        Optional[int],
+        typer.Option("--repeats", help="Like --seeds 0,1,...,N-1.", show_default=False),
+    ] = None,
+) -> None:
+    """train's repeat options (for ``parameters_of``)."""
+
+
 # Typer reads a command's options from its signature: the run options, then every setting flag.
-with_signature(train, [*parameters_of(run_options), *setting_parameters()])
+with_signature(train, [*parameters_of(run_options), *parameters_of(repeat_options), *setting_parameters()])
+
+
+def _calibrate_best(cfg: Any, result: Any) -> dict[str, Any] | None:
+    """A finished run's best.pt gets its temperature, fitted on the run's validation split."""
+    if result.interrupted is not None:
+        return None
+    from resnet_cifar.engine.checkpointer import BEST
+    from resnet_cifar.inference import calibrate_checkpoint
+
+    best = result.out_dir / BEST
+    return calibrate_checkpoint(best, device=cfg.precision.device, cache_dir=cfg.data.cache_dir).to_dict()
 
 
 def _fit(trainer: Any, job: DistEnv) -> Any:
@@ -151,7 +186,7 @@ def _resumed_settings(resume: Path | None, *, out_given: bool) -> tuple[ResumeCh
     return checkpoint, under
 
 
-def _print_summary(output: Output, result: Any) -> None:
+def _print_summary(output: Output, result: Any, calibration: dict[str, Any] | None) -> None:
     if result.interrupted is not None:
         under = f" under torchrun --nproc_per_node {result.world_size}" if result.world_size > 1 else ""
         output.line(f"interrupted by {result.interrupted}; resume with --resume {result.checkpoint}{under}")
@@ -160,4 +195,8 @@ def _print_summary(output: Output, result: Any) -> None:
         output.line(f"stopped early: {result.stop_reason}")
     best = "n/a" if result.best_val_acc is None else f"{result.best_val_acc:.4f} (epoch {result.best_epoch})"
     test = "n/a" if result.test_acc is None else f"{result.test_acc:.4f}"
+    if calibration is not None:
+        from .calibrate import calibration_line
+
+        output.line(calibration_line(calibration))
     output.line(f"best val_acc {best}; test_acc {test}; {result.epochs_run} epochs; run folder {result.out_dir}")

@@ -41,7 +41,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,18 +58,21 @@ from resnet_cifar.data.split import limit_split
 from resnet_cifar.data.tensor_loader import TensorLoader
 from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit
 from resnet_cifar.engine.build import build_model, run_precision
-from resnet_cifar.engine.checkpointer import TrainedCheckpoint, read_trained_checkpoint
+from resnet_cifar.engine.checkpointer import TrainedCheckpoint, read_trained_checkpoint, store_temperature
 from resnet_cifar.engine.precision import Precision, select_device
 from resnet_cifar.engine.step import build_loss
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation.evaluate import EvalResult, evaluate, predict_logits
 from resnet_cifar.evaluation.robustness import RobustnessResult, evaluate_robustness
+from resnet_cifar.evaluation.temperature import TemperatureFit, calibration_figures, fit_temperature
 from resnet_cifar.evaluation.plots import plot_confusion_matrix, write_confusion_csv, write_metrics_json
 from resnet_cifar.models import resize_batch
 from resnet_cifar.files import first_line
 
 __all__ = [
     "EVAL_SPLITS",
+    "CalibrateOutcome",
+    "calibrate_checkpoint",
     "EvalOutcome",
     "ImagePrediction",
     "TrainedModel",
@@ -225,7 +228,58 @@ def evaluate_split(
         loss_fn=build_loss(trained.config.optim.label_smoothing),
         resize=trained.resize,
         keep_predictions=keep_predictions,
+        temperature=trained.temperature or 1.0,
     )
+
+
+def temperature_scaling(trained: TrainedModel, result: EvalResult, data: CifarSplit) -> dict[str, Any] | None:
+    """The checkpoint's temperature and what it does on the evaluated images: NLL, ECE and the
+    reliability bins before (T = 1) and after (the accuracy is the same); None when it has none."""
+    if trained.temperature is None or result.logits is None:
+        return None
+    labels = torch.from_numpy(np.asarray(data.labels))
+    return {
+        "temperature": trained.temperature,
+        "fitted_on": "val",
+        "before": calibration_figures(result.logits, labels).to_dict(),
+        "after": calibration_figures(result.logits, labels, trained.temperature).to_dict(),
+    }
+
+
+@dataclass(frozen=True)
+class CalibrateOutcome:
+    """What ``calibrate_checkpoint`` fitted and stored."""
+
+    checkpoint: Path
+    fit: TemperatureFit
+    weights: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checkpoint": str(self.checkpoint), "weights": self.weights, "split": "val", **self.fit.to_dict()}
+
+
+def calibrate_checkpoint(
+    checkpoint: Path,
+    *,
+    data_dir: Path | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    cache_dir: Path | None = None,
+) -> CalibrateOutcome:
+    """Fit the temperature of ``checkpoint``'s model on its run's validation split (never the test
+    split) and store it in the checkpoint (``store_temperature``); a temperature stored before is
+    replaced, not built on: the fit starts from the raw logits."""
+    _check_request(split="val", limit=None, data_dir=data_dir, batch_size=batch_size)
+    checkpoint = Path(checkpoint)
+    trained = load_trained_model(checkpoint, device=device)
+    raw = replace(trained, temperature=None)
+    data = load_eval_split(trained.config.data, "val", data_dir=data_dir, cache_dir=cache_dir)
+    result = evaluate_split(raw, data, batch_size=batch_size or trained.config.data.eval_batch_size, keep_predictions=True)
+    assert result.logits is not None
+    fit = fit_temperature(result.logits, torch.from_numpy(np.asarray(data.labels)))
+    outcome = CalibrateOutcome(checkpoint=checkpoint, fit=fit, weights=trained.weights)
+    store_temperature(checkpoint, {**outcome.to_dict(), "checkpoint": checkpoint.name})
+    return outcome
 
 
 def default_eval_dir(checkpoint: Path, split: str) -> Path:
@@ -307,6 +361,7 @@ def evaluate_checkpoint(
         "classes": list(trained.classes),
         "device": str(trained.precision.device),
         "amp_dtype": None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+        "temperature_scaling": temperature_scaling(trained, result, data),
     }
     robustness = None
     if robustness_request is not None:
@@ -458,6 +513,7 @@ def predict_files(
         for batch, _ in trained.loader(split, batch_size=batch_size):
             batch = trained.resize(batch)
             logits = predict_logits(trained.model, batch, autocast=trained.precision.autocast, tta=tta)
+            logits = logits / (trained.temperature or 1.0)  # the calibrated probabilities, when fitted
             probabilities.append(torch.softmax(logits, dim=1).cpu())
     top_values, top_indices = torch.cat(probabilities).topk(top_k, dim=1)
     return [

@@ -36,6 +36,10 @@ def test_config_file_then_flags_json_result_and_saved_config(
     assert saved["optim"]["epochs"] == 1 and saved["model"]["dropout"] == 0.1  # the file beats the preset
     assert saved["model"]["depth"] == 18
     assert json.loads((out / "result.json").read_text())["epochs_run"] == 1
+    # A finished run's best.pt got its temperature, fitted on the validation split (128 images).
+    scaling = summary["temperature_scaling"]
+    assert scaling["split"] == "val" and scaling["count"] == 128 and scaling["after"]["nll"] <= scaling["before"]["nll"]
+    assert load_checkpoint(out / "best.pt")["temperature"]["temperature"] == scaling["temperature"]
 
 
 def test_sigterm_leaves_a_resumable_checkpoint(real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:

@@ -65,6 +65,7 @@ import csv
 import fcntl
 import io
 import json
+import math
 import os
 import socket
 import threading
@@ -124,6 +125,9 @@ CHECKPOINT_KEYS: dict[str, str] = {
     "classes": "the class names, in label order",
     "config": "the run's settings as plain values (TrainConfig.to_dict)",
     "pretrained": "None, or the name, file and sha256 of the weights the run started from",
+    "temperature": "None, or the temperature scaling fitted on the validation split for these weights (store_temperature:"
+    " temperature, the val images it was fitted on, NLL and ECE before and after); inference divides the logits by it."
+    " The trainer writes None: new weights need a new fit",
 }
 # The keys a resume requires; the others may be absent from an older or a foreign checkpoint.
 RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "history", "classes")
@@ -180,6 +184,7 @@ class RunState:
             "classes": list(parts.classes),
             "config": cfg.to_dict(),
             "pretrained": parts.pretrained,
+            "temperature": None,  # fitted after training (store_temperature), for the weights then final
         }
 
     def load_state_dict(self, checkpoint: Mapping[str, Any], source: Path | str) -> LoopPosition:
@@ -661,6 +666,7 @@ class TrainedCheckpoint:
     weights: str  # which weights inference uses: "ema" when the checkpoint has them, else "model"
     epoch: int | None
     pretrained: dict[str, str] | None  # name, file and sha256 of the starting weights; None: random or older
+    temperature: float | None  # the fitted temperature the logits are divided by; None: not calibrated
 
     def load_into(self, model: nn.Module, state: Mapping[str, Tensor]) -> None:
         """The checkpoint's weights (``state``, from read_trained_checkpoint) into ``model``, built
@@ -686,7 +692,37 @@ def read_trained_checkpoint(path: Path) -> tuple[TrainedCheckpoint, dict[str, Te
     state, weights = select_weights(payload, path)
     epoch = int(payload["epoch"]) if isinstance(payload.get("epoch"), int) else None
     pretrained = _checked_pretrained(payload.get("pretrained"), path)
-    return TrainedCheckpoint(path, classes, config, weights, epoch, pretrained), state
+    temperature = read_temperature(payload, path)
+    return TrainedCheckpoint(path, classes, config, weights, epoch, pretrained, temperature), state
+
+
+def read_temperature(payload: Mapping[str, Any], path: Path) -> float | None:
+    """The checkpoint's fitted temperature (None: not calibrated); a malformed one is bad data."""
+    record = payload.get("temperature")
+    if record is None:
+        return None
+    value = record.get("temperature") if isinstance(record, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise DataError(f"{path}: its 'temperature' field is malformed (a positive, finite temperature expected)")
+    return float(value)
+
+
+def store_temperature(path: Path, record: Mapping[str, Any]) -> None:
+    """Write ``record`` (TemperatureFit.to_dict plus what it was fitted on) into the checkpoint at
+    ``path`` as its ``temperature``, atomically; the rest of the file is kept as it was. The run
+    folder is taken first (``acquire``), so a training run writing it at the same time is refused."""
+    path = Path(path)
+    holder = Checkpointer(path.parent)
+    holder.acquire()
+    try:
+        payload = _read_payload(path, require=TRAINED_KEYS)
+        payload["temperature"] = dict(record)
+        read_temperature(payload, path)  # what is stored reads back
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        write_checkpoint_bytes(path, buffer.getbuffer())
+    finally:
+        holder.release()
 
 
 def select_weights(payload: Mapping[str, Any], path: Path) -> tuple[dict[str, Tensor], str]:

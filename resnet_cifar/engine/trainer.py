@@ -129,6 +129,7 @@ class FitResult:
             "interrupted": self.interrupted,
             "pruned": self.pruned,
             "test_acc": self.test_acc,
+            "test": self.test,  # the whole test report (per class, confusion matrix): repeats summarize it
             "history": [record.to_dict() for record in self.history],
             "checkpoint": str(self.checkpoint),
             "world_size": self.world_size,

@@ -42,6 +42,7 @@ class EvalResult:
     calibration: Calibration | None = None
     predictions: Tensor | None = None
     confidences: Tensor | None = None
+    logits: Tensor | None = None  # float32 [N, C] on the CPU, before any temperature, when kept
 
     @property
     def accuracy(self) -> float:
@@ -95,6 +96,7 @@ def evaluate(
     resize: Callable[[Tensor], Tensor] | None = None,
     reduce: bool = False,
     keep_predictions: bool = False,
+    temperature: float = 1.0,
 ) -> EvalResult:
     """Run ``model`` over every batch of ``loader`` in eval mode and inference mode.
 
@@ -112,7 +114,12 @@ def evaluate(
     call it; without an initialized group it changes nothing.
 
     ``keep_predictions`` also returns each sample's predicted class and confidence (for the
-    report's gallery of mistakes); calibration is measured either way.
+    report's gallery of mistakes) and its logits (before any temperature); calibration is
+    measured either way.
+
+    ``temperature`` divides the logits before the loss and the confidences (temperature scaling,
+    evaluation/temperature.py); the predictions, so the accuracy and the confusion matrix, are
+    the same for every temperature.
 
     Raises DataError for a malformed batch, a label outside ``[0, num_classes)`` or an empty
     loader, and UsageError when the model's output does not have ``num_classes`` columns.
@@ -121,7 +128,8 @@ def evaluate(
     model.eval()
     try:
         with torch.inference_mode():
-            meter, kept = _run(model, loader, num_classes, autocast, tta, loss_fn, resize, keep_predictions)
+            forward = _Forward(model, autocast, tta, resize, temperature)
+            meter, kept = _run(forward, loader, num_classes, loss_fn, keep_predictions)
             if reduce:
                 # In inference mode still: the meter's tensors were made there, and stay there.
                 meter.all_reduce_()
@@ -132,10 +140,11 @@ def evaluate(
     count = meter.count
     if count == 0:
         raise DataError("the evaluation loader yielded no samples")
-    predictions = confidences = None
+    predictions = confidences = logits = None
     if kept is not None:
         predictions = torch.cat(kept[0]).cpu() if kept[0] else torch.zeros(0, dtype=torch.int64)
         confidences = torch.cat(kept[1]).cpu() if kept[1] else torch.zeros(0)
+        logits = torch.cat(kept[2]).cpu() if kept[2] else torch.zeros(0, num_classes)
     return EvalResult(
         report=meter.report(),
         loss=meter.mean_loss,
@@ -144,45 +153,59 @@ def evaluate(
         calibration=meter.calibration(),
         predictions=predictions,
         confidences=confidences,
+        logits=logits,
     )
 
 
+@dataclass(frozen=True)
+class _Forward:
+    """What turns a batch into (raw float32 logits, logits divided by the temperature)."""
+
+    model: nn.Module
+    autocast: Callable[[], AbstractContextManager[Any]] | None
+    tta: bool
+    resize: Callable[[Tensor], Tensor] | None
+    temperature: float
+
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        if self.resize is not None:
+            images = self.resize(images)
+        logits = predict_logits(self.model, images, autocast=self.autocast, tta=self.tta)
+        return logits, logits if self.temperature == 1.0 else logits / self.temperature
+
+
 def _run(
-    model: nn.Module,
+    forward: _Forward,
     loader: Iterable[tuple[Tensor, Tensor]],
     num_classes: int,
-    autocast: Callable[[], AbstractContextManager[Any]] | None,
-    tta: bool,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None,
-    resize: Callable[[Tensor], Tensor] | None,
     keep_predictions: bool,
-) -> tuple[ConfusionMeter, tuple[list[Tensor], list[Tensor]] | None]:
+) -> tuple[ConfusionMeter, tuple[list[Tensor], list[Tensor], list[Tensor]] | None]:
     meter: ConfusionMeter | None = None
-    kept: tuple[list[Tensor], list[Tensor]] | None = ([], []) if keep_predictions else None
+    kept: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = ([], [], []) if keep_predictions else None
     for batch_index, batch in enumerate(loader):
         images, labels = _unpack(batch, batch_index)
         if meter is None:
             # The meter lives where the labels are, so counting never copies across devices.
             meter = ConfusionMeter(num_classes, device=labels.device)
-        if resize is not None:
-            images = resize(images)
-        logits = predict_logits(model, images, autocast=autocast, tta=tta)
+        raw, logits = forward(images)
         if logits.ndim != 2 or logits.shape != (labels.numel(), num_classes):
             raise UsageError(
                 f"the model returned logits of shape {tuple(logits.shape)} for batch {batch_index}, "
                 f"expected ({labels.numel()}, {num_classes}): does the checkpoint match the dataset's classes?"
             )
         mean_loss = loss_fn(logits, labels) if loss_fn is not None else None
-        preds = logits.argmax(dim=1)
+        preds = raw.argmax(dim=1)  # of the raw logits: no rounding of a division can break a tie differently
         # The confidence of a prediction is its softmax probability (under TTA, of the averaged logits).
         confidences = torch.softmax(logits, dim=1).gather(1, preds.unsqueeze(1)).squeeze(1)
         meter.update(preds, labels, mean_loss, confidences)
         if kept is not None:
             kept[0].append(preds)
             kept[1].append(confidences)
+            kept[2].append(raw)
     if meter is None:
         # An empty shard still takes part in a reduction, on the model's device (NCCL needs CUDA).
-        parameter = next(model.parameters(), None)
+        parameter = next(forward.model.parameters(), None)
         meter = ConfusionMeter(num_classes, device=parameter.device if parameter is not None else None)
     return meter, kept
 

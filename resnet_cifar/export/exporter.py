@@ -85,23 +85,26 @@ class ParityError(ResnetCifarError):
 
 
 class Preprocessed(nn.Module):
-    """``model`` behind CIFAR-10's normalization and the trainer's resize: [0, 1] RGB in, logits out."""
+    """``model`` behind CIFAR-10's normalization and the trainer's resize: [0, 1] RGB in, logits out,
+    divided by the checkpoint's fitted temperature (1 when it has none), so a softmax of the output
+    gives the calibrated probabilities ``predict`` gives."""
 
     # Its public name. Exported files name the class by its module (TorchScript's code, the ONNX
     # exporter's node metadata): this keeps them as they were when export was one module.
     __module__ = "resnet_cifar.export"
 
-    def __init__(self, model: nn.Module, image_size: int | None) -> None:
+    def __init__(self, model: nn.Module, image_size: int | None, temperature: float | None = None) -> None:
         super().__init__()
         self.model = model
         self.image_size = image_size
+        self.register_buffer("temperature", torch.tensor(temperature or 1.0, dtype=torch.float32))
         # Buffers, not parameters: they are constants of the exported graph, never trained.
         self.register_buffer("mean", torch.tensor(CIFAR10_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(CIFAR10_STD, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, images: Tensor) -> Tensor:
         normalized = (images - self.mean) / self.std
-        return self.model(resize_batch(normalized, self.image_size))
+        return self.model(resize_batch(normalized, self.image_size)) / self.temperature
 
 
 def _float32_cpu_copy(trained: TrainedModel) -> nn.Module:
@@ -118,7 +121,7 @@ def export_source(trained: TrainedModel, spec: ExportFormat, opset: int | None) 
     example = torch.rand(EXAMPLE_BATCH, 3, IMAGE_SHAPE[0], IMAGE_SHAPE[1], generator=torch.Generator().manual_seed(0))
     return ExportSource(
         model=model,
-        module=Preprocessed(model, trained.config.model.image_size).eval(),
+        module=Preprocessed(model, trained.config.model.image_size, trained.temperature).eval(),
         example=example,
         metadata=spec.metadata(trained),
         opset=opset,
@@ -190,6 +193,7 @@ def parity_batch(
     loader = TensorLoader(split, LoaderSpec(batch_size=len(split), train=False))  # float32 NCHW on the CPU
     with torch.inference_mode():
         reference = torch.cat([predict_logits(model, trained.resize(batch)) for batch, _ in loader])
+    reference = reference / (trained.temperature or 1.0)  # as predict divides them
     images = torch.from_numpy(split.images).permute(0, 3, 1, 2).float().div(255.0).contiguous()
     return images, reference
 

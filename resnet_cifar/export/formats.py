@@ -50,7 +50,9 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 INPUT_RANGE = "[0, 1]"
 SAFETENSORS_FORMAT = "resnet-cifar-state-dict"
-METADATA_KEYS = ("classes", "mean", "std", "input_range", "input", "output", "weights", "architecture", "resnet_cifar_version")
+METADATA_KEYS = (
+    "classes", "mean", "std", "input_range", "input", "output", "weights", "architecture", "temperature", "resnet_cifar_version",
+)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- what a format works on
@@ -135,9 +137,11 @@ def model_metadata(trained: TrainedModel) -> dict[str, str]:
         "std": json.dumps(list(CIFAR10_STD)),
         "input_range": INPUT_RANGE,
         "input": f"{INPUT_NAME}: float32 RGB [N, 3, {side}, {side}] in {INPUT_RANGE}, normalized inside",
-        "output": f"{OUTPUT_NAME}: float32 [N, {trained.num_classes}]",
+        "output": f"{OUTPUT_NAME}: float32 [N, {trained.num_classes}], divided by the temperature",
         "weights": trained.weights,
         "architecture": f"resnet{model_cfg.depth}, {model_cfg.stem} stem",
+        # The fitted temperature the graph divides the logits by ("1.0": none was fitted).
+        "temperature": repr(float(trained.temperature or 1.0)),
         "resnet_cifar_version": __version__,
     }
 
@@ -152,6 +156,8 @@ def safetensors_metadata(trained: TrainedModel) -> dict[str, str]:
         "weights": trained.weights,
         "mean": base["mean"],
         "std": base["std"],
+        # The weights' logits are raw: divide them by this temperature (JSON; null: none fitted).
+        "temperature": json.dumps(trained.temperature),
         # The state dict's model expects *normalized* images: the mean and std above.
         "input": f"float32 RGB [N, 3, H, W], (x - mean) / std with x in {INPUT_RANGE}",
         "resnet_cifar_version": base["resnet_cifar_version"],

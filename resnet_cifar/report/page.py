@@ -14,7 +14,7 @@ Numbers from elsewhere (the run's config, metrics.jsonl, per-image confidences) 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
@@ -28,7 +28,7 @@ from resnet_cifar.config import TrainConfig
 from resnet_cifar.report.gallery import Mistake, select_mistakes, thumbnail_uri
 from resnet_cifar.report.svg import Series, line_chart, reliability_diagram
 
-__all__ = ["ReportInputs", "render_page"]
+__all__ = ["ReportInputs", "confusion_table", "heat_style", "render_page"]
 
 TOP_PAIRS = 10  # rows in the "most confused pairs" table
 
@@ -227,7 +227,7 @@ def _curves(inputs: ReportInputs) -> str:
     return f'<section id="curves"><h2>Training curves</h2><div class="charts">{figures}</div><p class="muted">{note}</p></section>'
 
 
-def _heat(share: float, diagonal: bool) -> str:
+def heat_style(share: float, diagonal: bool) -> str:
     """Inline cell colour: blue for the right answers, red for the mistakes (scaled up: they are small)."""
     if diagonal:
         alpha, rgb = share, "37, 99, 235"
@@ -243,7 +243,7 @@ def _per_class(inputs: ReportInputs) -> str:
     for name in inputs.classes:
         key = f"per_class.{name}"
         cells = "".join(
-            f'<td{_heat(float(m["per_class"][name][metric]), True)}>{_num(m, f"{key}.{metric}", _dec)}</td>'
+            f'<td{heat_style(float(m["per_class"][name][metric]), True)}>{_num(m, f"{key}.{metric}", _dec)}</td>'
             for metric in ("precision", "recall", "f1")
         )
         rows.append(f'<tr><th scope="row">{escape(name)}</th>{cells}<td>{_num(m, f"{key}.support", _int)}</td></tr>')
@@ -258,29 +258,31 @@ def _per_class(inputs: ReportInputs) -> str:
     )
 
 
-def _matrix_table(inputs: ReportInputs, normalized: bool) -> str:
-    m = inputs.metrics
-    matrix = m["confusion_matrix"]
-    classes = inputs.classes
+def confusion_table(matrix: Sequence[Sequence[float]], classes: Sequence[str], cell: Callable[[int, int, float], str]) -> str:
+    """A confusion <table>: rows the true classes, columns the predictions, each cell coloured by
+    its share of its row and filled with ``cell(i, j, share)``."""
     head = "".join(f'<th class="rot"><span>{escape(name)}</span></th>' for name in classes)
     rows = []
     for i, name in enumerate(classes):
         total = sum(matrix[i])
-        cells = []
-        for j in range(len(classes)):
-            share = matrix[i][j] / total if total else 0.0
-            if normalized:
-                # Derived from metrics.json, so it names the count it divides rather than a key of its own.
-                text = f'<span data-share-of="confusion_matrix.{i}.{j}" data-share="{share!r}">{share * 100:.1f}</span>'
-            else:
-                text = _num(m, f"confusion_matrix.{i}.{j}", _int)
-            cells.append(f"<td{_heat(share, i == j)}>{text}</td>")
-        rows.append(f'<tr><th scope="row">{escape(name)}</th>{"".join(cells)}</tr>')
+        shares = [matrix[i][j] / total if total else 0.0 for j in range(len(classes))]
+        cells = "".join(f"<td{heat_style(share, i == j)}>{cell(i, j, share)}</td>" for j, share in enumerate(shares))
+        rows.append(f'<tr><th scope="row">{escape(name)}</th>{cells}</tr>')
+    return f'<table class="confusion"><tr><th class="corner">true \\ predicted</th>{head}</tr>{"".join(rows)}</table>'
+
+
+def _matrix_table(inputs: ReportInputs, normalized: bool) -> str:
+    m = inputs.metrics
+
+    def cell(i: int, j: int, share: float) -> str:
+        if normalized:
+            # Derived from metrics.json, so it names the count it divides rather than a key of its own.
+            return f'<span data-share-of="confusion_matrix.{i}.{j}" data-share="{share!r}">{share * 100:.1f}</span>'
+        return _num(m, f"confusion_matrix.{i}.{j}", _int)
+
     caption = "row-normalized, % of the true class" if normalized else "counts"
-    return (
-        f'<figure class="matrix"><figcaption>{caption}</figcaption><table class="confusion">'
-        f'<tr><th class="corner">true \\ predicted</th>{head}</tr>{"".join(rows)}</table></figure>'
-    )
+    table = confusion_table(m["confusion_matrix"], inputs.classes, cell)
+    return f'<figure class="matrix"><figcaption>{caption}</figcaption>{table}</figure>'
 
 
 def _confusion(inputs: ReportInputs) -> str:
@@ -377,7 +379,7 @@ def _robustness_heat(row: Mapping[str, float], metrics: Mapping[str, Any], name:
     for severity, value in row.items():
         clean = float(metrics["robustness"]["clean_accuracy"]) or 1.0
         share = max(0.0, min(1.0, float(value) / clean))  # blue as strong as the clean accuracy kept
-        cells.append(f"<td{_heat(share, True)}>{_num(metrics, f'robustness.accuracy.{name}.{severity}')}</td>")
+        cells.append(f"<td{heat_style(share, True)}>{_num(metrics, f'robustness.accuracy.{name}.{severity}')}</td>")
     return "".join(cells)
 
 
@@ -457,7 +459,39 @@ def _calibration(inputs: ReportInputs) -> str:
         f'<section id="calibration"><h2>Calibration</h2>{summary}'
         f'<div class="calib"><figure>{diagram}</figure><div>{table}'
         '<p class="muted">Bars below the diagonal: the model is more confident than it is right in that bin. '
-        "The strip under the diagram shows how many images fall in each bin.</p></div></div></section>"
+        f"The strip under the diagram shows how many images fall in each bin.</p></div></div>{_temperature(m)}</section>"
+    )
+
+
+def _temperature(m: Mapping[str, Any]) -> str:
+    """Temperature scaling's effect on the evaluated images: NLL, ECE and mean confidence before
+    (T = 1) and after, and both reliability diagrams."""
+    scaling = m.get("temperature_scaling")
+    if not scaling:
+        return (
+            '<h3 id="temperature">Temperature scaling</h3><p class="muted">The checkpoint has no fitted temperature: '
+            "the probabilities are the raw softmax (run <code>resnet-cifar calibrate</code> on it).</p>"
+        )
+    key = "temperature_scaling"
+    figures_of = (("negative log-likelihood", "nll"), ("calibration error (ECE)", "ece"), ("mean confidence", "mean_confidence"))
+    rows = "".join(
+        f"<tr><td>{label}</td><td>{_num(m, f'{key}.before.{name}', _dec)}</td>"
+        f"<td>{_num(m, f'{key}.after.{name}', _dec)}</td></tr>"
+        for label, name in figures_of
+    )
+    figures = []
+    for when, caption in (("before", "before: raw softmax (T = 1)"), ("after", "after: softmax(logits / T)")):
+        bins = scaling[when]["calibration"]
+        diagram = reliability_diagram(bins["accuracy"], bins["confidence"], bins["count"])
+        figures.append(f'<figure data-when="{when}"><figcaption>{caption}</figcaption>{diagram}</figure>')
+    joined = "".join(figures)
+    return (
+        '<h3 id="temperature">Temperature scaling</h3>'
+        f"<p>The logits are divided by the temperature T = {_num(m, f'{key}.temperature', _dec)}, fitted on the "
+        "validation split by minimising its negative log-likelihood (never on the test split). Predictions, accuracy "
+        "and the confusion matrix are the same with and without it; only the probabilities change. The figures "
+        f"above are after it; on these images:</p><table class=\"numbers\"><tr><th></th><th>before (T = 1)</th>"
+        f"<th>after</th></tr>{rows}</table><div class=\"calib\">{joined}</div>"
     )
 
 

@@ -54,7 +54,7 @@ from typing import Any
 from resnet_cifar.config import TrainConfig, config_text
 from resnet_cifar.engine.trainer import EpochFinished, Event, StepFinished, StopRequest, train
 from resnet_cifar.errors import ResnetCifarError, UsageError
-from resnet_cifar.files import atomic_write, first_line, one_line
+from resnet_cifar.files import atomic_write, one_line
 from resnet_cifar.tuning.page import Axis, SweepPage, render_sweep_page
 from resnet_cifar.tuning.space import SearchSpace, check_space
 from resnet_cifar.tuning.storage import (
