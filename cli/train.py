@@ -32,7 +32,10 @@ from .progress import EventFanOut, ProgressRenderer
 from .render import Output
 
 if TYPE_CHECKING:
+    from resnet_cifar.config import TrainConfig
     from resnet_cifar.distributed import DistEnv
+    from resnet_cifar.engine.tensorboard import TensorBoardLogger
+    from resnet_cifar.engine.trainer import FitResult, Trainer
     from resnet_cifar.engine.checkpointer import ResumeCheckpoint
 
 
@@ -41,7 +44,7 @@ def train(**values: Any) -> None:
     from resnet_cifar.config import describe_lr
     from resnet_cifar.distributed import process_group, read_env
     from resnet_cifar.engine.precision import select_device
-    from resnet_cifar.engine.tensorboard import TENSORBOARD_DIR, TensorBoardLogger, require_tensorboard
+    from resnet_cifar.engine.tensorboard import require_tensorboard
     from resnet_cifar.engine.trainer import StopRequest, build_trainer
 
     if values["seeds"] is not None or values["repeats"] is not None:
@@ -76,13 +79,7 @@ def train(**values: Any) -> None:
                 # checkpoints, curves, result.json); this command only prints.
                 trainer = build_trainer(cfg, on_event=handlers, stop=stop, distributed=job, resume=resume)
                 # Made after the checkpointer accepted the run folder, so a refused run leaves no event file.
-                board = (
-                    TensorBoardLogger(trainer.checkpointer.path(TENSORBOARD_DIR))
-                    if cfg.run.tensorboard and job.is_main
-                    else None
-                )
-                if board is not None:
-                    handlers.handlers.append(board)
+                board = _tensorboard(cfg, trainer, job, handlers)
                 try:
                     result = _fit(trainer, job)
                 finally:
@@ -91,16 +88,32 @@ def train(**values: Any) -> None:
                     if board is not None:
                         board.close()
             if job.is_main:  # the other ranks print nothing
-                calibration = _calibrate_best(cfg, result)
-                if json_output:
-                    output.json({**result.to_dict(), "temperature_scaling": calibration})
-                else:
-                    _print_summary(output, result, calibration)
+                _calibrate_and_print(output, cfg, result, json_output=json_output)
             # No rank exits before rank 0 is done: torchrun stops the whole job (SIGTERM) as
             # soon as one worker exits with an error code, 143 after a stop request included.
             job.barrier()
     if result.interrupted is not None:
         raise typer.Exit(SIGNAL_EXIT_CODES.get(result.interrupted, 1))
+
+
+def _tensorboard(cfg: TrainConfig, trainer: Trainer, job: DistEnv, handlers: EventFanOut) -> TensorBoardLogger | None:
+    """The TensorBoard logger (rank 0, when asked), added to the event handlers; None otherwise."""
+    from resnet_cifar.engine.tensorboard import TENSORBOARD_DIR, TensorBoardLogger
+
+    if not (cfg.run.tensorboard and job.is_main):
+        return None
+    board = TensorBoardLogger(trainer.checkpointer.path(TENSORBOARD_DIR))
+    handlers.handlers.append(board)
+    return board
+
+
+def _calibrate_and_print(output: Output, cfg: TrainConfig, result: FitResult, *, json_output: bool) -> None:
+    """best.pt calibrated (temperature scaling on the val split), then the run's summary printed."""
+    calibration = _calibrate_best(cfg, result)
+    if json_output:
+        output.json({**result.to_dict(), "temperature_scaling": calibration})
+    else:
+        _print_summary(output, result, calibration)
 
 
 def repeat_options(
