@@ -60,6 +60,30 @@ def stop_on_signals(stop: Any) -> Iterator[None]:
             signal.signal(signum, old)
 
 
+class Terminated(BaseException):
+    """SIGTERM as an exception, so that ``finally`` blocks and temp-file clean-ups run (a Python
+    process killed by SIGTERM's default action runs none). A BaseException: no ``except
+    Exception`` swallows it."""
+
+
+@contextmanager
+def interrupted_by_sigterm() -> Iterator[None]:
+    """While the block runs, SIGTERM unwinds it like Ctrl-C does (removing a partial download),
+    then the command exits 143 with one line."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except Terminated:
+        Output(json_mode=False).error("interrupted by SIGTERM; nothing half-written was left")
+        raise typer.Exit(SIGNAL_EXIT_CODES["SIGTERM"]) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def download_progress(out: Output) -> Iterator[Callable[[int, int | None], None]]:
     """A Rich progress bar on stderr, started by the first (done, total) callback of a download,
