@@ -40,8 +40,10 @@ def train(**values: Any) -> None:
     from resnet_cifar.config import describe_lr
     from resnet_cifar.distributed import process_group, read_env
     from resnet_cifar.engine.precision import select_device
+    from resnet_cifar.engine.checkpointer import RUN_FILES
     from resnet_cifar.engine.tensorboard import TENSORBOARD_DIR, TensorBoardLogger, require_tensorboard
     from resnet_cifar.engine.trainer import StopRequest, build_trainer
+    from resnet_cifar.files import refuse_overwriting
 
     quiet_known_harmless_logs()
     json_output = values["json_output"]
@@ -54,6 +56,7 @@ def train(**values: Any) -> None:
             output.errors.quiet = True
         resume, under = _resumed_settings(values["resume"], out_given=values["out"] is not None)
         cfg = resolve_run_config(values, defaults=run_defaults(os.environ), world_size=job.world_size, under=under)
+        refuse_overwriting([cfg.run.out_dir / name for name in RUN_FILES], [values["config"]])
         if cfg.run.tensorboard:
             require_tensorboard()  # a missing package is bad usage, reported before any work
         with process_group(job, select_device(cfg.precision.device)):

@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Union
@@ -44,6 +44,7 @@ __all__ = [
     "file_digest",
     "first_line",
     "one_line",
+    "refuse_overwriting",
     "cut",
     "printable",
     "shorten",
@@ -215,6 +216,59 @@ def _fsync_folder(folder: Path) -> None:
     if os.name == "nt":  # Windows cannot open a folder for fsync; its renames are durable enough
         return
     _fsync_file(folder)
+
+
+# --------------------------------------------------------------------------- inputs and outputs
+
+# The lock file of a folder a process holds (a run folder: engine.checkpointer.LOCK is this name).
+FOLDER_LOCK = ".lock"
+
+
+def refuse_overwriting(outputs: Iterable[Path], inputs: Iterable[Path | None]) -> None:
+    """The one check of every command that writes, made before it writes anything: UsageError
+    (exit 2, one line) when a file it would write is one of its ``inputs`` (the same path once
+    links are resolved, or the same file under another name: a hard link), or lies in a folder
+    that another process holds (its FOLDER_LOCK locked: a run in progress). ``None`` inputs
+    (an option not given) are skipped; missing paths cannot collide and are fine."""
+    sources = [Path(source) for source in inputs if source is not None]
+    for output in (Path(path) for path in outputs):
+        for source in sources:
+            if _same_file(output, source):
+                raise UsageError(f"{output}: would overwrite the input {source}; write to another path")
+        holder = _holder(output.parent)
+        if holder is not None:
+            raise UsageError(
+                f"{output}: its folder is in use by another process (pid {holder}); wait for it or write elsewhere"
+            )
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    if os.path.realpath(first) == os.path.realpath(second):
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _holder(folder: Path) -> str | None:
+    """The pid written in ``folder``'s FOLDER_LOCK when another process holds that lock, else None."""
+    if fcntl is None:
+        return None
+    try:
+        descriptor = os.open(folder / FOLDER_LOCK, os.O_RDONLY)
+    except OSError:  # no lock file, or not readable: nobody we can see holds it
+        return None
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
+        except OSError:
+            return None
+        return None
+    finally:
+        os.close(descriptor)  # drops the shared lock, if it was taken
 
 
 # --------------------------------------------------------------------------- hashing

@@ -42,6 +42,10 @@ _LR_RULES = ", ".join(
 )
 
 
+# --image-size's ceiling: about 7x ImageNet's 224, past any fine-tuning recipe; one batch of 512
+# images at this size is already 14 GB of input (far larger values only fail in an allocation).
+MAX_IMAGE_SIZE = 1536
+
 @dataclass(frozen=True)
 class DataConfig(Section):
     """Where the data is, how it is split, batched and augmented.
@@ -152,7 +156,9 @@ class ModelConfig(Section):
     zero_init_residual: bool = setting(True, "Start each residual branch's last batch norm at zero.")
     pretrained: str | None = setting(None, f"Start from {one_of([*PRETRAINED_NAMES, 'a weights file'])}.", shown="random")
     reinit_conv1: bool = setting(False, "With --stem cifar and ImageNet weights: a fresh 3x3 conv1.")
-    image_size: int | None = setting(None, "Upsample batches on the device to N pixels before the model.", shown="32")
+    image_size: int | None = setting(
+        None, f"Upsample batches on the device to N pixels before the model (at most {MAX_IMAGE_SIZE}).", shown="32"
+    )
     freeze_backbone: bool = setting(False, "Train only the top layer (a linear probe).")
     backbone_lr_mult: float = setting(1.0, "Scale the backbone's learning rate by this.")
     sync_bn: bool = setting(False, "Under torchrun on GPUs: batch-norm statistics over the global batch.")
@@ -167,8 +173,10 @@ class ModelConfig(Section):
             self._fail("dropout", f"--dropout must be in [0, 1), got {show(self.dropout)}")
         if self.pretrained is not None and not self.pretrained.strip():
             self._fail("pretrained", f"--pretrained must be {listed(PRETRAINED_NAMES)} or a weights file, got ''")
-        if self.image_size is not None and self.image_size < IMAGE_SIDE:
-            self._fail("image_size", f"--image-size must be at least {IMAGE_SIDE}, got {self.image_size}")
+        if self.image_size is not None and not IMAGE_SIDE <= self.image_size <= MAX_IMAGE_SIZE:
+            self._fail(
+                "image_size", f"--image-size must be in {IMAGE_SIDE}..{MAX_IMAGE_SIZE}, got {show(self.image_size)}"
+            )
         if self.backbone_lr_mult <= 0.0:
             self._fail("backbone_lr_mult", f"--backbone-lr-mult must be positive, got {show(self.backbone_lr_mult)}")
         if self.sync_bn and self.freeze_backbone:

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from resnet_cifar.files import atomic_write
-from resnet_cifar.inference import EvalOutcome, evaluate_checkpoint
+from resnet_cifar.files import atomic_write, refuse_overwriting
+from resnet_cifar.inference import EVAL_FILES, EvalOutcome, default_eval_dir, evaluate_checkpoint
 from resnet_cifar.report.page import ReportInputs, render_page
 
 __all__ = ["REPORT_FILE", "ReportInputs", "evaluate_and_report", "read_history", "render_page", "write_report"]
@@ -122,8 +122,13 @@ def write_report(outcome: EvalOutcome, path: Path | None = None) -> Path:
 def evaluate_and_report(checkpoint: Path, **kwargs: Any) -> EvalOutcome:
     """``evaluate_checkpoint(checkpoint, **kwargs)``, then report.html beside its metrics.json.
 
+    Refused first (UsageError, exit 2) when a file it would write is the checkpoint itself or lies
+    in a folder another process holds (``files.refuse_overwriting``).
+
     The returned outcome lists report.html among its files.
     """
+    target = kwargs.get("out_dir") or default_eval_dir(Path(checkpoint), kwargs.get("split", "test"))
+    refuse_overwriting([Path(target) / name for name in (*EVAL_FILES, REPORT_FILE)], [checkpoint])
     outcome = evaluate_checkpoint(checkpoint, **kwargs)
     page = write_report(outcome)
     return replace(outcome, files=(*outcome.files, page))
