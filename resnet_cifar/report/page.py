@@ -69,14 +69,15 @@ def _num(metrics: Mapping[str, Any], key: str | tuple[str, ...], text_of=_pct, *
     """A metrics.json value as a tagged <span>: shown through ``text_of``, exact in data-value.
 
     ``key`` is a dotted path ("macro.f1"), or a tuple of parts where a part is data (a class name
-    may hold dots: ``("per_class", name, "f1")``). In data-key, a dot or backslash inside a part
-    is escaped with a backslash, so the key still splits back into its parts.
+    may hold dots: ``("per_class", name, "f1")``). In data-key, a part is shown as ``printable``
+    shows it and a dot or backslash in it is escaped with a backslash, so the key still splits
+    back into its parts.
     """
     parts = key.split(".") if isinstance(key, str) else key
     value: Any = metrics
     for part in parts:
         value = value[int(part)] if isinstance(value, list) else value[part]
-    key = ".".join(part.replace("\\", "\\\\").replace(".", "\\.") for part in parts)
+    key = ".".join(printable(part).replace("\\", "\\\\").replace(".", "\\.") for part in parts)
     shown = text_of(value)
     extra = "".join(f' {name.replace("_", "-")}="{escape(str(content))}"' for name, content in attributes.items())
     return f'<span data-key="{escape(key)}" data-value="{value!r}"{extra}>{escape(shown)}</span>'
