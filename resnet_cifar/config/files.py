@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,22 +96,37 @@ def _without_none(entries: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_shape(document: Any, path: Path) -> None:
-    """Refuse a parsed document nested deeper than MAX_DEPTH or holding over MAX_VALUES values,
+    """UsageError naming ``path`` when a parsed document passes the bounds (``_walk``)."""
+    try:
+        _walk(document, _value_children)
+    except _ShapeError as error:
+        raise UsageError(f"{path}: {error}") from None
+
+
+def _value_children(value: Any) -> Iterable[Any]:
+    if isinstance(value, Mapping):
+        return value.values()
+    return value if isinstance(value, (list, tuple)) else ()
+
+
+def _walk(root: Any, children: Callable[[Any], Iterable[Any]]) -> None:
+    """_ShapeError when ``root`` is nested deeper than MAX_DEPTH or holds over MAX_VALUES values,
     counting a value as often as it is reached (a YAML alias expands where it is used). Walks
     without recursion and stops at the first bound passed, so a hostile document costs little."""
-    stack: list[tuple[Any, int]] = [(document, 1)]
+    stack: list[tuple[Any, int]] = [(root, 1)]
     count = 0
     while stack:
         value, depth = stack.pop()
         count += 1
         if count > MAX_VALUES:
-            raise UsageError(f"{path}: holds over {MAX_VALUES:,} values (YAML aliases are counted where used)")
+            raise _ShapeError(f"holds over {MAX_VALUES:,} values (YAML aliases are counted where used)")
         if depth > MAX_DEPTH:
-            raise UsageError(f"{path}: nested deeper than {MAX_DEPTH} levels")
-        if isinstance(value, Mapping):
-            stack.extend((entry, depth + 1) for entry in value.values())
-        elif isinstance(value, (list, tuple)):
-            stack.extend((entry, depth + 1) for entry in value)
+            raise _ShapeError(f"nested deeper than {MAX_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children(value))
+
+
+class _ShapeError(Exception):
+    """A document over the bounds (raised without its path, which the caller adds)."""
 
 
 def parse_toml(text: str, path: Path) -> Any:
@@ -153,28 +168,17 @@ def _yaml_loader() -> Any:
     return ConfigLoader
 
 
-class _ShapeError(Exception):
-    """A YAML node graph over the bounds (caught in parse_yaml, where the path is known)."""
-
-
 def _check_nodes(root: Any) -> None:
-    """``_check_shape`` on YAML's composed nodes, where an alias is the same node reached twice:
-    a billion-laughs document is refused after MAX_VALUES steps, before it is expanded."""
+    """``_walk`` on YAML's composed nodes, where an alias is the same node reached twice: a
+    billion-laughs document is refused after MAX_VALUES steps, before it is expanded."""
     import yaml
 
-    stack: list[tuple[Any, int]] = [(root, 1)]
-    count = 0
-    while stack:
-        node, depth = stack.pop()
-        count += 1
-        if count > MAX_VALUES:
-            raise _ShapeError(f"holds over {MAX_VALUES:,} values (YAML aliases are counted where used)")
-        if depth > MAX_DEPTH:
-            raise _ShapeError(f"nested deeper than {MAX_DEPTH} levels")
+    def children(node: Any) -> Iterable[Any]:
         if isinstance(node, yaml.MappingNode):
-            stack.extend((part, depth + 1) for pair in node.value for part in pair)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend((entry, depth + 1) for entry in node.value)
+            return (part for pair in node.value for part in pair)
+        return node.value if isinstance(node, yaml.SequenceNode) else ()
+
+    _walk(root, children)
 
 
 def _refuse_duplicate_keys(node: Any) -> None:

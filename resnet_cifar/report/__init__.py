@@ -49,16 +49,20 @@ def read_history(run_dir: Path) -> tuple[list[dict[str, Any]] | None, str]:
     try:
         if path.stat().st_size > MAX_HISTORY_BYTES:
             return None, f"No training curves: {path} is over {MAX_HISTORY_BYTES >> 20} MiB."
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            problem = _record_problem(record)
-            if problem:
-                return None, f"No training curves: {path} line {number} {problem}."
-            records.append(dict(record))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
         return None, f"No training curves: {path} could not be read ({type(error).__name__})."
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as error:  # not JSON, nested past the parser, a 5,000-digit number
+            return None, f"No training curves: {path} line {number} could not be read ({type(error).__name__})."
+        problem = _record_problem(record)
+        if problem:
+            return None, f"No training curves: {path} line {number} {problem}."
+        records.append(dict(record))
     if not records:
         return None, f"No training curves: {path} is empty."
     return records, ""
