@@ -238,7 +238,7 @@ def refuse_overwriting(outputs: Iterable[Path], inputs: Iterable[Path | None]) -
         holder = _holder(output.parent)
         if holder is not None:
             raise UsageError(
-                f"{output}: its folder is in use by another process (pid {holder}); wait for it or write elsewhere"
+                f"{output}: its folder is in use by another run (pid {holder}); wait for it to finish or write elsewhere"
             )
 
 
