@@ -56,7 +56,8 @@ def train(**values: Any) -> None:
             output.errors.quiet = True
         resume, under = _resumed_settings(values["resume"], out_given=values["out"] is not None)
         cfg = resolve_run_config(values, defaults=run_defaults(os.environ), world_size=job.world_size, under=under)
-        refuse_overwriting([cfg.run.out_dir / name for name in RUN_FILES], [values["config"]])
+        if job.is_main:  # the writer; under torchrun the others would see rank 0's own lock
+            refuse_overwriting([cfg.run.out_dir / name for name in RUN_FILES], [values["config"]])
         if cfg.run.tensorboard:
             require_tensorboard()  # a missing package is bad usage, reported before any work
         with process_group(job, select_device(cfg.precision.device)):
