@@ -173,10 +173,10 @@ class ModelConfig(Section):
             self._fail("dropout", f"--dropout must be in [0, 1), got {show(self.dropout)}")
         if self.pretrained is not None and not self.pretrained.strip():
             self._fail("pretrained", f"--pretrained must be {listed(PRETRAINED_NAMES)} or a weights file, got ''")
-        if self.image_size is not None and not IMAGE_SIDE <= self.image_size <= MAX_IMAGE_SIZE:
-            self._fail(
-                "image_size", f"--image-size must be in {IMAGE_SIDE}..{MAX_IMAGE_SIZE}, got {show(self.image_size)}"
-            )
+        if self.image_size is not None and self.image_size < IMAGE_SIDE:
+            self._fail("image_size", f"--image-size must be at least {IMAGE_SIDE}, got {self.image_size}")
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            self._fail("image_size", f"--image-size must be at most {MAX_IMAGE_SIZE}, got {show(self.image_size)}")
         if self.backbone_lr_mult <= 0.0:
             self._fail("backbone_lr_mult", f"--backbone-lr-mult must be positive, got {show(self.backbone_lr_mult)}")
         if self.sync_bn and self.freeze_backbone:
