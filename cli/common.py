@@ -17,6 +17,7 @@ from typing import Any
 import typer
 
 from resnet_cifar.errors import ResnetCifarError
+from resnet_cifar.files import cut, first_line
 
 from .render import Output
 
@@ -31,6 +32,20 @@ def reported_errors(out: Output) -> Iterator[None]:
     except ResnetCifarError as exc:
         out.error(str(exc))
         raise typer.Exit(exc.exit_code) from None
+    except (MemoryError, RuntimeError) as exc:
+        # An allocation that cannot be served (host or device memory) is a failed run, not a bug:
+        # one line with what to change. Any other RuntimeError is a bug and keeps its traceback.
+        if not is_out_of_memory(exc):
+            raise
+        out.error(f"out of memory ({cut(first_line(exc), 120)}); lower --batch-size or --image-size")
+        raise typer.Exit(1) from None
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """MemoryError, torch's OutOfMemoryError (CUDA), or torch's CPU allocator failing."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
 
 
 def cache_dir_from_env(environ: Mapping[str, str]) -> Path:
@@ -58,6 +73,30 @@ def stop_on_signals(stop: Any) -> Iterator[None]:
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+class Terminated(BaseException):
+    """SIGTERM as an exception, so that ``finally`` blocks and temp-file clean-ups run (a Python
+    process killed by SIGTERM's default action runs none). A BaseException: no ``except
+    Exception`` swallows it."""
+
+
+@contextmanager
+def interrupted_by_sigterm() -> Iterator[None]:
+    """While the block runs, SIGTERM unwinds it like Ctrl-C does (removing a partial download),
+    then the command exits 143 with one line."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except Terminated:
+        Output(json_mode=False).error("interrupted by SIGTERM; nothing half-written was left")
+        raise typer.Exit(SIGNAL_EXIT_CODES["SIGTERM"]) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager

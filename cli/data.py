@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import cache_dir_from_env, download_progress, reported_errors
+from resnet_cifar.files import DOWNLOAD_DEADLINE_S, DOWNLOAD_MIN_RATE, DOWNLOAD_TIMEOUT_S
+
+from .common import cache_dir_from_env, download_progress, interrupted_by_sigterm, reported_errors
 from .options import JsonOption, NoCacheOption, setting_option
 from .render import Output
 
@@ -32,7 +34,7 @@ def data(
 
     out = Output(json_mode=json_output)
     with reported_errors(out):
-        with download_progress(out) as on_progress:
+        with interrupted_by_sigterm(), download_progress(out) as on_progress:
             root = resolve_data_dir(directory, os.environ, on_progress=on_progress)
         splits = load_cifar10(root, verify=not no_verify, cache_dir=None if no_cache else cache_dir_from_env(os.environ))
         summary = describe(splits)
@@ -53,20 +55,37 @@ def download(
         Optional[str],
         typer.Option("--url", help="A mirror of {download.ARCHIVE_NAME} (its md5 is still checked)."),
     ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", help="Give up after this many seconds without a byte (a stall)."),
+    ] = DOWNLOAD_TIMEOUT_S,
+    deadline: Annotated[
+        float,
+        typer.Option("--deadline", help="Give up when the whole download takes longer than this many seconds."),
+    ] = DOWNLOAD_DEADLINE_S,
+    min_rate: Annotated[
+        float,
+        typer.Option(
+            "--min-rate",
+            help="Give up when, after the first --timeout seconds, the average is under this many bytes/s (0: off).",
+        ),
+    ] = DOWNLOAD_MIN_RATE,
     json_output: JsonOption = False,
 ) -> None:
     """Fetch the official CIFAR-10 python release, check its md5 and extract it safely."""
     from resnet_cifar.data.download import CIFAR10_URL, default_data_dir, download_cifar10
     from resnet_cifar.errors import UsageError
+    from resnet_cifar.files import DownloadLimits
 
     out = Output(json_mode=json_output)
-    with reported_errors(out):
+    with reported_errors(out), interrupted_by_sigterm():
+        limits = DownloadLimits(timeout=timeout, deadline=deadline, min_rate=min_rate)
         if data_dir is not None and not data_dir.is_dir():
             raise UsageError(f"{data_dir}: no such folder")
         # download_cifar10 creates the folder, and reports one that cannot be created as one line.
         target = data_dir if data_dir is not None else default_data_dir(os.environ)
         with download_progress(out) as on_progress:
-            extracted = download_cifar10(target, url=url or CIFAR10_URL, on_progress=on_progress)
+            extracted = download_cifar10(target, url=url or CIFAR10_URL, on_progress=on_progress, limits=limits)
     if json_output:
         out.json({"data_dir": str(target), "extracted": str(extracted)})
     else:

@@ -69,9 +69,11 @@ def export_command(
 ) -> None:
     """Export a checkpoint (EMA weights when it has them, eval mode) and verify the file before keeping it."""
     from resnet_cifar.export import PARITY_TOLERANCE, export_checkpoint
+    from resnet_cifar.files import refuse_overwriting
 
     output = Output(json_mode=json_output)
     with reported_errors(output):
+        refuse_overwriting([out], [checkpoint])
         result = export_checkpoint(
             checkpoint,
             out,

@@ -34,7 +34,7 @@ import typer
 
 from resnet_cifar.config import SECTIONS, TrainConfig, flag_for, resolve_config, unwrap_optional
 
-from .common import cache_dir_from_env, download_progress
+from .common import cache_dir_from_env, download_progress, interrupted_by_sigterm
 from .render import Output
 
 # Fields set another way than by a flag of their own (see the module notes).
@@ -258,6 +258,6 @@ def resolve_data(cfg: TrainConfig, output: Output, *, first: AbstractContextMana
     from resnet_cifar.data.download import default_data_dir, resolve_data_dir
 
     named = None if cfg.data.data_dir == default_data_dir(os.environ) else cfg.data.data_dir
-    with first if first is not None else nullcontext(), download_progress(output) as on_progress:
+    with first if first is not None else nullcontext(), interrupted_by_sigterm(), download_progress(output) as on_progress:
         resolved_dir = resolve_data_dir(named, os.environ, on_progress=on_progress)
     return cfg if resolved_dir == cfg.data.data_dir else replace(cfg, data=replace(cfg.data, data_dir=resolved_dir))

@@ -1,7 +1,10 @@
 """Rendering for the CLI: Rich on a terminal, plain lines otherwise, one JSON object for --json.
 
 Human output goes to stdout normally, and to stderr under --json, so stdout then holds exactly
-one JSON object. Rich emits no ANSI codes when its stream is not a terminal.
+one JSON object. Rich emits no ANSI codes when its stream is not a terminal. Every text shown goes through
+``files.printable``: names come from the data (class folders, ONNX metadata) and may hold ESC,
+newlines or other control characters, which are shown as escapes, never sent raw; table cells are
+plain text, never Rich markup.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from resnet_cifar.files import printable
 
 
 class Output:
@@ -26,19 +32,21 @@ class Output:
         return self.console.is_terminal
 
     def line(self, text: str) -> None:
-        self.console.print(text, markup=False)
+        self.console.print(printable(text), markup=False)
 
     def error(self, message: str) -> None:
         # One line, never a traceback: users act on the message, not on our stack.
-        self.errors.print(f"error: {message}", markup=False)
+        self.errors.print(f"error: {printable(message)}", markup=False)
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        title = printable(title)
+        rows = [[printable(str(cell)) for cell in row] for row in rows]
         if self.is_terminal:
-            table = Table(title=title)
+            table = Table(title=Text(title))
             for index, column in enumerate(columns):
                 table.add_column(column, justify="left" if index == 0 else "right")
             for row in rows:
-                table.add_row(*(str(cell) for cell in row))
+                table.add_row(*(Text(cell) for cell in row))
             self.console.print(table)
             return
         self.line(title)

@@ -128,6 +128,7 @@ def sweep(**values: Any) -> None:
     in its own folder, a resumable study in --out, a table of trials and the best config."""
     from resnet_cifar.engine.trainer import StopRequest
     from resnet_cifar.errors import UsageError
+    from resnet_cifar.files import refuse_overwriting
     from resnet_cifar.tuning import DEFAULT_STUDY_NAME, default_space, load_space, report_sweep, run_sweep
 
     quiet_known_harmless_logs()
@@ -143,6 +144,8 @@ def sweep(**values: Any) -> None:
         _render(output, result, json_output)
         return
     with reported_errors(output):
+        outputs = ("trials.csv", f"best.{values['best_format']}", "study.db")
+        refuse_overwriting([(values["out"] or DEFAULT_OUT) / name for name in outputs], [values["config"], values["space"]])
         space = load_space(values["space"]) if values["space"] is not None else default_space()
         overrides = setting_overrides(values, exclude=TRAIN_ONLY)
         base = resolve_run_config(values, defaults=run_defaults(os.environ), exclude=TRAIN_ONLY)

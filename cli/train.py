@@ -44,8 +44,10 @@ def train(**values: Any) -> None:
     from resnet_cifar.config import describe_lr
     from resnet_cifar.distributed import process_group, read_env
     from resnet_cifar.engine.precision import select_device
+    from resnet_cifar.engine.checkpointer import RUN_FILES
     from resnet_cifar.engine.tensorboard import require_tensorboard
     from resnet_cifar.engine.trainer import StopRequest, build_trainer
+    from resnet_cifar.files import refuse_overwriting
 
     if values["seeds"] is not None or values["repeats"] is not None:
         from .repeats import train_repeats
@@ -66,6 +68,8 @@ def train(**values: Any) -> None:
             values = {**values, "resume": restarted}
         resume, under = _resumed_settings(values["resume"], out_given=values["out"] is not None)
         cfg = resolve_run_config(values, defaults=run_defaults(os.environ), world_size=job.world_size, under=under)
+        if job.is_main:  # the writer; under torchrun the others would see rank 0's own lock
+            refuse_overwriting([cfg.run.out_dir / name for name in RUN_FILES], [values["config"]])
         if cfg.run.tensorboard:
             require_tensorboard()  # a missing package is bad usage, reported before any work
         with process_group(job, select_device(cfg.precision.device)):

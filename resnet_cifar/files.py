@@ -9,22 +9,33 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import http.client
+import math
 import os
 import pickle
 import re
 import secrets
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Union
 
 from resnet_cifar.errors import DataError, UsageError
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "DownloadError",
+    "DownloadLimits",
     "UnwritableFolder",
     "WriteError",
     "atomic_path",
@@ -34,6 +45,10 @@ __all__ = [
     "file_digest",
     "first_line",
     "one_line",
+    "refuse_overwriting",
+    "cut",
+    "printable",
+    "shorten",
     "user_cache_dir",
     "weights_only_refusal",
 ]
@@ -217,6 +232,59 @@ def _fsync_folder(folder: Path) -> None:
     _fsync_file(folder)
 
 
+# --------------------------------------------------------------------------- inputs and outputs
+
+# The lock file of a folder a process holds (a run folder: engine.checkpointer.LOCK is this name).
+FOLDER_LOCK = ".lock"
+
+
+def refuse_overwriting(outputs: Iterable[Path], inputs: Iterable[Path | None]) -> None:
+    """The one check of every command that writes, made before it writes anything: UsageError
+    (exit 2, one line) when a file it would write is one of its ``inputs`` (the same path once
+    links are resolved, or the same file under another name: a hard link), or lies in a folder
+    that another process holds (its FOLDER_LOCK locked: a run in progress). ``None`` inputs
+    (an option not given) are skipped; missing paths cannot collide and are fine."""
+    sources = [Path(source) for source in inputs if source is not None]
+    for output in (Path(path) for path in outputs):
+        for source in sources:
+            if _same_file(output, source):
+                raise UsageError(f"{output}: would overwrite the input {source}; write to another path")
+        holder = _holder(output.parent)
+        if holder is not None:
+            raise UsageError(
+                f"{output}: its folder is in use by another run (pid {holder}); wait for it to finish or write elsewhere"
+            )
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    if os.path.realpath(first) == os.path.realpath(second):
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _holder(folder: Path) -> str | None:
+    """The pid written in ``folder``'s FOLDER_LOCK when another process holds that lock, else None."""
+    if fcntl is None:
+        return None
+    try:
+        descriptor = os.open(folder / FOLDER_LOCK, os.O_RDONLY)
+    except OSError:  # no lock file, or not readable: nobody we can see holds it
+        return None
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
+        except OSError:
+            return None
+        return None
+    finally:
+        os.close(descriptor)  # drops the shared lock, if it was taken
+
+
 # --------------------------------------------------------------------------- hashing
 
 
@@ -241,11 +309,41 @@ class DownloadError(DataError):
     "timed out after 60 s"); the message says where it happened, for callers that show it as is."""
 
     def __init__(self, url: str, reason: str, *, received: int | None = None) -> None:
-        where = "download failed" if received is None else f"download failed after {received} bytes"
+        where = "download failed" if received is None else f"download failed after {received:,} bytes"
         super().__init__(f"{url}: {where}: {reason}")
         self.url = url
         self.reason = reason
         self.received = received
+
+
+# The limits of one download (``download --timeout/--deadline/--min-rate`` change them): a stall
+# (no byte for TIMEOUT_S), a whole download over DEADLINE_S, and a trickle slower on average than
+# MIN_RATE bytes/s once TIMEOUT_S have passed (a server dripping a byte every few seconds never
+# stalls). The official archive (163 MiB) needs about 12 KiB/s to fit the deadline.
+DOWNLOAD_TIMEOUT_S = 60.0
+DOWNLOAD_DEADLINE_S = 4 * 3600.0
+DOWNLOAD_MIN_RATE = 1024.0
+MAX_REDIRECTS = 10
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    """When a download gives up: ``timeout`` s without a byte, ``deadline`` s in all, or an
+    average under ``min_rate`` bytes/s after the first ``timeout`` s (0 switches that check off).
+    The deadline and rate are checked after each read, so a download ends at most ``timeout`` s
+    after passing them."""
+
+    timeout: float = DOWNLOAD_TIMEOUT_S
+    deadline: float = DOWNLOAD_DEADLINE_S
+    min_rate: float = DOWNLOAD_MIN_RATE
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "deadline"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise UsageError(f"download {name} must be a positive number of seconds, got {shorten(value)}")
+        if not (isinstance(self.min_rate, (int, float)) and math.isfinite(self.min_rate) and self.min_rate >= 0):
+            raise UsageError(f"download minimum rate must be 0 or more bytes per second, got {shorten(self.min_rate)}")
 
 
 def download_verified(
@@ -255,24 +353,33 @@ def download_verified(
     algorithm: str,
     verify: Callable[[str], None],
     on_progress: ProgressCallback | None = None,
-    timeout: float = 60.0,
+    timeout: float = DOWNLOAD_TIMEOUT_S,
+    limits: DownloadLimits | None = None,
     chunk_size: int = DOWNLOAD_CHUNK,
 ) -> None:
     """Stream ``url`` into a hidden temp file beside ``dest``, hash it, and rename it onto ``dest``.
 
     ``verify(hexdigest)`` decides whether the body is the expected one: it raises (the caller's
-    error, naming what it expected) to refuse it. The temp file is removed on any failure,
-    KeyboardInterrupt included, so a failed or interrupted download leaves nothing behind.
+    error, naming what it expected) to refuse it. The temp file (``.NAME.XXXXXXXX.part``) is
+    removed on any failure, KeyboardInterrupt and SystemExit included, and is locked while it is
+    written, so one left by a killed process (SIGKILL, a power cut) is removed by the next
+    download of ``dest`` while another process's live one is left alone.
     ``on_progress(bytes_done, total_or_None)`` is called once before the first chunk and after
-    each, bytes_done never decreasing. Network failures raise DownloadError; a folder where the
-    temp file cannot be created (read-only, no permission), UnwritableFolder; a write that fails
-    (a full disk), DataError naming ``dest`` and the reason. The caller checks the URL's scheme.
+    each, bytes_done never decreasing. ``limits`` (default: ``timeout`` and the module's deadline
+    and minimum rate) say when to give up. Redirects are followed only to http(s) URLs, at most
+    MAX_REDIRECTS. Network failures raise DownloadError, one line with the bytes received; a
+    folder where the temp file cannot be created (read-only, no permission), UnwritableFolder; a
+    write that fails (a full disk), DataError naming ``dest`` and the reason. The caller checks
+    the URL's own scheme.
     """
+    limits = limits or DownloadLimits(timeout=timeout)
+    _remove_stale_parts(dest)
     descriptor, temp_path = _new_temp_file(dest, ".part")
     try:
+        _lock(descriptor)
         try:
             with os.fdopen(descriptor, "wb") as out:
-                actual = _stream(url, out, algorithm, on_progress, timeout, chunk_size)
+                actual = _stream(url, out, algorithm, on_progress, limits, chunk_size)
         except OSError as error:
             # The write, or the flush when the file is closed: ENOSPC, EDQUOT, EIO. DownloadError
             # (the network) is no OSError, so only the local disk is reported here.
@@ -287,23 +394,83 @@ def download_verified(
         raise
 
 
+def _lock(descriptor: int) -> None:
+    """Hold an exclusive lock on a .part file while it is written (released when the process
+    ends, however it ends): what tells a live download's file from a stale one."""
+    if fcntl is not None:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _remove_stale_parts(dest: Path) -> None:
+    """Remove the ``.NAME.*.part`` files of earlier downloads of ``dest`` that no process holds
+    (their writer was killed); a locked one belongs to a download in progress and is kept."""
+    if fcntl is None:  # no flock (Windows): a live download cannot be told apart, keep them all
+        return
+    try:
+        candidates = list(dest.parent.glob(f".{glob.escape(dest.name)}.*.part"))
+    except OSError:
+        return
+    for candidate in candidates:
+        try:
+            descriptor = os.open(candidate, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            candidate.unlink(missing_ok=True)
+        except OSError:
+            pass  # locked: another process is writing it
+        finally:
+            os.close(descriptor)
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to an http(s) URL (urllib alone also follows ftp://), at most
+    MAX_REDIRECTS times; anything else ends the download with one line."""
+
+    max_redirections = MAX_REDIRECTS
+
+    def http_error_302(self, req, fp, code, msg, headers):  # type: ignore[no-untyped-def]  # noqa: ANN001
+        location = headers.get("location") or headers.get("uri") or ""
+        target = urllib.parse.urljoin(req.full_url, location)
+        scheme = urllib.parse.urlsplit(target).scheme
+        if scheme not in ("http", "https"):
+            fp.close()
+            raise DownloadError(
+                req.full_url, f"redirected to {shorten(target)}: only http and https redirects are followed"
+            )
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _open(url: str, timeout: float) -> http.client.HTTPResponse:
+    opener = urllib.request.build_opener(_HttpOnlyRedirects)
+    try:
+        return opener.open(url, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        error.close()
+        if 300 <= error.code < 400:  # urllib's loop and limit messages span three lines
+            raise DownloadError(url, f"more than {MAX_REDIRECTS} redirects or a redirect loop (HTTP {error.code})") from None
+        reason = cut(" ".join(str(error.reason).split()))
+        raise DownloadError(url, f"HTTP {error.code} {reason}") from None
+    except urllib.error.URLError as error:
+        raise DownloadError(url, _describe(error.reason, timeout)) from None
+    except (OSError, http.client.HTTPException) as error:
+        raise DownloadError(url, _describe(error, timeout)) from None
+
+
 def _stream(
     url: str,
     out: IO[bytes],
     algorithm: str,
     on_progress: ProgressCallback | None,
-    timeout: float,
+    limits: DownloadLimits,
     chunk_size: int,
 ) -> str:
-    """Copy the response body into ``out`` chunk by chunk; return the body's hex digest."""
-    try:
-        response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (the caller checks the scheme)
-    except urllib.error.HTTPError as error:
-        raise DownloadError(url, f"HTTP {error.code} {error.reason}") from None
-    except urllib.error.URLError as error:
-        raise DownloadError(url, _describe(error.reason, timeout)) from None
-    except (OSError, http.client.HTTPException) as error:
-        raise DownloadError(url, _describe(error, timeout)) from None
+    """Copy the response body into ``out`` as it arrives; return the body's hex digest."""
+    started = time.monotonic()
+    response = _open(url, limits.timeout)
     digest = hashlib.new(algorithm, usedforsecurity=False)
     with response:
         total = _content_length(response)
@@ -312,9 +479,10 @@ def _stream(
             on_progress(done, total)
         while True:
             try:
-                chunk = response.read(chunk_size)
+                # read1: whatever has arrived, so a stall reports every byte received before it.
+                chunk = response.read1(chunk_size)
             except (OSError, http.client.HTTPException) as error:
-                raise DownloadError(url, _describe(error, timeout), received=done) from None
+                raise DownloadError(url, _describe(error, limits.timeout), received=done) from None
             if not chunk:
                 break
             out.write(chunk)  # an OSError here is the disk's: download_verified reports it
@@ -322,11 +490,27 @@ def _stream(
             done += len(chunk)
             if on_progress is not None:
                 on_progress(done, total)
+            _check_pace(url, done, time.monotonic() - started, limits)
     # http.client does not raise when the server closes early, so check the length ourselves:
     # "connection dropped" is a clearer message than the hash mismatch it would otherwise cause.
     if total is not None and done != total:
         raise DownloadError(url, f"received {done} of {total} bytes")
     return digest.hexdigest()
+
+
+def _check_pace(url: str, done: int, elapsed: float, limits: DownloadLimits) -> None:
+    """DownloadError when the download is past its deadline or, after its first ``timeout``
+    seconds, slower on average than its minimum rate."""
+    if elapsed > limits.deadline:
+        raise DownloadError(
+            url, f"not done after the {limits.deadline:g} s deadline (--deadline changes it)", received=done
+        )
+    if limits.min_rate and elapsed > limits.timeout and done / elapsed < limits.min_rate:
+        raise DownloadError(
+            url,
+            f"{done / elapsed:,.0f} bytes/s on average, under the minimum of {limits.min_rate:g} (--min-rate changes it)",
+            received=done,
+        )
 
 
 def _content_length(response: http.client.HTTPResponse) -> int | None:
@@ -338,10 +522,10 @@ def _content_length(response: http.client.HTTPResponse) -> int | None:
 
 def _describe(reason: object, timeout: float) -> str:
     if isinstance(reason, TimeoutError):
-        return f"timed out after {timeout:g} s"
+        return f"timed out after {timeout:g} s without a byte"
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror
-    return str(reason) or type(reason).__name__
+    return cut(" ".join(str(reason).split()), 200) or type(reason).__name__
 
 
 # --------------------------------------------------------------------------- folders
@@ -373,6 +557,56 @@ def one_line(error: BaseException) -> str:
     """All of ``error``'s message on one line (whitespace runs collapsed); for messages whose later
     lines matter, such as a YAML error's position."""
     return " ".join(str(error).split())
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (ESC, newline, tab, bidi overrides,
+    other control and format characters) written as its escape (``\\x1b``, ``\\n``, ``\\u202e``),
+    so a name from the data (a class folder, ONNX metadata) shows as what it is and never drives
+    the terminal; every printable character, non-ASCII included, is kept as is."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+SHORTENED_LENGTH = 40
+
+
+def cut(text: str, limit: int = SHORTENED_LENGTH) -> str:
+    """``text`` for a message: printable, and cut to ``limit`` characters and `...` when longer."""
+    return printable(text) if len(text) <= limit else printable(text[:limit]) + "..."
+
+
+def shorten(value: object, limit: int = SHORTENED_LENGTH) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters (`...` and the
+    full length where cut): a value from a file may be megabytes (a YAML alias bomb expanded, a
+    hostile run file) and a message is one short line. Containers are walked only as far as the
+    cut needs, so even a hostile value costs ``limit`` characters to describe."""
+    return cut(_bounded_repr(value, limit + 1), limit)
+
+
+def _bounded_repr(value: object, budget: int) -> str:
+    """repr(value), stopping once ``budget`` characters are produced (deep or huge containers)."""
+    if isinstance(value, (list, tuple, dict)):
+        opening, closing = {list: "[]", tuple: "()", dict: "{}"}.get(type(value), "[]")
+        parts: list[str] = []
+        used = 1
+        items = value.items() if isinstance(value, dict) else value
+        for item in items:
+            if used >= budget:
+                break
+            if isinstance(value, dict):
+                key, entry = item
+                part = _bounded_repr(key, budget - used) + ": " + _bounded_repr(entry, budget - used)
+            else:
+                part = _bounded_repr(item, budget - used)
+            parts.append(part)
+            used += len(part) + 2
+        return (opening[0] + ", ".join(parts) + closing[-1])[: budget + 1]
+    if isinstance(value, int) and value.bit_length() > 128:  # str() refuses over 4,300 digits
+        return f"<an integer of about {len(hex(value)) * 6 // 5} digits>"[: budget + 1]
+    text = repr(value) if not isinstance(value, str) or len(value) <= budget else repr(value[:budget])
+    return text[: budget + 1]
 
 
 def weights_only_refusal(error: BaseException) -> str | None:

@@ -93,6 +93,7 @@ RESAMPLE_FILTER_NAME = "LANCZOS"
 METRICS_FILE = "metrics.json"
 CONFUSION_CSV_FILE = "confusion_matrix.csv"
 CONFUSION_PNG_FILE = "confusion_matrix.png"
+EVAL_FILES = (METRICS_FILE, CONFUSION_CSV_FILE, CONFUSION_PNG_FILE)  # what write_eval_files writes
 
 
 # ----------------------------------------------------------------------------- the model
@@ -310,7 +311,7 @@ def write_eval_files(report: Mapping[str, Any], classes: Sequence[str], out_dir:
     """
     out_dir = Path(out_dir)
     matrix = np.asarray(report["confusion_matrix"], dtype=np.int64)
-    paths = (out_dir / METRICS_FILE, out_dir / CONFUSION_CSV_FILE, out_dir / CONFUSION_PNG_FILE)
+    paths = tuple(out_dir / name for name in EVAL_FILES)
     write_metrics_json(report, paths[0])
     write_confusion_csv(matrix, list(classes), paths[1])
     plot_confusion_matrix(matrix, list(classes), paths[2])
@@ -450,6 +451,7 @@ def read_image_file(path: Path) -> np.ndarray:
         with opened:
             image = ImageOps.exif_transpose(opened)
             image.load()  # decode now, inside the try: Image.open only reads the header
+            image = _eight_bit(image, path)
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 # Transparent pixels hold arbitrary (often black) colour; show them on white.
                 rgba = image.convert("RGBA")
@@ -461,6 +463,32 @@ def read_image_file(path: Path) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: not a readable image ({first_line(error)})") from None
     return np.array(resized, dtype=np.uint8).reshape(IMAGE_SHAPE)
+
+
+# Pillow's high-bit-depth modes: what each value range means. 16-bit integers (I;16*, and mode I
+# from a PNG, whose samples are at most 16 bits) span 0..65535; Pillow's own convert("RGB") clips
+# them at 255 instead (a 16-bit photo comes out white). Float (F) and 32-bit integer (I) images
+# carry no range a reader can know (0..1? 0..255? HDR?): refused, never guessed.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _eight_bit(image: Any, path: Path) -> Any:
+    """``image`` as 8 bits per sample, scaled from its real range; DataError naming the mode when
+    that range is not known."""
+    from PIL import Image
+
+    if image.mode in _SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG"):
+        samples = np.asarray(image, dtype=np.uint32 if image.mode == "I" else np.uint16).astype(np.uint32)
+        if samples.size and int(samples.max()) > 65535:
+            raise DataError(f"{path}: a mode {image.mode} image with values over 65535 has no known range")
+        # 0..65535 onto 0..255, rounded: 65535 / 257 = 255 exactly.
+        return Image.fromarray(((samples + 128) // 257).astype(np.uint8), mode="L")
+    if image.mode in ("I", "F") or image.mode.startswith(("I;", "F;")):
+        kind = "floating-point" if image.mode.startswith("F") else "32-bit integer"
+        raise DataError(
+            f"{path}: a {kind} image (mode {image.mode}) has no known value range; convert it to 8 or 16 bits first"
+        )
+    return image
 
 
 def _bomb_refusal(error: Exception, limit: int | None) -> str:

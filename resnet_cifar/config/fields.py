@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NoReturn, Union
 
 from resnet_cifar.errors import UsageError
+from resnet_cifar.files import cut, shorten
 
 # CLI flags whose name is not the field name with dashes (see flag_for).
 FLAG_EXCEPTIONS = {
@@ -51,7 +52,10 @@ def show(value: Any) -> str:
     """A value as the user would have typed it: 0 rather than 0.0, strings quoted."""
     if isinstance(value, float) and value.is_integer() and math.isfinite(value):
         return str(int(value))
-    return repr(value) if isinstance(value, str) else str(value)
+    if isinstance(value, (str, list, tuple, dict, int)):
+        # Bounded: the value may come from a file (a YAML alias bomb, a megabyte string).
+        return shorten(value)
+    return cut(str(value))
 
 
 def tidy(value: float) -> float:
@@ -131,7 +135,7 @@ def convert(value: Any, hint: Any, key: str) -> Any:
         raise ConfigValueError(key, f"{flag} must be set, got None")
 
     def wrong(kind: str) -> NoReturn:
-        raise ConfigValueError(key, f"{flag} must be {kind}, got {value!r}")
+        raise ConfigValueError(key, f"{flag} must be {kind}, got {shorten(value)}")
 
     if base is bool:
         return value if isinstance(value, bool) else wrong("true or false")

@@ -17,6 +17,7 @@ from typing import Any
 from resnet_cifar.config.fields import show
 from resnet_cifar.config.sections import SECTIONS
 from resnet_cifar.errors import UsageError
+from resnet_cifar.files import shorten
 
 
 def settings(
@@ -50,7 +51,7 @@ def settings(
                 raise UsageError(f"{where}{_unknown_section(section)}")
             add(section, name, value)
         elif dotted:
-            raise UsageError(f"{where}{key!r} must be a dotted name such as 'optim.lr'")
+            raise UsageError(f"{where}{shorten(key)} must be a dotted name such as 'optim.lr'")
         else:
             holds_a_value = value is not None and not isinstance(value, Mapping)
             raise UsageError(f"{where}{_unknown_section(key, holds_a_value=holds_a_value)}")
@@ -80,7 +81,7 @@ def _unknown_section(name: str, *, holds_a_value: bool = False) -> str:
     as a setting written outside any section does."""
     owners = _owners(name)
     if owners and holds_a_value:
-        return f"{name!r} is not a section: settings go in a section, here [{owners[0]}]"
+        return f"{shorten(name)} is not a section: settings go in a section, here [{owners[0]}]"
     return f"unknown section [{name}]{_suggestion(name, list(SECTIONS))}; sections are {', '.join(SECTIONS)}"
 
 

@@ -20,6 +20,7 @@ from resnet_cifar.config.keys import sectioned
 from resnet_cifar.config.presets import DEFAULT_PRESET, PRESETS
 from resnet_cifar.config.sections import SECTIONS
 from resnet_cifar.config.train import TrainConfig, build_sections
+from resnet_cifar.files import shorten
 
 
 def resolve_config(
@@ -111,7 +112,7 @@ def _choose_preset(
     else:
         chosen = DEFAULT_PRESET
     if not isinstance(chosen, str) or chosen not in PRESETS:
-        message = f"--preset must be one of {listed(PRESETS)}, got {chosen!r}{where}"
+        message = f"--preset must be one of {listed(PRESETS)}, got {shorten(chosen)}{where}"
         raise ConfigValueError("run.preset", message)
     return chosen
 

@@ -25,6 +25,7 @@ from resnet_cifar.choices.schedules import SCHEDULES, schedules_reading
 from resnet_cifar.choices.weights import PRETRAINED_DEPTH, PRETRAINED_FILES
 from resnet_cifar.config.fields import Section, listed, setting, show, tidy
 from resnet_cifar.config.presets import PRESETS
+from resnet_cifar.files import shorten
 
 LOADER_KINDS = ("auto", "tensor", "dali")
 PRETRAINED_NAMES = tuple(PRETRAINED_FILES)
@@ -40,6 +41,10 @@ _LR_RULES = ", ".join(
     if (names := [name for name, spec in OPTIMIZERS.items() if spec.lr_scaling == rule])
 )
 
+
+# --image-size's ceiling: about 7x ImageNet's 224, past any fine-tuning recipe; one batch of 512
+# images at this size is already 14 GB of input (far larger values only fail in an allocation).
+MAX_IMAGE_SIZE = 1536
 
 @dataclass(frozen=True)
 class DataConfig(Section):
@@ -94,7 +99,7 @@ class DataConfig(Section):
         if not 0.0 < self.val_fraction < 1.0:
             self._fail("val_fraction", f"--val-fraction must be in (0, 1), got {show(self.val_fraction)}")
         if self.loader not in LOADER_KINDS:
-            self._fail("loader", f"--loader must be one of {listed(LOADER_KINDS)}, got {self.loader!r}")
+            self._fail("loader", f"--loader must be one of {listed(LOADER_KINDS)}, got {shorten(self.loader)}")
         if not 0 <= self.seed < SEED_LIMIT:
             self._fail("seed", f"{self._flag('seed')} must be in [0, 2**32), got {self.seed}")
         for name in ("limit_train", "limit_val", "limit_test"):
@@ -111,7 +116,7 @@ class DataConfig(Section):
         if not 0 <= self.cutout <= IMAGE_SIDE:
             self._fail("cutout", f"--cutout must be a square side in [0, {IMAGE_SIDE}] pixels, got {self.cutout}")
         if self.augment not in POLICIES:
-            self._fail("augment", f"--augment must be one of {listed(POLICIES)}, got {self.augment!r}")
+            self._fail("augment", f"--augment must be one of {listed(POLICIES)}, got {shorten(self.augment)}")
         if not 1 <= self.randaugment_ops <= RANDAUGMENT_MAX_OPS:
             self._fail(
                 "randaugment_ops",
@@ -151,7 +156,9 @@ class ModelConfig(Section):
     zero_init_residual: bool = setting(True, "Start each residual branch's last batch norm at zero.")
     pretrained: str | None = setting(None, f"Start from {one_of([*PRETRAINED_NAMES, 'a weights file'])}.", shown="random")
     reinit_conv1: bool = setting(False, "With --stem cifar and ImageNet weights: a fresh 3x3 conv1.")
-    image_size: int | None = setting(None, "Upsample batches on the device to N pixels before the model.", shown="32")
+    image_size: int | None = setting(
+        None, f"Upsample batches on the device to N pixels before the model (at most {MAX_IMAGE_SIZE}).", shown="32"
+    )
     freeze_backbone: bool = setting(False, "Train only the top layer (a linear probe).")
     backbone_lr_mult: float = setting(1.0, "Scale the backbone's learning rate by this.")
     sync_bn: bool = setting(False, "Under torchrun on GPUs: batch-norm statistics over the global batch.")
@@ -161,13 +168,15 @@ class ModelConfig(Section):
         if self.depth not in DEPTHS:
             self._fail("depth", f"--depth must be one of {listed(DEPTHS)}, got {self.depth}")
         if self.stem not in STEMS:
-            self._fail("stem", f"--stem must be one of {listed(STEMS)}, got {self.stem!r}")
+            self._fail("stem", f"--stem must be one of {listed(STEMS)}, got {shorten(self.stem)}")
         if not 0.0 <= self.dropout < 1.0:
             self._fail("dropout", f"--dropout must be in [0, 1), got {show(self.dropout)}")
         if self.pretrained is not None and not self.pretrained.strip():
             self._fail("pretrained", f"--pretrained must be {listed(PRETRAINED_NAMES)} or a weights file, got ''")
         if self.image_size is not None and self.image_size < IMAGE_SIDE:
             self._fail("image_size", f"--image-size must be at least {IMAGE_SIDE}, got {self.image_size}")
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            self._fail("image_size", f"--image-size must be at most {MAX_IMAGE_SIZE}, got {show(self.image_size)}")
         if self.backbone_lr_mult <= 0.0:
             self._fail("backbone_lr_mult", f"--backbone-lr-mult must be positive, got {show(self.backbone_lr_mult)}")
         if self.sync_bn and self.freeze_backbone:
@@ -254,7 +263,7 @@ class OptimConfig(Section):
     def __post_init__(self) -> None:
         self._normalize()
         if self.optimizer not in OPTIMIZERS:
-            self._fail("optimizer", f"--optimizer must be one of {listed(OPTIMIZERS)}, got {self.optimizer!r}")
+            self._fail("optimizer", f"--optimizer must be one of {listed(OPTIMIZERS)}, got {shorten(self.optimizer)}")
         if self.lr is not None and self.lr <= 0.0:
             self._fail("lr", f"--lr must be positive, got {show(self.lr)}")
         if self.lr_base <= 0.0:
@@ -268,7 +277,7 @@ class OptimConfig(Section):
         if self.weight_decay < 0.0:
             self._fail("weight_decay", f"--weight-decay must be at least 0, got {show(self.weight_decay)}")
         if self.schedule not in SCHEDULES:
-            self._fail("schedule", f"--schedule must be one of {listed(SCHEDULES)}, got {self.schedule!r}")
+            self._fail("schedule", f"--schedule must be one of {listed(SCHEDULES)}, got {shorten(self.schedule)}")
         if self.epochs <= 0:
             self._fail("epochs", f"--epochs must be positive, got {self.epochs}")
         self._resolve_warmup()
@@ -359,9 +368,9 @@ class PrecisionConfig(Section):
     def __post_init__(self) -> None:
         self._normalize()
         if self.device not in DEVICES:
-            self._fail("device", f"--device must be one of {listed(DEVICES)}, got {self.device!r}")
+            self._fail("device", f"--device must be one of {listed(DEVICES)}, got {shorten(self.device)}")
         if self.amp_dtype not in AMP_DTYPES:
-            self._fail("amp_dtype", f"--amp-dtype must be one of {listed(AMP_DTYPES)}, got {self.amp_dtype!r}")
+            self._fail("amp_dtype", f"--amp-dtype must be one of {listed(AMP_DTYPES)}, got {shorten(self.amp_dtype)}")
 
     def use_amp(self, device_type: str, *, bf16_supported: bool = True) -> bool:
         """Whether to autocast on ``device_type`` (``"cpu"`` or ``"cuda"``); an explicit choice wins."""
@@ -391,7 +400,7 @@ class EarlyStoppingConfig(Section):
     def __post_init__(self) -> None:
         self._normalize()
         if self.monitor not in METRIC_MODES:
-            self._fail("monitor", f"--monitor must be one of {listed(METRIC_MODES)}, got {self.monitor!r}")
+            self._fail("monitor", f"--monitor must be one of {listed(METRIC_MODES)}, got {shorten(self.monitor)}")
         if self.patience is not None and self.patience < 0:
             message = f"--patience must be at least 0 (leave it out to turn early stopping off), got {self.patience}"
             self._fail("patience", message)
@@ -432,7 +441,7 @@ class RunConfig(Section):
         if self.target_acc is not None and not 0.0 < self.target_acc <= 1.0:
             self._fail("target_acc", f"--target-acc must be in (0, 1], got {show(self.target_acc)}")
         if self.preset not in PRESETS:
-            self._fail("preset", f"--preset must be one of {listed(tuple(PRESETS))}, got {self.preset!r}")
+            self._fail("preset", f"--preset must be one of {listed(tuple(PRESETS))}, got {shorten(self.preset)}")
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -30,7 +30,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from resnet_cifar.errors import DataError, UsageError
-from resnet_cifar.files import ProgressCallback, UnwritableFolder, download_verified, file_digest, user_cache_dir
+from resnet_cifar.files import (
+    DownloadLimits,
+    ProgressCallback,
+    UnwritableFolder,
+    download_verified,
+    file_digest,
+    user_cache_dir,
+)
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -104,12 +111,14 @@ def download_cifar10(
     md5: str = CIFAR10_MD5,
     on_progress: ProgressCallback | None = None,
     timeout: float = 60.0,
+    limits: DownloadLimits | None = None,
 ) -> Path:
     """Download (unless already there and intact), verify and safely extract the python archive.
 
     Returns dest_dir/cifar-10-batches-py. dest_dir is created when missing. `on_progress` is
     called as on_progress(bytes_done, total_bytes_or_None), with bytes_done never decreasing
-    and, once the download completes, equal to the total.
+    and, once the download completes, equal to the total. `limits` (default: `timeout` and
+    files.DownloadLimits' deadline and minimum rate) say when a slow download gives up.
     """
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise UsageError(f"{url}: only http and https URLs can be downloaded")
@@ -134,7 +143,7 @@ def download_cifar10(
                 algorithm="md5",
                 verify=verify,
                 on_progress=on_progress,
-                timeout=timeout,
+                limits=limits or DownloadLimits(timeout=timeout),
                 chunk_size=CHUNK_SIZE,
             )
         except UnwritableFolder as exc:

@@ -13,11 +13,13 @@ The ``tensorboard`` package is an optional extra (``pip install "resnet-cifar[te
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from resnet_cifar.engine.trainer import EpochFinished, Event, StepFinished
 from resnet_cifar.errors import UsageError
+from resnet_cifar.files import UnwritableFolder
 
 __all__ = ["DEFAULT_EVERY_N_STEPS", "TENSORBOARD_DIR", "TensorBoardLogger", "require_tensorboard"]
 
@@ -37,6 +39,21 @@ def require_tensorboard() -> Any:
     return SummaryWriter
 
 
+def usable_log_dir(log_dir: Path) -> None:
+    """Make ``log_dir`` (a folder TensorBoard can write into) or say in one line why it cannot be:
+    a file or a dangling link in its place, or a folder that cannot be written into (exit 2)."""
+    if log_dir.is_symlink() and not log_dir.exists():
+        raise UsageError(f"{log_dir}: a dangling link where the TensorBoard folder goes; remove it or use another --out")
+    if log_dir.exists() and not log_dir.is_dir():
+        raise UsageError(f"{log_dir}: a file where the TensorBoard folder goes; remove it or use another --out")
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=log_dir):
+            pass  # the writer creates its event file here: can it?
+    except OSError as error:
+        raise UnwritableFolder(log_dir, error) from None
+
+
 class TensorBoardLogger:
     """Writes the trainer's events as TensorBoard scalars into ``log_dir``; call :meth:`close` at the end."""
 
@@ -46,7 +63,11 @@ class TensorBoardLogger:
         writer_class = require_tensorboard()
         self.log_dir = Path(log_dir)
         self.every_n_steps = every_n_steps
-        self.writer = writer_class(log_dir=str(self.log_dir))
+        usable_log_dir(self.log_dir)
+        try:
+            self.writer = writer_class(log_dir=str(self.log_dir))
+        except OSError as error:
+            raise UnwritableFolder(self.log_dir, error) from None
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, StepFinished):

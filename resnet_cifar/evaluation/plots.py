@@ -23,7 +23,7 @@ from typing import Any, Union
 import numpy as np
 from torch import Tensor
 
-from resnet_cifar.files import atomic_write
+from resnet_cifar.files import atomic_write, printable
 
 __all__ = [
     "plot_confusion_matrix",
@@ -79,8 +79,11 @@ def plot_confusion_matrix(matrix: MatrixLike, class_names: Sequence[str], path: 
         axes.set_title(title)
         axes.set_xlabel("predicted")
         axes.set_ylabel("true")
-        axes.set_xticks(range(size), labels=list(class_names), rotation=45, ha="right", rotation_mode="anchor")
-        axes.set_yticks(range(size), labels=list(class_names))
+        # Names are data: shown as written (control characters escaped), never parsed as mathtext
+        # (a name such as "$\\evil$" would otherwise be typeset, or fail to parse).
+        labels = [printable(name) for name in class_names]
+        axes.set_xticks(range(size), labels=labels, rotation=45, ha="right", rotation_mode="anchor", parse_math=False)
+        axes.set_yticks(range(size), labels=labels, parse_math=False)
         for row in range(size):
             for column in range(size):
                 value = values[row, column]

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from resnet_cifar.data.types import CifarSplit
-from resnet_cifar.files import atomic_write
-from resnet_cifar.inference import EvalOutcome, evaluate_checkpoint
+from resnet_cifar.files import atomic_write, refuse_overwriting
+from resnet_cifar.inference import EVAL_FILES, EvalOutcome, default_eval_dir, evaluate_checkpoint
 from resnet_cifar.report.explain import EXPLAIN_HINT, explain_available, gradcam, heat_overlay
 from resnet_cifar.report.gallery import select_mistakes, thumbnail_uri
 from resnet_cifar.report.page import ReportInputs, render_page
@@ -31,28 +31,58 @@ REPORT_FILE = "report.html"
 HISTORY_FILE = "metrics.jsonl"
 
 
+# Bounds on what a run file may hold before the report stops trusting it (it is read from a folder
+# anyone may have written into): far above any real run, far below what breaks the charts.
+MAX_HISTORY_BYTES = 64 << 20
+MAX_EPOCH = 1_000_000
+MAX_MAGNITUDE = 1e100
+
+
 def read_history(run_dir: Path) -> tuple[list[dict[str, Any]] | None, str]:
     """The per-epoch records of ``run_dir/metrics.jsonl``, or None and the reason there are none.
 
-    A missing or unreadable file costs the report its curves, never the report itself.
+    Every field is untrusted: a missing, unreadable, oversized or hostile file (deep nesting, an
+    epoch out of 1..MAX_EPOCH, a number beyond MAX_MAGNITUDE or infinite) costs the report its
+    curves, with a note saying why, never the report itself. NaN is kept (an epoch not validated).
     """
     path = Path(run_dir) / HISTORY_FILE
     if not path.is_file():
         return None, f"No training curves: there is no {HISTORY_FILE} beside the checkpoint."
     records: list[dict[str, Any]] = []
     try:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if not isinstance(record, Mapping) or not isinstance(record.get("epoch"), (int, float)):
-                return None, f"No training curves: {path} line {number} is not an epoch record."
-            records.append(dict(record))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+        if path.stat().st_size > MAX_HISTORY_BYTES:
+            return None, f"No training curves: {path} is over {MAX_HISTORY_BYTES >> 20} MiB."
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
         return None, f"No training curves: {path} could not be read ({type(error).__name__})."
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as error:  # not JSON, nested past the parser, a 5,000-digit number
+            return None, f"No training curves: {path} line {number} could not be read ({type(error).__name__})."
+        problem = _record_problem(record)
+        if problem:
+            return None, f"No training curves: {path} line {number} {problem}."
+        records.append(dict(record))
     if not records:
         return None, f"No training curves: {path} is empty."
     return records, ""
+
+
+def _record_problem(record: Any) -> str:
+    """Why ``record`` (one parsed line of metrics.jsonl) is not an epoch record to draw, or ""."""
+    if not isinstance(record, Mapping):
+        return "is not an epoch record"
+    epoch = record.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not 0 <= epoch <= MAX_EPOCH:
+        return f"has no epoch in 0..{MAX_EPOCH:,}"
+    for key, value in record.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if abs(value) > MAX_MAGNITUDE:  # inf included; NaN compares False and is kept
+                return f"holds {str(key)[:40]!r} out of range"
+    return ""
 
 
 def _clean(value: Any) -> Any:
@@ -153,8 +183,13 @@ def write_report(outcome: EvalOutcome, path: Path | None = None) -> Path:
 def evaluate_and_report(checkpoint: Path, **kwargs: Any) -> EvalOutcome:
     """``evaluate_checkpoint(checkpoint, **kwargs)``, then report.html beside its metrics.json.
 
+    Refused first (UsageError, exit 2) when a file it would write is the checkpoint itself or lies
+    in a folder another process holds (``files.refuse_overwriting``).
+
     The returned outcome lists report.html among its files.
     """
+    target = kwargs.get("out_dir") or default_eval_dir(Path(checkpoint), kwargs.get("split", "test"))
+    refuse_overwriting([Path(target) / name for name in (*EVAL_FILES, REPORT_FILE)], [checkpoint])
     outcome = evaluate_checkpoint(checkpoint, **kwargs)
     page = write_report(outcome)
     return replace(outcome, files=(*outcome.files, page))

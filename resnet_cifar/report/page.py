@@ -25,6 +25,7 @@ import numpy as np
 
 from resnet_cifar.choices.optimizers import OPTIMIZERS
 from resnet_cifar.config import TrainConfig
+from resnet_cifar.files import printable
 from resnet_cifar.report.gallery import Mistake, select_mistakes, thumbnail_uri
 from resnet_cifar.report.svg import Series, line_chart, reliability_diagram
 
@@ -70,18 +71,37 @@ def _dec(value: float, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-def _num(metrics: Mapping[str, Any], key: str, text_of=_pct, **attributes: str) -> str:
-    """A metrics.json value as a tagged <span>: shown through ``text_of``, exact in data-value."""
+def _num(metrics: Mapping[str, Any], key: str | tuple[str, ...], text_of=_pct, **attributes: str) -> str:
+    """A metrics.json value as a tagged <span>: shown through ``text_of``, exact in data-value.
+
+    ``key`` is a dotted path ("macro.f1"), or a tuple of parts where a part is data (a class name
+    may hold dots: ``("per_class", name, "f1")``). In data-key, a part is shown as ``printable``
+    shows it and a dot or backslash in it is escaped with a backslash, so the key still splits
+    back into its parts.
+    """
+    parts = key.split(".") if isinstance(key, str) else key
     value: Any = metrics
-    for part in key.split("."):
+    for part in parts:
         value = value[int(part)] if isinstance(value, list) else value[part]
+    key = data_key(parts)
     shown = text_of(value)
     extra = "".join(f' {name.replace("_", "-")}="{escape(str(content))}"' for name, content in attributes.items())
     return f'<span data-key="{escape(key)}" data-value="{value!r}"{extra}>{escape(shown)}</span>'
 
 
+def data_key(parts: Sequence[str]) -> str:
+    """A value's path for a page's data-key attribute: its parts as ``printable`` shows them, a dot
+    or backslash inside a part escaped with a backslash (a class name may hold dots)."""
+    return ".".join(printable(part).replace("\\", "\\\\").replace(".", "\\.") for part in parts)
+
+
 def _int(value: int) -> str:
     return f"{value:,}"
+
+
+def _name(name: str) -> str:
+    """A class name for the page: data, so HTML-escaped and with control characters as escapes."""
+    return escape(printable(name))
 
 
 # ----------------------------------------------------------------------------- sections
@@ -241,12 +261,12 @@ def _per_class(inputs: ReportInputs) -> str:
     m = inputs.metrics
     rows = []
     for name in inputs.classes:
-        key = f"per_class.{name}"
         cells = "".join(
-            f'<td{heat_style(float(m["per_class"][name][metric]), True)}>{_num(m, f"{key}.{metric}", _dec)}</td>'
+            f'<td{heat_style(float(m["per_class"][name][metric]), True)}>{_num(m, ("per_class", name, metric), _dec)}</td>'
             for metric in ("precision", "recall", "f1")
         )
-        rows.append(f'<tr><th scope="row">{escape(name)}</th>{cells}<td>{_num(m, f"{key}.support", _int)}</td></tr>')
+        support = _num(m, ("per_class", name, "support"), _int)
+        rows.append(f'<tr><th scope="row">{_name(name)}</th>{cells}<td>{support}</td></tr>')
     macro = "".join(f"<td>{_num(m, f'macro.{metric}', _dec)}</td>" for metric in ("precision", "recall", "f1"))
     rows.append(f'<tr class="total"><th scope="row">macro avg</th>{macro}<td>{_num(m, "count", _int)}</td></tr>')
     head = "<tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"
@@ -261,13 +281,13 @@ def _per_class(inputs: ReportInputs) -> str:
 def confusion_table(matrix: Sequence[Sequence[float]], classes: Sequence[str], cell: Callable[[int, int, float], str]) -> str:
     """A confusion <table>: rows the true classes, columns the predictions, each cell coloured by
     its share of its row and filled with ``cell(i, j, share)``."""
-    head = "".join(f'<th class="rot"><span>{escape(name)}</span></th>' for name in classes)
+    head = "".join(f'<th class="rot"><span>{_name(name)}</span></th>' for name in classes)
     rows = []
     for i, name in enumerate(classes):
         total = sum(matrix[i])
         shares = [matrix[i][j] / total if total else 0.0 for j in range(len(classes))]
         cells = "".join(f"<td{heat_style(share, i == j)}>{cell(i, j, share)}</td>" for j, share in enumerate(shares))
-        rows.append(f'<tr><th scope="row">{escape(name)}</th>{cells}</tr>')
+        rows.append(f'<tr><th scope="row">{_name(name)}</th>{cells}</tr>')
     return f'<table class="confusion"><tr><th class="corner">true \\ predicted</th>{head}</tr>{"".join(rows)}</table>'
 
 
@@ -311,7 +331,7 @@ def _pairs(inputs: ReportInputs) -> str:
         share = count / total if total else 0.0
         bar = f'<span class="bar" style="width: {count / largest * 100:.1f}%"></span>'
         rows.append(
-            f"<tr><td>{escape(classes[i])}</td><td>&rarr; {escape(classes[j])}</td>"
+            f"<tr><td>{_name(classes[i])}</td><td>&rarr; {_name(classes[j])}</td>"
             f'<td>{_num(m, f"confusion_matrix.{i}.{j}", _int)}</td>'
             f'<td><span data-share="{share!r}">{share * 100:.1f}%</span></td><td class="barcell">{bar}</td></tr>'
         )
@@ -334,10 +354,10 @@ def _gallery(inputs: ReportInputs) -> str:
     for mistake in mistakes:
         true, predicted = classes[mistake.true], classes[mistake.predicted]
         figures.append(
-            f'<figure class="shot" data-true="{escape(true)}">'
+            f'<figure class="shot" data-true="{_name(true)}">'
             f'<img src="{thumbnail_uri(inputs.images[mistake.index])}" width="96" height="96" '
-            f'alt="{escape(true)} predicted as {escape(predicted)}">{_overlays(inputs, mistake.index, true, predicted)}'
-            f'<figcaption><b>{escape(true)}</b> &rarr; {escape(predicted)}<br>'
+            f'alt="{_name(true)} predicted as {_name(predicted)}">{_overlays(inputs, mistake.index, true, predicted)}'
+            f'<figcaption><b>{_name(true)}</b> &rarr; {_name(predicted)}<br>'
             f'<span class="conf">{mistake.confidence * 100:.1f}%</span> <span class="idx">#{mistake.index}</span>'
             "</figcaption></figure>"
         )
@@ -345,7 +365,7 @@ def _gallery(inputs: ReportInputs) -> str:
     for mistake in mistakes:
         shown[classes[mistake.true]] = shown.get(classes[mistake.true], 0) + 1
     buttons = '<button type="button" class="on" data-class="">all</button>' + "".join(
-        f'<button type="button" data-class="{escape(name)}">{escape(name)} ({shown[name]})</button>'
+        f'<button type="button" data-class="{_name(name)}">{_name(name)} ({shown[name]})</button>'
         for name in classes
         if name in shown
     )
@@ -368,9 +388,9 @@ def _overlays(inputs: ReportInputs, index: int, true: str, predicted: str) -> st
     for_predicted, for_true = inputs.explanations[index]
     return (
         f'<span class="cams"><img class="cam" src="{for_predicted}" width="48" height="48" '
-        f'alt="Grad-CAM for {escape(predicted)}" title="Grad-CAM: {escape(predicted)} (predicted)">'
-        f'<img class="cam" src="{for_true}" width="48" height="48" alt="Grad-CAM for {escape(true)}" '
-        f'title="Grad-CAM: {escape(true)} (true)"></span>'
+        f'alt="Grad-CAM for {_name(predicted)}" title="Grad-CAM: {_name(predicted)} (predicted)">'
+        f'<img class="cam" src="{for_true}" width="48" height="48" alt="Grad-CAM for {_name(true)}" '
+        f'title="Grad-CAM: {_name(true)} (true)"></span>'
     )
 
 

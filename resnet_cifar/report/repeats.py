@@ -18,8 +18,8 @@ from typing import Any
 
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation.spread import REPEATS_FILE
-from resnet_cifar.files import atomic_write
-from resnet_cifar.report.page import CSS, confusion_table
+from resnet_cifar.files import atomic_write, printable
+from resnet_cifar.report.page import CSS, confusion_table, data_key
 
 __all__ = ["read_repeats", "render_repeats_page", "write_repeats_report"]
 
@@ -38,35 +38,37 @@ def read_repeats(folder: Path) -> dict[str, Any]:
     return dict(summary)
 
 
-def _tag(summary: Mapping[str, Any], key: str, digits: int = 4) -> str:
-    """A repeats.json value as a tagged <span> (``n/a`` for None)."""
+def _tag(summary: Mapping[str, Any], key: str | tuple[str, ...], digits: int = 4) -> str:
+    """A repeats.json value as a tagged <span> (``n/a`` for None). ``key`` is a dotted path, or a
+    tuple of parts where a part is data (a class name may hold dots)."""
+    parts = key.split(".") if isinstance(key, str) else key
     value: Any = summary
-    for part in key.split("."):
+    for part in parts:
         value = value[int(part)] if isinstance(value, list) else value[part]
     shown = "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-    return f'<span data-key="{escape(key)}" data-value="{value!r}">{escape(shown)}</span>'
+    return f'<span data-key="{escape(data_key(parts))}" data-value="{value!r}">{escape(shown)}</span>'
 
 
 _SPREAD_HEAD = "<th>mean</th><th>std</th><th>95% CI low</th><th>95% CI high</th><th>min</th><th>max</th>"
 
 
-def _spread_cells(summary: Mapping[str, Any], key: str) -> str:
+def _spread_cells(summary: Mapping[str, Any], key: tuple[str, ...]) -> str:
     entry = _lookup(summary, key)
-    ci = (f"{key}.ci95.0", f"{key}.ci95.1") if entry["ci95"] is not None else (f"{key}.ci95", f"{key}.ci95")
-    keys = (f"{key}.mean", f"{key}.std", *ci, f"{key}.min", f"{key}.max")
+    ci = ((*key, "ci95", "0"), (*key, "ci95", "1")) if entry["ci95"] is not None else ((*key, "ci95"),) * 2
+    keys = ((*key, "mean"), (*key, "std"), *ci, (*key, "min"), (*key, "max"))
     return "".join(f"<td>{_tag(summary, item)}</td>" for item in keys)
 
 
-def _lookup(summary: Mapping[str, Any], key: str) -> Any:
+def _lookup(summary: Mapping[str, Any], key: tuple[str, ...]) -> Any:
     value: Any = summary
-    for part in key.split("."):
+    for part in key:
         value = value[part]
     return value
 
 
 def _overview(summary: Mapping[str, Any]) -> str:
     rows = "".join(
-        f"<tr><th scope=\"row\">{label}</th>{_spread_cells(summary, key)}</tr>"
+        f"<tr><th scope=\"row\">{label}</th>{_spread_cells(summary, (key,))}</tr>"
         for label, key in (("test accuracy", "test_acc"), ("best validation accuracy", "val_acc"))
     )
     n = summary["test_acc"]["n"]
@@ -104,7 +106,7 @@ def _per_class(summary: Mapping[str, Any]) -> str:
             f'<span class="mean" style="left: {entry["mean"] * 100:.1f}%"></span>'
         )
         rows.append(
-            f'<tr><th scope="row">{escape(name)}</th>{_spread_cells(summary, f"per_class.{name}")}'
+            f'<tr><th scope="row">{escape(printable(name))}</th>{_spread_cells(summary, ("per_class", name))}'
             f'<td class="spreadbar">{bar}</td></tr>'
         )
     return (

@@ -43,6 +43,7 @@ from typing import Any
 from resnet_cifar.choices.policies import POLICIES
 from resnet_cifar.config import SECTIONS, ConfigValueError, TrainConfig, read_document, settings, unwrap_optional
 from resnet_cifar.errors import UsageError
+from resnet_cifar.files import shorten
 
 KINDS = ("float", "int", "categorical")
 # Settings a sweep must not vary: where data and runs live, the checkpoint to resume, the preset
@@ -184,22 +185,22 @@ def _parameter(key: str, spec: Any, source: str) -> Parameter:
     base, optional = _field_type(key, source)
     where = f"{source}: {key}"
     if not isinstance(spec, Mapping):
-        raise UsageError(f"{where} must be a table such as {{type = \"float\", low = 0.01, high = 1.0}}, got {spec!r}")
+        raise UsageError(f"{where} must be a table such as {{type = \"float\", low = 0.01, high = 1.0}}, got {shorten(spec)}")
     kind = spec.get("type")
     if kind not in KINDS:
-        raise UsageError(f"{where}: type must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise UsageError(f"{where}: type must be one of {', '.join(KINDS)}, got {shorten(kind)}")
     required, optional_fields = _SPEC_FIELDS[kind]
     unknown = sorted(str(name) for name in spec if name not in required | optional_fields)
     if unknown:
-        raise UsageError(f"{where}: unknown field {unknown[0]!r} for type {kind}")
+        raise UsageError(f"{where}: unknown field {shorten(unknown[0])} for type {kind}")
     missing = sorted(required - set(spec))
     if missing:
-        raise UsageError(f"{where}: type {kind} needs {missing[0]!r}")
+        raise UsageError(f"{where}: type {kind} needs {shorten(missing[0])}")
 
     if kind == "categorical":
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
-            raise UsageError(f"{where}: choices must be a non-empty list, got {choices!r}")
+            raise UsageError(f"{where}: choices must be a non-empty list, got {shorten(choices)}")
         for choice in choices:
             if not (choice is None and optional):
                 _check_type(key, choice, base, where, "choice")
@@ -211,16 +212,16 @@ def _parameter(key: str, spec: Any, source: str) -> Parameter:
     low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
     for name, bound in (("low", low), ("high", high)):
         if not _is_number(bound) or (kind == "int" and not float(bound).is_integer()):
-            raise UsageError(f"{where}: {name} must be {'an integer' if kind == 'int' else 'a number'}, got {bound!r}")
+            raise UsageError(f"{where}: {name} must be {'an integer' if kind == 'int' else 'a number'}, got {shorten(bound)}")
     if not low < high:
         raise UsageError(f"{where}: low must be below high, got low {low} and high {high}")
     if not isinstance(log, bool):
-        raise UsageError(f"{where}: log must be true or false, got {log!r}")
+        raise UsageError(f"{where}: log must be true or false, got {shorten(log)}")
     if log and low <= 0:
         raise UsageError(f"{where}: a log scale needs low > 0, got {low}")
     if step is not None:
         if not _is_number(step) or step <= 0 or (kind == "int" and not float(step).is_integer()):
-            raise UsageError(f"{where}: step must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}")
+            raise UsageError(f"{where}: step must be a positive {'integer' if kind == 'int' else 'number'}, got {shorten(step)}")
         if log:
             raise UsageError(f"{where}: step and log cannot be combined")
     if kind == "int":
@@ -238,7 +239,7 @@ def _check_type(key: str, value: Any, base: type, where: str, what: str) -> None
     }[base]
     if not fits:
         kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[base]
-        raise UsageError(f"{where}: {what} {value!r} does not fit the setting: it must be {kind}")
+        raise UsageError(f"{where}: {what} {shorten(value)} does not fit the setting: it must be {kind}")
 
 
 def check_space(space: SearchSpace, base: TrainConfig) -> None:
@@ -259,4 +260,4 @@ def check_space(space: SearchSpace, base: TrainConfig) -> None:
                 TrainConfig.from_dict(trial)
             except ConfigValueError as error:
                 if error.key == parameter.key:
-                    raise UsageError(f"{space.source}: {parameter.key}: {value!r} is refused: {error}") from None
+                    raise UsageError(f"{space.source}: {parameter.key}: {shorten(value)} is refused: {error}") from None
