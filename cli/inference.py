@@ -101,6 +101,8 @@ def eval_command(
             out_dir=out_dir,
             cache_dir=cache_dir_from_env(os.environ),
         )
+    if "data_note" in outcome.report:  # on stderr under --json, so stdout stays one object
+        out.line(f"note: {outcome.report['data_note']}")
     if json_output:
         out.json({**outcome.report, "out_dir": str(outcome.out_dir)})
         return

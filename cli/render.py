@@ -6,13 +6,14 @@ one JSON object. Rich emits no ANSI codes when its stream is not a terminal.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from resnet_cifar.files import json_text
 
 
 class Output:
@@ -48,5 +49,5 @@ class Output:
             self.line("  ".join(cells).rstrip())
 
     def json(self, payload: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.write(json_text(payload) + "\n")
         sys.stdout.flush()

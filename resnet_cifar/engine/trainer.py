@@ -18,7 +18,10 @@ A stop request is honoured after the current step: from a signal (the CLI's SIGT
 sets it) a resumable last.pt is written and the result names the signal (``interrupted``); from a
 sweep's pruner the run stops after its epoch and the result says ``pruned``. A non-finite loss
 raises NonFiniteLossError before any update, and no checkpoint is written after it, so the last
-good last.pt/best.pt stay as they were.
+good last.pt/best.pt stay as they were. A validation whose loss is NaN or infinite (a model that
+diverged while its training loss stayed finite) is the same kind of end: the epoch is recorded in
+metrics.jsonl (``diverged``, its val_loss null), no checkpoint is written for it, and the run
+raises NonFiniteValidationError (exit 1); a sweep fails that trial with the message and goes on.
 
 Multi-process (DDP) training: build the parts for the job's DistEnv (``build_run(cfg,
 distributed=...)``), inside a started process group (resnet_cifar.distributed.process_group).
@@ -50,6 +53,7 @@ from resnet_cifar.distributed import SINGLE_PROCESS, DistEnv
 from resnet_cifar.engine.build import RunParts, build_run
 from resnet_cifar.engine.checkpointer import Checkpointer, LoopPosition, ResumeCheckpoint, RunState
 from resnet_cifar.engine.early_stopping import EarlyStopping, Monitor
+from resnet_cifar.errors import ResnetCifarError
 from resnet_cifar.evaluation import EvalResult, evaluate
 from resnet_cifar.models import set_train_mode
 
@@ -66,6 +70,7 @@ METRIC_FIELDS = (
     "validated",
     "eval_seconds",
     "checkpoint_seconds",
+    "diverged",
 )
 
 
@@ -91,9 +96,30 @@ class EpochRecord:
     validated: bool = True  # False for an epoch before --eval-from (its val metrics are NaN)
     eval_seconds: float = 0.0  # the validation pass
     checkpoint_seconds: float = 0.0  # the loop was blocked by checkpointing (snapshot + waiting for a write)
+    diverged: bool = False  # validation gave a NaN or infinite loss: the run stopped after this epoch
+
+    @property
+    def val_finite(self) -> bool:
+        """Whether the validation, if there was one, gave a finite loss."""
+        return not self.validated or math.isfinite(self.val_loss)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class NonFiniteValidationError(ResnetCifarError):
+    """Validation gave a NaN or infinite loss: the model diverged. The epoch is in metrics.jsonl
+    (``diverged``); no checkpoint holds it, so last.pt and best.pt are the epochs before it."""
+
+    exit_code = 1
+
+    def __init__(self, record: EpochRecord, out_dir: Path) -> None:
+        kept = "no checkpoint was written" if record.epoch == 1 else f"{out_dir}'s checkpoints hold the epochs before it"
+        super().__init__(
+            f"epoch {record.epoch}: the validation loss is {record.val_loss} (the model diverged; try a lower --lr "
+            f"or --grad-clip); the run stopped, {kept}"
+        )
+        self.record = record
 
 
 @dataclass(frozen=True)
@@ -369,6 +395,8 @@ class Trainer:
             record = self._train_epoch(epoch)
             if record is None:  # stopped mid-epoch: resumable checkpoint written
                 return self._finish(stopped_early=False, stop_reason=None, test=None)
+            if not record.val_finite:
+                self._diverged(record)
             is_best, should_stop, reason = self._judge(record)
             reached = record.validated and target is not None and record.val_acc >= target
             if reached:
@@ -397,6 +425,16 @@ class Trainer:
         # reports it (as in one process), and every rank must report the same.
         self._agreed_stop()
         return self._finish(stopped_early=stopped_early, stop_reason=stop_reason, test=test)
+
+    def _diverged(self, record: EpochRecord) -> None:
+        """A validation that gave a NaN or infinite loss: the epoch recorded as such, no checkpoint
+        for it (the weights are the diverged ones), and the run ends with one line (every rank
+        sees the same reduced loss, so all end together)."""
+        record = replace(record, diverged=True)
+        self.history.append(record)
+        self._write_metrics()
+        self.on_event(EpochFinished(record=record, is_best=False))
+        raise NonFiniteValidationError(record, self.checkpointer.out_dir)
 
     def _write_metrics(self) -> None:
         self.checkpointer.write_metrics([record.to_dict() for record in self.history], METRIC_FIELDS)
@@ -509,7 +547,13 @@ def build_trainer(
     anything is built, so a refused run costs nothing and changes nothing. ``resume``: the
     checkpoint ``cfg.run.resume`` names, when the caller has read it already (the CLI does, for
     its settings). Under torchrun, pass the job's DistEnv and call it inside
-    resnet_cifar.distributed.process_group."""
+    resnet_cifar.distributed.process_group.
+
+    The data folder is recorded as an absolute path (config.toml, checkpoints), so ``eval`` from
+    another folder scores the data the run trained on, not whatever the relative path names there."""
+    data_dir = Path(cfg.data.data_dir).expanduser().absolute()
+    if data_dir != cfg.data.data_dir:
+        cfg = replace(cfg, data=replace(cfg.data, data_dir=data_dir))
     checkpointer = Checkpointer(cfg.run.out_dir, is_main=distributed.is_main, every=cfg.run.checkpoint_every)
     checkpointer.open_run(cfg, world_size=distributed.world_size, resume=resume)
     try:
@@ -536,6 +580,7 @@ __all__ = [
     "EpochRecord",
     "Event",
     "FitResult",
+    "NonFiniteValidationError",
     "RunStarted",
     "StepFinished",
     "StopRequest",

@@ -28,10 +28,11 @@ REPORT_FILE = "report.html"
 HISTORY_FILE = "metrics.jsonl"
 
 
-def read_history(run_dir: Path) -> tuple[list[dict[str, Any]] | None, str]:
+def read_history(run_dir: Path, run_id: str | None = None) -> tuple[list[dict[str, Any]] | None, str]:
     """The per-epoch records of ``run_dir/metrics.jsonl``, or None and the reason there are none.
 
-    A missing or unreadable file costs the report its curves, never the report itself.
+    A missing or unreadable file costs the report its curves, never the report itself; so do
+    records of another run than the checkpoint's (``run_id``: its id, None for an older one).
     """
     path = Path(run_dir) / HISTORY_FILE
     if not path.is_file():
@@ -49,6 +50,10 @@ def read_history(run_dir: Path) -> tuple[list[dict[str, Any]] | None, str]:
         return None, f"No training curves: {path} could not be read ({type(error).__name__})."
     if not records:
         return None, f"No training curves: {path} is empty."
+    foreign = [record.get("run_id") for record in records if record.get("run_id") != run_id]
+    if run_id is not None and foreign:
+        other = f"run {str(foreign[0])[:16]}" if isinstance(foreign[0], str) else "a run without an id"
+        return None, f"No training curves: {path} holds epochs of {other}, not of the checkpoint's run {run_id}."
     return records, ""
 
 
@@ -64,7 +69,7 @@ def report_inputs(outcome: EvalOutcome, *, generated: datetime | None = None) ->
     if outcome.trained is None or outcome.data is None or outcome.result.predictions is None:
         raise ValueError("the outcome lacks the model, images or per-image predictions a report needs")
     trained, data, result = outcome.trained, outcome.data, outcome.result
-    history, note = read_history(trained.path.parent)
+    history, note = read_history(trained.path.parent, trained.run_id)
     try:
         saved: datetime | None = datetime.fromtimestamp(trained.path.stat().st_mtime)
     except OSError:
