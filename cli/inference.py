@@ -56,6 +56,12 @@ def render_eval(out: Output, report: dict[str, Any], out_dir: Path) -> None:
     out.line(f"accuracy {_number(report['accuracy'])}  loss {loss}{calibration}  report in {out_dir}")
 
 
+def print_data_note(out: Output, report: dict[str, Any]) -> None:
+    """The evaluation's note that its data is not the training data, if any (on stderr under --json)."""
+    if "data_note" in report:
+        out.line(f"note: {report['data_note']}")
+
+
 def eval_command(
     checkpoint: CheckpointArgument,
     data_dir: CheckpointDataDirOption = None,
@@ -101,8 +107,7 @@ def eval_command(
             out_dir=out_dir,
             cache_dir=cache_dir_from_env(os.environ),
         )
-    if "data_note" in outcome.report:  # on stderr under --json, so stdout stays one object
-        out.line(f"note: {outcome.report['data_note']}")
+    print_data_note(out, outcome.report)
     if json_output:
         out.json({**outcome.report, "out_dir": str(outcome.out_dir)})
         return
