@@ -93,7 +93,7 @@ class EpochRecord:
     images_per_sec: float  # training images per second, all processes together
     epoch_seconds: float  # training and validation, checkpointing apart
     val_count: int = 0  # validation images the val metrics cover (all processes together)
-    validated: bool = True  # False for an epoch before --eval-from (its val metrics are NaN)
+    validated: bool = True  # False for an epoch before --eval-from (its val metrics are NaN: null in JSON)
     eval_seconds: float = 0.0  # the validation pass
     checkpoint_seconds: float = 0.0  # the loop was blocked by checkpointing (snapshot + waiting for a write)
     diverged: bool = False  # validation gave a NaN or infinite loss: the run stopped after this epoch
