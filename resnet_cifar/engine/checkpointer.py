@@ -20,8 +20,11 @@ once, in ``CHECKPOINT_KEYS``; ``RunState.state_dict`` assembles it from the part
 the monitor's and early stopping's, the RNG states and the loop's position, and
 ``RunState.load_state_dict`` puts it back. It holds only tensors and plain values, so it loads
 with ``torch.load(weights_only=True)``. Every check of whether a checkpoint fits a run (resume
-settings, process count, data seed, classes, weights' shapes, EMA, monitor) is made here, with one
-message each.
+settings, process count, data seed, classes, weights' shapes, the schedule's length and phases,
+EMA, monitor) is made here, with one message each. The checkpointer stamps each file with the run's
+id and, in the background writer, a sha256 digest of the rest (``payload_digest``), which every
+read checks: bytes flipped on disk are refused in one line instead of loading silently. Inference
+also refuses weights that hold NaN or infinity. A checkpoint without these (older) still loads.
 
 Checkpoints are written off the loop's path. The loop blocks only to *snapshot* the state: on
 CUDA a device-to-host copy into pinned buffers that are reused from one checkpoint to the next, on
