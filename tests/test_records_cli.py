@@ -103,7 +103,7 @@ def test_a_run_records_strict_json_one_run_id_and_the_absolute_data_folder(base:
     assert [record["val_acc"] is None for record in records] == [True, False]
     saved = strict_json((base / "run" / "result.json").read_text())
     checkpoint = load(base / "run" / "best.pt")
-    run_ids = {record["run_id"] for record in records} | {saved["run_id"], checkpoint["run_id"]}
+    run_ids = {record["run_id"] for record in records} | {saved["run_id"], checkpoint["run_id"], result["run_id"]}
     assert len(run_ids) == 1 and len(checkpoint["run_id"]) == 16
     assert checkpoint["config"]["data"]["data_dir"] == str(base / "small")  # absolute, though given relative
     assert f'data_dir = "{base / "small"}"' in (base / "run" / "config.toml").read_text()

@@ -465,7 +465,7 @@ class Checkpointer:
     def write_result(self, summary: Mapping[str, Any]) -> None:
         if not self.is_main:
             return
-        atomic_write(self.path(RESULT), json_text({**summary, "run_id": self.run_id}, indent=2) + "\n")
+        atomic_write(self.path(RESULT), json_text(dict(summary), indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- reading a checkpoint: the rules

@@ -141,6 +141,7 @@ class FitResult:
     reached_target: bool | None = None  # --target-acc: whether validation reached it (None: no target)
     time_to_target_s: float | None = None  # training seconds (validations included) until it did
     pruned: bool = False  # a sweep's pruner stopped the run after an epoch (not an interruption)
+    run_id: str | None = None  # the run's id, as in its checkpoints and metrics.jsonl
 
     @property
     def test_acc(self) -> float | None:
@@ -165,6 +166,7 @@ class FitResult:
             "train_seconds": self.train_seconds,
             "reached_target": self.reached_target,
             "time_to_target_s": self.time_to_target_s,
+            "run_id": self.run_id,
         }
 
 
@@ -528,6 +530,7 @@ class Trainer:
             reached_target=None if self.cfg.run.target_acc is None else self.time_to_target_s is not None,
             time_to_target_s=self.time_to_target_s,
             pruned=self.stop.pruned,
+            run_id=self.checkpointer.run_id,
         )
         self.checkpointer.wait()  # every checkpoint is on disk before the run reports
         self.checkpointer.write_result(result.to_dict())
