@@ -32,7 +32,8 @@ def read_history(run_dir: Path, run_id: str | None = None) -> tuple[list[dict[st
     """The per-epoch records of ``run_dir/metrics.jsonl``, or None and the reason there are none.
 
     A missing or unreadable file costs the report its curves, never the report itself; so do
-    records of another run than the checkpoint's (``run_id``: its id, None for an older one).
+    records of another run than the checkpoint's (``run_id``: its id, None for an older one;
+    records without an id, written before run ids, are not checked).
     """
     path = Path(run_dir) / HISTORY_FILE
     if not path.is_file():
@@ -50,10 +51,11 @@ def read_history(run_dir: Path, run_id: str | None = None) -> tuple[list[dict[st
         return None, f"No training curves: {path} could not be read ({type(error).__name__})."
     if not records:
         return None, f"No training curves: {path} is empty."
-    foreign = [record.get("run_id") for record in records if record.get("run_id") != run_id]
+    # A record without an id (written before run ids) is taken as it is; one with another id is not.
+    foreign = [record["run_id"] for record in records if record.get("run_id") not in (None, run_id)]
     if run_id is not None and foreign:
-        other = f"run {str(foreign[0])[:16]}" if isinstance(foreign[0], str) else "a run without an id"
-        return None, f"No training curves: {path} holds epochs of {other}, not of the checkpoint's run {run_id}."
+        other = str(foreign[0])[:16]
+        return None, f"No training curves: {path} holds epochs of run {other}, not of the checkpoint's run {run_id}."
     return records, ""
 
 
