@@ -101,6 +101,12 @@ def render_robustness(out: Output, robustness: dict[str, Any]) -> None:
         out.line(f"left out: {name} ({why})")
 
 
+def print_data_note(out: Output, report: dict[str, Any]) -> None:
+    """The evaluation's note that its data is not the training data, if any (on stderr under --json)."""
+    if "data_note" in report:
+        out.line(f"note: {report['data_note']}")
+
+
 def eval_command(
     checkpoint: CheckpointArgument,
     data_dir: CheckpointDataDirOption = None,
@@ -150,6 +156,7 @@ def eval_command(
             corruptions=corruptions,
             severities=severities,
         )
+    print_data_note(out, outcome.report)
     if json_output:
         out.json({**outcome.report, "out_dir": str(outcome.out_dir)})
         return

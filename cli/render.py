@@ -9,7 +9,6 @@ plain text, never Rich markup.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from resnet_cifar.files import printable
+
+from resnet_cifar.files import json_text
 
 
 class Output:
@@ -56,5 +57,5 @@ class Output:
             self.line("  ".join(cells).rstrip())
 
     def json(self, payload: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.write(json_text(payload) + "\n")
         sys.stdout.flush()

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from .common import cache_dir_from_env, reported_errors
-from .inference import render_eval
+from .inference import print_data_note, render_eval
 from .options import CheckpointDataDirOption, DeviceOption, EvalBatchSizeOption, JsonOption, TtaOption
 from .render import Output
 
@@ -72,6 +72,7 @@ def report(
             cache_dir=cache_dir_from_env(os.environ),
         )
     page = outcome.out_dir / REPORT_FILE
+    print_data_note(out, outcome.report)
     if json_output:
         out.json({**outcome.report, "out_dir": str(outcome.out_dir), "report": str(page)})
         return

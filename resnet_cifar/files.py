@@ -12,6 +12,7 @@ import errno
 import glob
 import hashlib
 import http.client
+import json
 import math
 import os
 import pickle
@@ -44,6 +45,8 @@ __all__ = [
     "download_verified",
     "file_digest",
     "first_line",
+    "json_ready",
+    "json_text",
     "one_line",
     "refuse_overwriting",
     "cut",
@@ -526,6 +529,32 @@ def _describe(reason: object, timeout: float) -> str:
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror
     return cut(" ".join(str(reason).split()), 200) or type(reason).__name__
+
+
+# --------------------------------------------------------------------------- strict JSON
+
+
+def json_ready(value: object) -> object:
+    """``value`` as plain, strict-JSON types: a NaN or infinite float becomes None (JSON null:
+    "no value", which is what an epoch that was not validated, or a diverged loss, has), a Path
+    its text, a tensor or numpy value (anything with ``tolist``) its list or number, a tuple a list."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()  # type: ignore[union-attr]
+    if isinstance(value, Mapping):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def json_text(value: object, *, indent: int | None = None) -> str:
+    """``value`` as strict JSON text (``json_ready``: no bare NaN or Infinity, which JavaScript's
+    JSON.parse and other strict parsers reject). The one writer of every JSON the project emits."""
+    return json.dumps(json_ready(value), indent=indent, allow_nan=False)
 
 
 # --------------------------------------------------------------------------- folders

@@ -56,7 +56,7 @@ from resnet_cifar.data.load import load_cifar10
 from resnet_cifar.data.loader_spec import LoaderSpec
 from resnet_cifar.data.split import limit_split
 from resnet_cifar.data.tensor_loader import TensorLoader
-from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit
+from resnet_cifar.data.types import IMAGE_SHAPE, CifarSplit, CifarSplits
 from resnet_cifar.engine.build import build_model, run_precision
 from resnet_cifar.engine.checkpointer import TrainedCheckpoint, read_trained_checkpoint, store_temperature
 from resnet_cifar.engine.precision import Precision, select_device
@@ -76,13 +76,16 @@ __all__ = [
     "EvalOutcome",
     "ImagePrediction",
     "TrainedModel",
+    "data_record",
     "default_eval_dir",
     "eval_precision",
     "evaluate_checkpoint",
     "evaluate_split",
+    "eval_subset",
     "load_eval_split",
     "load_trained_model",
     "predict_files",
+    "read_eval_data",
     "read_image_file",
     "write_eval_files",
 ]
@@ -192,13 +195,23 @@ def load_eval_split(
     image-folder cache (None: decode without one).
     """
     _check_request(split=split, limit=limit, data_dir=data_dir)
+    splits = read_eval_data(data_cfg, data_dir=data_dir, cache_dir=cache_dir)
+    return eval_subset(splits, data_cfg, split, limit=limit)
+
+
+def read_eval_data(data_cfg: DataConfig, *, data_dir: Path | None = None, cache_dir: Path | None = None) -> CifarSplits:
+    """The whole data set ``eval`` reads: ``data_dir``, else the checkpoint's data folder."""
     if data_dir is not None:
         root = Path(data_dir)
     else:
         root = data_cfg.data_dir
         if not root.is_dir():
             raise UsageError(f"{root}: the checkpoint's data folder does not exist here; pass --data-dir")
-    splits = load_cifar10(root, verify=data_cfg.verify, cache_dir=cache_dir)
+    return load_cifar10(root, verify=data_cfg.verify, cache_dir=cache_dir)
+
+
+def eval_subset(splits: CifarSplits, data_cfg: DataConfig, split: str, *, limit: int | None = None) -> CifarSplit:
+    """``split`` of ``splits`` as ``load_eval_split`` describes it."""
     if split == "test":
         return limit_split(splits.test, limit, data_cfg.seed)
     _, val = validation_split(splits.train, data_cfg, limit_val=limit if limit is not None else data_cfg.limit_val)
@@ -283,6 +296,21 @@ def calibrate_checkpoint(
     return outcome
 
 
+def data_record(trained: TrainedCheckpoint, splits: CifarSplits) -> dict[str, Any]:
+    """Which data an evaluation read, and whether it is the data the checkpoint was trained on:
+    ``data_dir`` (absolute), ``data_matches_training`` (None: the checkpoint records no
+    fingerprint) and, when it does not match, ``data_note`` saying so in one line."""
+    fingerprint = splits.fingerprint() if trained.data_fingerprint is not None else None
+    matches = None if fingerprint is None else fingerprint == trained.data_fingerprint
+    record: dict[str, Any] = {"data_dir": str(Path(splits.root).absolute()), "data_matches_training": matches}
+    if matches is False:
+        record["data_note"] = (
+            f"the data in {record['data_dir']} differs from the data {trained.path.name} was trained on "
+            f"(fingerprint {str(fingerprint)[:12]}, the checkpoint's {str(trained.data_fingerprint)[:12]})"
+        )
+    return record
+
+
 def default_eval_dir(checkpoint: Path, split: str) -> Path:
     """``eval-<split>`` beside the checkpoint."""
     return Path(checkpoint).parent / f"eval-{split}"
@@ -342,7 +370,8 @@ def evaluate_checkpoint(
     robustness_request = _robustness_request(corruptions, severities)
     checkpoint = Path(checkpoint)
     trained = load_trained_model(checkpoint, device=device)
-    data = load_eval_split(trained.config.data, split, data_dir=data_dir, limit=limit, cache_dir=cache_dir)
+    splits = read_eval_data(trained.config.data, data_dir=data_dir, cache_dir=cache_dir)
+    data = eval_subset(splits, trained.config.data, split, limit=limit)
     batch_size = batch_size or trained.config.data.eval_batch_size
     result = evaluate_split(trained, data, batch_size=batch_size, tta=tta, keep_predictions=True)
     # With TTA, the plain accuracy too, so a reader sees what the mirrored pass buys.
@@ -363,6 +392,7 @@ def evaluate_checkpoint(
         "device": str(trained.precision.device),
         "amp_dtype": None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
         "temperature_scaling": temperature_scaling(trained, result, data),
+        **data_record(trained, splits),
     }
     robustness = None
     if robustness_request is not None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
+from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, payload_digest, restore_rng_state
 from resnet_cifar.engine.checkpointer import CHECKPOINT_FORMAT, RESUME_KEYS, ResumeCheckpoint, read_trained_checkpoint
 from resnet_cifar.engine.early_stopping import EarlyStopping
 from resnet_cifar.engine.optim import build_optimizer, build_scheduler
@@ -85,7 +85,9 @@ def test_trainer_payload_round_trips_with_weights_only(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
     save_checkpoint(path, payload)
     loaded = load_checkpoint(path)
-    _assert_same(loaded, {"format": CHECKPOINT_FORMAT, **payload})
+    # The checkpointer stamps the format, the run's id and the digest of everything else.
+    stamps = {"run_id": loaded["run_id"], "digest": payload_digest(loaded)}
+    _assert_same(loaded, {"format": CHECKPOINT_FORMAT, **payload, **stamps})
     # and it loads back into fresh objects
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
     model.load_state_dict(loaded["model"])

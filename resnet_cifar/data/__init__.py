@@ -45,6 +45,7 @@ class Loaders:
     test: BatchLoader
     classes: tuple[str, ...]
     kind: str  # "tensor" or "dali", after resolving "auto"
+    fingerprint: str = ""  # CifarSplits.fingerprint of the data read ("" when not taken)
 
 
 def resolve_loader_kind(requested: str, device: torch.device, dali_installed: bool) -> str:
@@ -95,6 +96,9 @@ def build_loaders(
 
     kind = resolve_loader_kind(cfg.loader, device, dali_available())
     splits = load_cifar10(cfg.data_dir, verify=cfg.verify, cache_dir=cfg.cache_dir)
+    if len(splits.train.classes) < 2:  # it would "train" to accuracy 1.0, then no command accepts it
+        found = ", ".join(splits.train.classes)
+        raise UsageError(f"{cfg.data_dir}: a classifier needs at least two classes, the data has one ({found})")
     train, val = validation_split(splits.train, cfg)
     if len(train) < cfg.batch_size * num_shards:
         raise UsageError(
@@ -120,4 +124,5 @@ def build_loaders(
         test=loader_class(limit_split(splits.test, cfg.limit_test, cfg.seed), evaluation),
         classes=splits.train.classes,
         kind=kind,
+        fingerprint=splits.fingerprint(),
     )

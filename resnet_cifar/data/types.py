@@ -6,6 +6,7 @@ official CIFAR-10 class order is also the sorted order of the image-folder class
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,3 +75,14 @@ class CifarSplits:
     test: CifarSplit
     layout: str  # "python" | "binary" | "image-folder"
     root: Path
+
+    def fingerprint(self) -> str:
+        """sha256 of the content (class names, labels and images of train and test; not where or
+        in which layout they were read): the same data anywhere gives the same value. About 0.2 s
+        for CIFAR-10's 184 MB of pixels."""
+        digest = hashlib.sha256(b"resnet-cifar data fingerprint 1\n")
+        for split in (self.train, self.test):
+            digest.update(("\0".join(split.classes) + "\n").encode("utf-8", errors="surrogateescape"))
+            digest.update(memoryview(np.ascontiguousarray(split.labels)).cast("B"))
+            digest.update(memoryview(np.ascontiguousarray(split.images)).cast("B"))
+        return digest.hexdigest()

@@ -13,9 +13,10 @@ WriteError naming the file (exit 1).
 
 from __future__ import annotations
 
+import hashlib
 import random
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.files import atomic_write, first_line, weights_only_refusal
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6 is a zip archive
+# torch.jit.save's archives hold this record (torch.serialization._is_torchscript_zip looks for it).
+_TORCHSCRIPT_RECORD = "constants.pkl"
+DIGEST_ALGORITHM = "sha256"
 
 
 def write_checkpoint_bytes(path: Path, data: bytes | memoryview) -> None:
@@ -44,6 +48,11 @@ def load_checkpoint(path: Path, *, require: Iterable[str] = ("model",)) -> dict[
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"checkpoint not found: {path}")
+    if _is_torchscript(path):  # torch.load would warn on stderr, then refuse it under weights_only
+        raise DataError(
+            f"{path} is a TorchScript file (torch.jit.save, e.g. `resnet-cifar export --format torchscript`), not a "
+            "training checkpoint: give the best.pt or last.pt that `resnet-cifar train` wrote"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a weights_only refusal, a bad zip, a truncated or foreign file, ...
@@ -54,6 +63,45 @@ def load_checkpoint(path: Path, *, require: Iterable[str] = ("model",)) -> dict[
     if missing:
         raise DataError(f"{path} is not a checkpoint of this project: missing {', '.join(missing)}")
     return payload
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.rpartition("/")[2] == _TORCHSCRIPT_RECORD for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False  # not a readable zip: torch.load says what it is
+
+
+def payload_digest(payload: Mapping[str, object], *, skip: str = "digest") -> str:
+    """A sha256 over a checkpoint dict's whole content but its ``skip`` key: every tensor's dtype,
+    shape and bytes and every plain value, in the dict's order. Recorded at save time and checked
+    at load, it catches flipped or damaged bytes that torch.load reads without complaint (its zip
+    records carry no checksum it checks). Computed on the in-memory dict, so it is the same before
+    torch.save and after torch.load."""
+    digest = hashlib.new(DIGEST_ALGORITHM, usedforsecurity=False)
+    _feed(digest, {key: value for key, value in payload.items() if key != skip})
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, value: object) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)};".encode())
+        if tensor.numel():
+            digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(value, Mapping):
+        digest.update(f"D{len(value)};".encode())
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):  # pickle keeps which; the digest need not
+        digest.update(f"L{len(value)};".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        text = repr(value)
+        digest.update(f"{type(value).__name__}{len(text)}:{text};".encode())
 
 
 def _why_unreadable(path: Path, error: Exception) -> str:

@@ -20,8 +20,11 @@ once, in ``CHECKPOINT_KEYS``; ``RunState.state_dict`` assembles it from the part
 the monitor's and early stopping's, the RNG states and the loop's position, and
 ``RunState.load_state_dict`` puts it back. It holds only tensors and plain values, so it loads
 with ``torch.load(weights_only=True)``. Every check of whether a checkpoint fits a run (resume
-settings, process count, data seed, classes, weights' shapes, EMA, monitor) is made here, with one
-message each.
+settings, process count, data seed, classes, weights' shapes, the schedule's length and phases,
+EMA, monitor) is made here, with one message each. The checkpointer stamps each file with the run's
+id and, in the background writer, a sha256 digest of the rest (``payload_digest``), which every
+read checks: bytes flipped on disk are refused in one line instead of loading silently. Inference
+also refuses weights that hold NaN or infinity. A checkpoint without these (older) still loads.
 
 Checkpoints are written off the loop's path. The loop blocks only to *snapshot* the state: a copy
 into host buffers that are reused from one checkpoint to the next (pinned for CUDA tensors, so the
@@ -64,7 +67,6 @@ from __future__ import annotations
 import csv
 import fcntl
 import io
-import json
 import math
 import os
 import socket
@@ -82,11 +84,17 @@ from torch import Tensor, nn
 from resnet_cifar.config import TrainConfig, save_config
 from resnet_cifar.distributed import SINGLE_PROCESS, DistEnv
 from resnet_cifar.engine.build import RunParts
-from resnet_cifar.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, write_checkpoint_bytes
+from resnet_cifar.engine.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    payload_digest,
+    restore_rng_state,
+    write_checkpoint_bytes,
+)
 from resnet_cifar.engine.early_stopping import EarlyStopping, Monitor
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation.plots import plot_training_curves
-from resnet_cifar.files import UnwritableFolder, atomic_write, first_line
+from resnet_cifar.files import UnwritableFolder, atomic_write, first_line, json_text
 
 CHECKPOINT_FORMAT = 1
 CONFIG_FILE = "config.toml"
@@ -128,7 +136,12 @@ CHECKPOINT_KEYS: dict[str, str] = {
     "temperature": "None, or the temperature scaling fitted on the validation split for these weights (store_temperature:"
     " temperature, the val images it was fitted on, NLL and ECE before and after); inference divides the logits by it."
     " The trainer writes None: new weights need a new fit",
+    "run_id": "the run's id (hex), kept by a resume; metrics.jsonl and result.json carry the same",
+    "data_fingerprint": "sha256 of the data the run loaded (classes, labels, images of train and test)",
+    "digest": "sha256 of every other key's content (payload_digest), checked on load",
 }
+# Keys an older checkpoint of this format may lack: it still loads, without their checks.
+OPTIONAL_KEYS = ("run_id", "data_fingerprint", "digest")
 # The keys a resume requires; the others may be absent from an older or a foreign checkpoint.
 RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "history", "classes")
 # The keys inference requires.
@@ -185,6 +198,7 @@ class RunState:
             "config": cfg.to_dict(),
             "pretrained": parts.pretrained,
             "temperature": None,  # fitted after training (store_temperature), for the weights then final
+            "data_fingerprint": parts.loaders.fingerprint,
         }
 
     def load_state_dict(self, checkpoint: Mapping[str, Any], source: Path | str) -> LoopPosition:
@@ -198,6 +212,7 @@ class RunState:
         if list(checkpoint.get("classes", [])) != list(parts.classes):
             raise DataError(f"{source} was trained on classes {checkpoint.get('classes')}, not {list(parts.classes)}")
         self._check_model(checkpoint, source)
+        check_schedule(self.parts.scheduler.state_dict(), checkpoint.get("scheduler"), source)
         try:
             parts.module.load_state_dict(checkpoint["model"])
             parts.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -258,6 +273,10 @@ class Checkpointer:
         self._error: BaseException | None = None
         self._lock_fd: int | None = None
         self._token = uuid.uuid4().hex  # written into .lock beside the pid: the mark other machines look for
+        # The run's id: new for a fresh run, the checkpoint's for a resume (open_run). Stamped
+        # into every checkpoint, metrics.jsonl record and result.json, so a reader can tell
+        # whether they belong together.
+        self.run_id = new_run_id()
 
     def acquire(self) -> None:
         """Take the run folder (see the module notes); a no-op on ranks other than 0."""
@@ -293,11 +312,13 @@ class Checkpointer:
         return self.out_dir / name
 
     def check_new_run(self) -> None:
-        """Refuse to start a fresh run over a folder that already holds one."""
-        if self.path(LAST).exists():
-            raise UsageError(
-                f"{self.out_dir} already holds a run ({LAST}); use --resume {self.path(LAST)} or another --out"
-            )
+        """Refuse to start a fresh run over a folder that holds any run file: a new run would
+        truncate its metrics and leave its best.pt and result.json beside the new run's files."""
+        found = [name for name in RUN_FILES if self.path(name).exists()]
+        if not found:
+            return
+        how = f"use --resume {self.path(LAST)}" if LAST in found else "remove them"
+        raise UsageError(f"{self.out_dir} already holds a run ({', '.join(found)}); {how} or use another --out")
 
     def start(self, cfg: TrainConfig) -> None:
         """Create the folder and record the run's resolved config, without --resume, so
@@ -316,7 +337,7 @@ class Checkpointer:
         if not (self.is_main and names):
             return 0.0
         started = time.perf_counter()
-        snapshot = self._take_snapshot(payload)
+        snapshot = self._take_snapshot({**payload, "run_id": self.run_id})
         if stamp_last_record and snapshot.get("history"):
             snapshot["history"][-1] = {**snapshot["history"][-1], "checkpoint_seconds": time.perf_counter() - started}
         paths = [self.path(name) for name in names]
@@ -379,6 +400,7 @@ class Checkpointer:
 
     def _write(self, paths: list[Path], snapshot: dict[str, Any]) -> None:
         try:
+            snapshot["digest"] = payload_digest(snapshot)  # here, off the loop's path
             buffer = io.BytesIO()
             torch.save(snapshot, buffer)  # serialized once, whatever the number of files
             data = buffer.getbuffer()
@@ -417,6 +439,9 @@ class Checkpointer:
                 assert resume.path.expanduser() == cfg.run.resume, "the checkpoint read is the one cfg.run.resume names"
                 resume.check_run(cfg, world_size=world_size)
                 self._resume = resume
+                saved_id = resume.payload.get("run_id")
+                if isinstance(saved_id, str) and saved_id:
+                    self.run_id = saved_id  # a resume continues the same run
             if self.is_main and job.is_distributed:
                 atomic_write(self.path(JOB), job.run_id + "\n")
         except BaseException:
@@ -495,7 +520,7 @@ class Checkpointer:
         after the checkpoint a run resumed from never appears twice)."""
         if not self.is_main:
             return
-        lines = "".join(json.dumps(dict(record)) + "\n" for record in history)
+        lines = "".join(json_text({**record, "run_id": self.run_id}) + "\n" for record in history)
         atomic_write(self.path(METRICS_JSONL), lines)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(fields))
@@ -511,7 +536,7 @@ class Checkpointer:
     def write_result(self, summary: Mapping[str, Any]) -> None:
         if not self.is_main:
             return
-        atomic_write(self.path(RESULT), json.dumps(dict(summary), indent=2) + "\n")
+        atomic_write(self.path(RESULT), json_text(dict(summary), indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- reading a checkpoint: the rules
@@ -524,6 +549,45 @@ def stored_config(payload: Mapping[str, Any], path: Path) -> TrainConfig:
         return TrainConfig.from_dict(payload["config"])
     except UsageError as error:
         raise DataError(f"{path}: its stored config is invalid: {error}") from None
+
+
+def new_run_id() -> str:
+    """A fresh run's id: 16 random hex digits."""
+    return uuid.uuid4().hex[:16]
+
+
+# A schedule's state entries that say where it stands, not what it is: they may differ from a
+# freshly built schedule's; everything else (its length, phases, milestones) must not.
+_SCHEDULE_POSITION = frozenset(
+    {"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial", "verbose", "base_lrs"}
+)
+
+
+def check_schedule(built: Any, saved: Any, source: Path | str, where: str = "scheduler") -> None:
+    """Refuse (one DataError line) a checkpoint whose learning-rate schedule is not the one this
+    run builds from the same settings: its length, phases or milestones were altered, so resuming
+    would follow another schedule (or fail when it runs past its stored end)."""
+    if isinstance(built, Mapping) and isinstance(saved, Mapping):
+        for key in set(saved) - set(built) - _SCHEDULE_POSITION:  # e.g. a milestone added
+            check_schedule(None, saved[key], source, f"{where}.{key}")
+        for key, value in built.items():
+            if key not in _SCHEDULE_POSITION:
+                check_schedule(value, saved.get(key), source, f"{where}.{key}")
+        return
+    if isinstance(built, (list, tuple)) and isinstance(saved, (list, tuple)) and len(built) == len(saved):
+        for index, (value, stored) in enumerate(zip(built, saved)):
+            check_schedule(value, stored, source, f"{where}[{index}]")
+        return
+    if built != saved:
+        raise DataError(
+            f"{source}: its stored learning-rate schedule differs from the one its settings build "
+            f"({where} is {_short(saved)}, expected {_short(built)}); the file was altered, resume from another"
+        )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def describe_mismatch(expected: Mapping[str, Tensor], weights: Mapping[str, Tensor]) -> str:
@@ -573,6 +637,12 @@ def _read_payload(path: Path, *, require: Sequence[str]) -> dict[str, Any]:
     if payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format")
         raise DataError(f"{path}: unsupported checkpoint format {found!r} (expected {CHECKPOINT_FORMAT})")
+    recorded = payload.get("digest")
+    if recorded is not None and recorded != payload_digest(payload):
+        raise DataError(
+            f"{path} is damaged: its content does not match the digest recorded when it was saved "
+            "(flipped or overwritten bytes); use another checkpoint"
+        )
     return payload
 
 
@@ -667,6 +737,8 @@ class TrainedCheckpoint:
     epoch: int | None
     pretrained: dict[str, str] | None  # name, file and sha256 of the starting weights; None: random or older
     temperature: float | None  # the fitted temperature the logits are divided by; None: not calibrated
+    run_id: str | None  # the run's id (None: an older checkpoint)
+    data_fingerprint: str | None  # the training data's fingerprint (None: an older checkpoint)
 
     def load_into(self, model: nn.Module, state: Mapping[str, Tensor]) -> None:
         """The checkpoint's weights (``state``, from read_trained_checkpoint) into ``model``, built
@@ -693,7 +765,13 @@ def read_trained_checkpoint(path: Path) -> tuple[TrainedCheckpoint, dict[str, Te
     epoch = int(payload["epoch"]) if isinstance(payload.get("epoch"), int) else None
     pretrained = _checked_pretrained(payload.get("pretrained"), path)
     temperature = read_temperature(payload, path)
-    return TrainedCheckpoint(path, classes, config, weights, epoch, pretrained, temperature), state
+    _check_finite(state, path, weights)
+    run_id, fingerprint = payload.get("run_id"), payload.get("data_fingerprint")
+    saved = TrainedCheckpoint(
+        path, classes, config, weights, epoch, pretrained, temperature,
+        run_id if isinstance(run_id, str) else None, fingerprint if isinstance(fingerprint, str) else None,
+    )  # fmt: skip
+    return saved, state
 
 
 def read_temperature(payload: Mapping[str, Any], path: Path) -> float | None:
@@ -718,11 +796,23 @@ def store_temperature(path: Path, record: Mapping[str, Any]) -> None:
         payload = _read_payload(path, require=TRAINED_KEYS)
         payload["temperature"] = dict(record)
         read_temperature(payload, path)  # what is stored reads back
+        if payload.get("digest") is not None:  # checked on read above; stamped again for the new content
+            payload["digest"] = payload_digest(payload)
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         write_checkpoint_bytes(path, buffer.getbuffer())
     finally:
         holder.release()
+
+
+def _check_finite(state: Mapping[str, Tensor], path: Path, weights: str) -> None:
+    """Refuse weights that hold NaN or infinity: every output of such a model is meaningless."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise DataError(
+                f"{path}: its {weights} weights hold NaN or infinite values (first {key}): the model diverged, "
+                "and nothing it outputs means anything; use a checkpoint from before"
+            )
 
 
 def select_weights(payload: Mapping[str, Any], path: Path) -> tuple[dict[str, Tensor], str]:

@@ -19,7 +19,10 @@ STOP_AGREEMENT_STEPS steps, when the ranks agree on it): from a signal (the CLI'
 sets it) a resumable last.pt is written and the result names the signal (``interrupted``); from a
 sweep's pruner the run stops after its epoch and the result says ``pruned``. A non-finite loss
 raises NonFiniteLossError before any update, and no checkpoint is written after it, so the last
-good last.pt/best.pt stay as they were.
+good last.pt/best.pt stay as they were. A validation whose loss is NaN or infinite (a model that
+diverged while its training loss stayed finite) is the same kind of end: the epoch is recorded in
+metrics.jsonl (``diverged``, its val_loss null), no checkpoint is written for it, and the run
+raises NonFiniteValidationError (exit 1); a sweep fails that trial with the message and goes on.
 
 Multi-process (DDP) training: build the parts for the job's DistEnv (``build_run(cfg,
 distributed=...)``), inside a started process group (resnet_cifar.distributed.process_group).
@@ -52,6 +55,7 @@ from resnet_cifar.distributed import SINGLE_PROCESS, DistEnv
 from resnet_cifar.engine.build import RunParts, build_run
 from resnet_cifar.engine.checkpointer import Checkpointer, LoopPosition, ResumeCheckpoint, RunState
 from resnet_cifar.engine.early_stopping import EarlyStopping, Monitor
+from resnet_cifar.errors import ResnetCifarError
 from resnet_cifar.evaluation import EvalResult, evaluate
 from resnet_cifar.models import set_train_mode
 
@@ -68,6 +72,7 @@ METRIC_FIELDS = (
     "validated",
     "eval_seconds",
     "checkpoint_seconds",
+    "diverged",
 )
 
 
@@ -85,12 +90,33 @@ class EpochRecord:
     images_per_sec: float  # training images per second, all processes together
     epoch_seconds: float  # training and validation, checkpointing apart
     val_count: int = 0  # validation images the val metrics cover (all processes together)
-    validated: bool = True  # False for an epoch before --eval-from (its val metrics are NaN)
+    validated: bool = True  # False for an epoch before --eval-from (its val metrics are NaN: null in JSON)
     eval_seconds: float = 0.0  # the validation pass
     checkpoint_seconds: float = 0.0  # the loop was blocked by checkpointing (snapshot + waiting for a write)
+    diverged: bool = False  # validation gave a NaN or infinite loss: the run stopped after this epoch
+
+    @property
+    def val_finite(self) -> bool:
+        """Whether the validation, if there was one, gave a finite loss."""
+        return not self.validated or math.isfinite(self.val_loss)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class NonFiniteValidationError(ResnetCifarError):
+    """Validation gave a NaN or infinite loss: the model diverged. The epoch is in metrics.jsonl
+    (``diverged``); no checkpoint holds it, so last.pt and best.pt are the epochs before it."""
+
+    exit_code = 1
+
+    def __init__(self, record: EpochRecord, out_dir: Path) -> None:
+        kept = "no checkpoint was written" if record.epoch == 1 else f"{out_dir}'s checkpoints hold the epochs before it"
+        super().__init__(
+            f"epoch {record.epoch}: the validation loss is {record.val_loss} (the model diverged; try a lower --lr "
+            f"or --grad-clip); the run stopped, {kept}"
+        )
+        self.record = record
 
 
 @dataclass(frozen=True)
@@ -112,6 +138,7 @@ class FitResult:
     reached_target: bool | None = None  # --target-acc: whether validation reached it (None: no target)
     time_to_target_s: float | None = None  # training seconds (validations included) until it did
     pruned: bool = False  # a sweep's pruner stopped the run after an epoch (not an interruption)
+    run_id: str | None = None  # the run's id, as in its checkpoints and metrics.jsonl
 
     @property
     def test_acc(self) -> float | None:
@@ -137,6 +164,7 @@ class FitResult:
             "train_seconds": self.train_seconds,
             "reached_target": self.reached_target,
             "time_to_target_s": self.time_to_target_s,
+            "run_id": self.run_id,
         }
 
 
@@ -378,6 +406,8 @@ class Trainer:
             record = self._train_epoch(epoch)
             if record is None:  # stopped mid-epoch: resumable checkpoint written
                 return self._finish(stopped_early=False, stop_reason=None, test=None)
+            if not record.val_finite:
+                self._diverged(record)
             is_best, should_stop, reason = self._judge(record)
             reached = record.validated and target is not None and record.val_acc >= target
             if reached:
@@ -406,6 +436,16 @@ class Trainer:
         # reports it (as in one process), and every rank must report the same.
         self._agreed_stop()
         return self._finish(stopped_early=stopped_early, stop_reason=stop_reason, test=test)
+
+    def _diverged(self, record: EpochRecord) -> None:
+        """A validation that gave a NaN or infinite loss: the epoch recorded as such, no checkpoint
+        for it (the weights are the diverged ones), and the run ends with one line (every rank
+        sees the same reduced loss, so all end together)."""
+        record = replace(record, diverged=True)
+        self.history.append(record)
+        self._write_metrics()
+        self.on_event(EpochFinished(record=record, is_best=False))
+        raise NonFiniteValidationError(record, self.checkpointer.out_dir)
 
     def _write_metrics(self) -> None:
         self.checkpointer.write_metrics([record.to_dict() for record in self.history], METRIC_FIELDS)
@@ -499,6 +539,7 @@ class Trainer:
             reached_target=None if self.cfg.run.target_acc is None else self.time_to_target_s is not None,
             time_to_target_s=self.time_to_target_s,
             pruned=self.stop.pruned,
+            run_id=self.checkpointer.run_id,
         )
         self.checkpointer.wait()  # every checkpoint is on disk before the run reports
         self.checkpointer.write_result(result.to_dict())
@@ -518,7 +559,13 @@ def build_trainer(
     anything is built, so a refused run costs nothing and changes nothing. ``resume``: the
     checkpoint ``cfg.run.resume`` names, when the caller has read it already (the CLI does, for
     its settings). Under torchrun, pass the job's DistEnv and call it inside
-    resnet_cifar.distributed.process_group."""
+    resnet_cifar.distributed.process_group.
+
+    The data folder is recorded as an absolute path (config.toml, checkpoints), so ``eval`` from
+    another folder scores the data the run trained on, not whatever the relative path names there."""
+    data_dir = Path(cfg.data.data_dir).expanduser().absolute()
+    if data_dir != cfg.data.data_dir:
+        cfg = replace(cfg, data=replace(cfg.data, data_dir=data_dir))
     checkpointer = Checkpointer(cfg.run.out_dir, is_main=distributed.is_main, every=cfg.run.checkpoint_every)
     checkpointer.open_run(cfg, world_size=distributed.world_size, resume=resume, job=distributed)
     try:
@@ -545,6 +592,7 @@ __all__ = [
     "EpochRecord",
     "Event",
     "FitResult",
+    "NonFiniteValidationError",
     "RunStarted",
     "StepFinished",
     "StopRequest",

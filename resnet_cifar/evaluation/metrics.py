@@ -182,7 +182,9 @@ def calibration_totals(confidences: Tensor, correct: Tensor, num_bins: int = CAL
 
     Bin ``m`` (0-based) holds the confidences in ``(m / M, (m + 1) / M]``, the convention of Guo
     et al.; a confidence of exactly 0 goes to the first bin. Sums, not means, so that totals from
-    several batches or processes add up exactly.
+    several batches or processes add up exactly. A NaN or infinite confidence (a model whose
+    outputs diverged) is in no bin: it has no place on the [0, 1] scale, and the evaluation's
+    loss already says NaN.
     """
     if num_bins < 1:
         raise ValueError(f"num_bins must be positive, got {num_bins}")
@@ -190,11 +192,14 @@ def calibration_totals(confidences: Tensor, correct: Tensor, num_bins: int = CAL
     correct = correct.detach().reshape(-1)
     if confidences.shape != correct.shape:
         raise DataError(f"confidences and correct differ in length: {confidences.numel()} vs {correct.numel()}")
+    # Weighted out rather than filtered out: no host sync per batch.
+    counted = torch.isfinite(confidences).to(torch.float64)
+    confidences = torch.where(counted > 0, confidences, torch.zeros_like(confidences))
     bins = (torch.ceil(confidences * num_bins) - 1).clamp_(0, num_bins - 1).to(torch.int64)
     totals = torch.zeros(3, num_bins, dtype=torch.float64, device=confidences.device)
-    totals[0].index_add_(0, bins, torch.ones_like(confidences))
+    totals[0].index_add_(0, bins, counted)
     totals[1].index_add_(0, bins, confidences)
-    totals[2].index_add_(0, bins, correct.to(torch.float64))
+    totals[2].index_add_(0, bins, correct.to(torch.float64) * counted)
     return totals
 
 

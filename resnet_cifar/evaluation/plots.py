@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, Union
 import numpy as np
 from torch import Tensor
 
-from resnet_cifar.files import atomic_write, printable
+from resnet_cifar.files import atomic_write, json_text, printable
 
 __all__ = [
     "plot_confusion_matrix",
@@ -162,24 +161,6 @@ def write_confusion_csv(matrix: MatrixLike, class_names: Sequence[str], path: Pa
     atomic_write(Path(path), text.getvalue())
 
 
-def _json_ready(value: Any) -> Any:
-    """Plain JSON types: tensors and numpy values become lists or numbers; NaN and inf become null."""
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().tolist()
-    elif isinstance(value, (np.ndarray, np.generic)):
-        value = value.tolist()
-    if isinstance(value, Mapping):
-        return {str(key): _json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        # Strict JSON has no NaN; null reads as "no value", which is what a diverged loss is.
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_metrics_json(payload: Mapping[str, Any], path: Path) -> None:
     """Write ``payload`` as strict, indented JSON (non-finite floats as null)."""
-    atomic_write(Path(path), json.dumps(_json_ready(payload), indent=2, allow_nan=False) + "\n")
+    atomic_write(Path(path), json_text(payload, indent=2) + "\n")

@@ -38,12 +38,14 @@ MAX_EPOCH = 1_000_000
 MAX_MAGNITUDE = 1e100
 
 
-def read_history(run_dir: Path) -> tuple[list[dict[str, Any]] | None, str]:
+def read_history(run_dir: Path, run_id: str | None = None) -> tuple[list[dict[str, Any]] | None, str]:
     """The per-epoch records of ``run_dir/metrics.jsonl``, or None and the reason there are none.
 
     Every field is untrusted: a missing, unreadable, oversized or hostile file (deep nesting, an
     epoch out of 1..MAX_EPOCH, a number beyond MAX_MAGNITUDE or infinite) costs the report its
     curves, with a note saying why, never the report itself. NaN is kept (an epoch not validated).
+    So do records of another run than the checkpoint's (``run_id``: its id, None for an older
+    one; records without an id, written before run ids, are not checked).
     """
     path = Path(run_dir) / HISTORY_FILE
     if not path.is_file():
@@ -68,6 +70,11 @@ def read_history(run_dir: Path) -> tuple[list[dict[str, Any]] | None, str]:
         records.append(dict(record))
     if not records:
         return None, f"No training curves: {path} is empty."
+    # A record without an id (written before run ids) is taken as it is; one with another id is not.
+    foreign = [record["run_id"] for record in records if record.get("run_id") not in (None, run_id)]
+    if run_id is not None and foreign:
+        other = str(foreign[0])[:16]
+        return None, f"No training curves: {path} holds epochs of run {other}, not of the checkpoint's run {run_id}."
     return records, ""
 
 
@@ -146,7 +153,7 @@ def report_inputs(outcome: EvalOutcome, *, generated: datetime | None = None) ->
     if outcome.trained is None or outcome.data is None or outcome.result.predictions is None:
         raise ValueError("the outcome lacks the model, images or per-image predictions a report needs")
     trained, data, result = outcome.trained, outcome.data, outcome.result
-    history, note = read_history(trained.path.parent)
+    history, note = read_history(trained.path.parent, trained.run_id)
     try:
         saved: datetime | None = datetime.fromtimestamp(trained.path.stat().st_mtime)
     except OSError:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import math
 import os
 import threading
@@ -54,7 +53,7 @@ from typing import Any
 from resnet_cifar.config import TrainConfig, config_text
 from resnet_cifar.engine.trainer import EpochFinished, Event, StepFinished, StopRequest, train
 from resnet_cifar.errors import ResnetCifarError, UsageError
-from resnet_cifar.files import atomic_write, one_line
+from resnet_cifar.files import atomic_write, json_text, one_line
 from resnet_cifar.tuning.page import Axis, SweepPage, render_sweep_page
 from resnet_cifar.tuning.space import SearchSpace, check_space
 from resnet_cifar.tuning.storage import (
@@ -660,7 +659,7 @@ def _finish(
     study.tell(trial, value if state.name == "COMPLETE" else None, state=state)
     summary = _summary(_frozen(study, trial.number))
     if folder.is_dir():
-        atomic_write(folder / "trial.json", json.dumps(summary.to_dict(), indent=2) + "\n")
+        atomic_write(folder / "trial.json", json_text(summary.to_dict(), indent=2) + "\n")
     emit(TrialFinished(trial=summary))
 
 
