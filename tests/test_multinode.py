@@ -29,8 +29,9 @@ from test_distributed import SMALL, console_script, job_env, worker_pid
 from resnet_cifar.distributed import DistEnv, PeerLost, peer_lost, read_env
 from resnet_cifar.engine.checkpoint import load_checkpoint
 from resnet_cifar.engine.checkpointer import JOB, elastic_resume
-from resnet_cifar.engine.trainer import TIMING_FIELDS
 from resnet_cifar.errors import UsageError
+
+from helpers import TIMING_FIELDS
 
 EPOCHS = ["--epochs", "2", "--deterministic"]  # 4 steps an epoch: 256 images, global batch 64
 # A fresh rendezvous store for each attempt: what --max-restarts needs (docs/distributed.md).
