@@ -151,6 +151,8 @@ def _calibrate_best(cfg: Any, result: Any) -> dict[str, Any] | None:
     from resnet_cifar.inference import calibrate_checkpoint
 
     best = result.out_dir / BEST
+    if not best.is_file():  # a resume into a new folder with nothing left to train writes no best.pt there
+        return None
     return calibrate_checkpoint(best, device=cfg.precision.device, cache_dir=cfg.data.cache_dir).to_dict()
 
 

@@ -323,3 +323,9 @@ def drop_file_permission_override() -> None:
     for capability in (1, 2):
         if libc.prctl(24, capability, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def without_calibration(summary: dict[str, Any]) -> dict[str, Any]:
+    """``train --json``'s summary as result.json records it: the CLI calibrates best.pt after the
+    run's record is written and adds that step's figures (``temperature_scaling``) to what it prints."""
+    return {key: value for key, value in summary.items() if key != "temperature_scaling"}

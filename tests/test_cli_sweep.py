@@ -101,7 +101,7 @@ def test_sweep_takes_every_setting_flag_of_train() -> None:
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     train_flags = {option for param in commands["train"].params for option in [*param.opts, *param.secondary_opts]}
     sweep_flags = {option for param in commands["sweep"].params for option in [*param.opts, *param.secondary_opts]}
-    assert train_flags - sweep_flags == {"--resume"}  # --out and --json exist in both, with the sweep's meaning
+    assert train_flags - sweep_flags == {"--resume", "--seeds", "--repeats"}  # --out and --json exist in both, with the sweep's meaning
     assert {"--trials", "--epochs", "--timeout", "--space", "--lr", "--seed", "--amp", "--no-amp"} <= sweep_flags
 
 

@@ -261,7 +261,9 @@ def test_the_rehearsal_judges_no_goal_on_a_cpu(rehearsal) -> None:
 def test_a_budget_too_small_for_the_plan_ends_in_time_and_marks_what_it_left_out(
     tmp_path: Path, prepared: Path, device_venv: Path
 ) -> None:
-    budget = 60
+    # Under every step's shortest useful time in the dry run (15 s): what is left out does not
+    # depend on how fast this machine runs the steps that would fit a larger budget.
+    budget = 14
     done, seconds = rehearse(prepared, device_venv, tmp_path / "out", GPU_RUN_BUDGET_S=str(budget))
     assert done.returncode in (0, 1), done.stderr[-3000:]  # 1: a step cut at its limit
     assert seconds <= budget + 8, seconds
