@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +22,14 @@ from resnet_cifar.choices.corruptions import (
     parse_severities,
     select_corruptions,
 )
-from resnet_cifar.evaluation.corruptions import corrupt, defocus_kernel, elastic_transform, pixelate_matrix
+from resnet_cifar.evaluation.corruptions import (
+    corrupt,
+    defocus_kernel,
+    elastic_transform,
+    imagemagick_motion_blur,
+    motion_taps,
+    pixelate_matrix,
+)
 from resnet_cifar.evaluation.robustness import corrupt_split
 
 COUNT = 300  # real test images
@@ -41,11 +51,11 @@ def level(name: str, severity: int):
 def test_registry_names_families_and_severities() -> None:
     assert set(AVAILABLE) | set(LEFT_OUT) == set(CORRUPTIONS) and len(CORRUPTIONS) == 15
     assert all(len(CORRUPTIONS[name].levels) == 5 for name in AVAILABLE)
-    assert set(LEFT_OUT) == {"motion_blur", "snow", "frost"}
+    assert set(LEFT_OUT) == {"frost"}
     names, skipped = select_corruptions("noise,contrast")
     assert names == ("gaussian_noise", "shot_noise", "impulse_noise", "contrast") and skipped == {}
     names, skipped = select_corruptions("weather")
-    assert names == ("fog", "brightness") and set(skipped) == {"snow", "frost"}
+    assert names == ("snow", "fog", "brightness") and set(skipped) == {"frost"}
     with pytest.raises(ValueError, match="unknown 'rain'"):
         select_corruptions("noise,rain")
     assert parse_severities("1-3,5") == (1, 2, 3, 5)
@@ -171,7 +181,7 @@ def test_defocus_kernel_is_the_anti_aliased_disk(severity: int) -> None:
     assert kernel[8, 8].item() == kernel.max().item()
 
 
-@pytest.mark.parametrize("name", ["defocus_blur", "zoom_blur", "glass_blur", "elastic_transform"])
+@pytest.mark.parametrize("name", ["defocus_blur", "motion_blur", "zoom_blur", "glass_blur", "elastic_transform"])
 def test_blurs_and_warps_keep_a_flat_image_flat(name: str) -> None:
     flat = torch.full((4, 32, 32, 3), 128, dtype=torch.uint8)
     for severity in SEVERITIES:
@@ -249,3 +259,87 @@ def test_elastic_displacement_has_the_spread_of_its_smoothed_noise(severity: int
     moved = (out[:, 0] - cols)[:, 4:28, 4:28]  # away from the mirrored edges
     expected = 32 * alpha / (math.sqrt(12 * math.pi) * 32 * sigma)
     assert moved.std().item() == pytest.approx(expected, rel=0.15)
+
+
+def imagemagick(images: np.ndarray, radius: float, sigma: float, angle: float, folder: Path) -> np.ndarray:
+    """``images`` (uint8, ``[N, H, W]`` grey or ``[N, H, W, 3]``) through ImageMagick's own
+    ``-motion-blur RADIUSxSIGMA+ANGLE`` (MotionBlurImage, what Wand's MagickMotionBlurImage calls),
+    PNG in and out as in make_cifar_c.py, all images in one call."""
+    convert = shutil.which("convert")
+    version = subprocess.run([convert or "convert", "-version"], capture_output=True, text=True, check=False)
+    assert "ImageMagick" in version.stdout, "these tests need ImageMagick (apt-get install imagemagick; .ci/run does)"
+    sources = []
+    for index, image in enumerate(images):
+        sources.append(folder / f"in-{index}.png")
+        Image.fromarray(image).save(sources[-1])
+    subprocess.run(
+        [convert, *map(str, sources), "-motion-blur", f"{radius}x{sigma}+{angle}", str(folder / "out-%d.png")],
+        check=True,
+    )
+    # ImageMagick picks the PNG's colour type (grey, palette) from the content; decode to the input's.
+    mode = "L" if images.ndim == 3 else "RGB"
+    return np.stack([np.asarray(Image.open(folder / f"out-{index}.png").convert(mode)) for index in range(len(images))])
+
+
+@pytest.mark.parametrize("severity", SEVERITIES)
+def test_motion_blur_is_imagemagicks(clean: torch.Tensor, severity: int, tmp_path: Path) -> None:
+    radius, sigma = level("motion_blur", severity)
+    images = clean[:12]
+    for angle in (-45.0, -17.5, 0.0, 31.0, 45.0):
+        expected = imagemagick(images.numpy(), radius, sigma, angle, tmp_path)
+        angles = torch.full((len(images),), angle)
+        ours = imagemagick_motion_blur(images.permute(0, 3, 1, 2).float(), radius, sigma, angles)
+        difference = np.abs(ours.permute(0, 2, 3, 1).numpy().astype(int) - expected.astype(int))
+        # float32 sums against ImageMagick's doubles: a quantum on a rounding edge may differ by one.
+        assert difference.max() <= 1 and (difference == 0).mean() > 0.999, angle
+
+
+def test_motion_taps_are_imagemagicks_one_sided_gaussian() -> None:
+    taps = motion_taps(6, 1.5)
+    assert len(taps) == 13 and taps.sum().item() == pytest.approx(1.0)
+    assert taps[1].item() / taps[0].item() == pytest.approx(math.exp(-1 / (2 * 1.5**2)))
+    assert torch.all(taps[1:] < taps[:-1])
+
+
+def test_motion_blur_draws_its_angle_per_image_within_45_degrees(clean: torch.Tensor) -> None:
+    # A single bright pixel on black: its streak shows each image's direction, which stays within
+    # 45 degrees of the x axis (|dy| <= |dx|) and differs between images.
+    dot = torch.zeros((64, 32, 32, 3), dtype=torch.uint8)
+    dot[:, 16, 16] = 255
+    out = corrupted(dot, "motion_blur", 5, seed=3)[..., 0].double()
+    rows, cols = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    # The output at (x, y) reads the dot from x + dx, y + dy: the streak runs from the dot backwards.
+    weight = out / out.sum(dim=(1, 2), keepdim=True)
+    dx = 16 - (weight * cols).sum(dim=(1, 2))
+    dy = 16 - (weight * rows).sum(dim=(1, 2))
+    assert torch.all(dx.abs() >= dy.abs() - 0.5) and torch.all(dx > 0.5)
+    assert dy.std().item() > 0.3  # the angles differ from image to image
+
+
+@pytest.mark.parametrize("severity", SEVERITIES)
+def test_snow_lifts_the_image_and_adds_symmetric_streaked_flakes(clean: torch.Tensor, severity: int) -> None:
+    *_, kept = level("snow", severity)
+    x = clean.double() / 255
+    out = corrupted(clean, "snow", severity).double()
+    grey = (0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2])[..., None]
+    lifted = kept * x + (1 - kept) * torch.maximum(x, grey * 1.5 + 0.5)
+    # The flakes are a grey 8-bit layer (ImageMagick's PNG) added to the lifted image: what the
+    # output holds above the lifted image is a whole number of levels, the same in every channel.
+    flakes = out - torch.floor(lifted * 255 + 1e-3)
+    unclipped = ((out < 255) & (lifted < 1)).all(dim=3)
+    level_of = flakes[..., 0]
+    agree = (flakes == level_of[..., None]).all(dim=3)[unclipped]
+    assert agree.double().mean().item() > 0.995
+    assert flakes[unclipped].min().item() >= -1 and (flakes[unclipped] >= 0).double().mean().item() > 0.995
+    assert (level_of[unclipped] == 0).double().mean().item() > 0.02  # bare ground between flakes
+    assert level_of[unclipped].mean().item() > 1  # and snow
+    # The layer is added once as drawn and once turned by 180 degrees: it equals its half-turn.
+    both = unclipped & unclipped.flip(1, 2)
+    same = (level_of - level_of.flip(1, 2)).abs()[both]
+    assert same.max().item() <= 1 and (same == 0).double().mean().item() > 0.99
+    # Streaks fall within 45 degrees of the vertical (angles -135..-45): the flakes change less
+    # down a column than along a row.
+    layer = torch.where(unclipped, level_of, torch.zeros_like(level_of))
+    column_change = (layer[:, 1:, :] - layer[:, :-1, :]).abs().mean().item()
+    row_change = (layer[:, :, 1:] - layer[:, :, :-1]).abs().mean().item()
+    assert column_change < row_change

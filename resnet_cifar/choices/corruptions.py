@@ -19,7 +19,6 @@ from typing import Any
 
 SEVERITIES = (1, 2, 3, 4, 5)
 FAMILIES = ("noise", "blur", "weather", "digital")
-_MOTION_BLUR = "it needs ImageMagick's motion blur (MagickMotionBlurImage through Wand), not reimplemented here"
 
 
 @dataclass(frozen=True)
@@ -50,11 +49,25 @@ CORRUPTIONS: dict[str, CorruptionSpec] = {
         "sigma, max shift, iterations",
         ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
     ),
-    "motion_blur": CorruptionSpec("blur", "", unavailable=_MOTION_BLUR),
+    "motion_blur": CorruptionSpec(
+        "blur",
+        "ImageMagick radius, sigma (angle uniform in -45..45 degrees)",
+        ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),
+    ),
     "zoom_blur": CorruptionSpec(
         "blur", "zoom factors from 1 in steps of 0.01, below this", (1.06, 1.11, 1.16, 1.21, 1.26)
     ),
-    "snow": CorruptionSpec("weather", "", unavailable=f"its snow layer is motion-blurred: {_MOTION_BLUR}"),
+    "snow": CorruptionSpec(
+        "weather",
+        "flake mean, std, zoom, threshold; blur radius, sigma; share of the image kept",
+        (
+            (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
+            (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+            (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+            (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+            (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+        ),
+    ),
     "frost": CorruptionSpec(
         "weather", "", unavailable="it needs the paper's frost photographs (frost1.png ... frost6.jpg), not shipped"
     ),
