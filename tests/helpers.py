@@ -7,9 +7,11 @@ import contextlib
 import ctypes
 import os
 import re
+import select
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -111,6 +113,40 @@ def read_until(stream: IO[str], prefix: str) -> str:
             return line
         seen.append(line)
     raise AssertionError(f"no line starting with {prefix!r} before the output ended:\n{''.join(seen)}")
+
+
+_IN_CREATE, _IN_MOVED_TO = 0x100, 0x80  # <sys/inotify.h>: an entry made in, or renamed into, a folder
+
+
+def wait_for_path(path: Path, processes: Sequence[subprocess.Popen[Any]], timeout: float = 600) -> None:
+    """Block until ``path`` exists, woken by the kernel: an inotify watch on the nearest folder
+    that exists reports each entry made or renamed into it, and a pidfd of each of ``processes``
+    reports its exit. Fails when one of them exits first (the file will never come) or after
+    ``timeout`` seconds, a bound for a hung child, not a pace. Linux only, as the tests that use it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    watcher = libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK)
+    assert watcher >= 0, os.strerror(ctypes.get_errno())
+    exits = [os.pidfd_open(process.pid) for process in processes]
+    try:
+        give_up = time.monotonic() + timeout
+        while True:
+            folder = next(parent for parent in path.parents if parent.exists())
+            # Watch first, then look: an entry made between the two still wakes the select below.
+            libc.inotify_add_watch(watcher, bytes(folder), _IN_CREATE | _IN_MOVED_TO)
+            if path.exists():
+                return
+            ended = [process.args for process in processes if process.poll() is not None]
+            assert not ended, f"{path} never appeared: {ended} exited ({[p.returncode for p in processes]})"
+            left = give_up - time.monotonic()
+            assert left > 0, f"{path} did not appear within {timeout:.0f} s"
+            ready, _, _ = select.select([watcher, *exits], [], [], left)
+            if watcher in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(watcher, 1 << 16)  # drained; the loop looks again
+    finally:
+        os.close(watcher)
+        for handle in exits:
+            os.close(handle)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from resnet_cifar.engine.checkpoint import load_checkpoint
 from resnet_cifar.engine.checkpointer import JOB, elastic_resume
 from resnet_cifar.errors import UsageError
 
-from helpers import TIMING_FIELDS
+from helpers import TIMING_FIELDS, wait_for_path
 
 EPOCHS = ["--epochs", "2", "--deterministic"]  # 4 steps an epoch: 256 images, global batch 64
 # A fresh rendezvous store for each attempt: what --max-restarts needs (docs/distributed.md).
@@ -102,14 +101,6 @@ def job_cleanup() -> Iterator[list[Job]]:
     yield jobs
     for job in jobs:
         job.stop()
-
-
-def wait_for_file(path: Path, job: Job, deadline: float) -> None:
-    """Until ``path`` exists (the job's launchers still running), or fail."""
-    while not path.exists():
-        assert all(code is None for code in (launcher.poll() for launcher in job.launchers)), job.codes
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 def running_worker(marker: str, rank: int) -> int:
@@ -224,8 +215,7 @@ def test_a_stopped_node_stops_the_job_which_resumes_exactly(
     train = [*SMALL, *EPOCHS, "--data-dir", str(real_data_root)]
     job = start_job(decoded_cache_dir, (out, out), train, run_id="stopped")
     job_cleanup.append(job)
-    deadline = time.monotonic() + 600
-    wait_for_file(out / "last.pt", job, deadline)  # epoch 1 is done: its checkpoint is in place
+    wait_for_path(out / "last.pt", job.launchers)  # epoch 1 is done: its checkpoint is in place
     os.kill(running_worker(job.marker, 1), signal.SIGTERM)  # one node's worker, as a scheduler would
     job.finish()
     # Both nodes stop (torchrun reports its worker's 143 as a failure) and rank 0 says how to go on.
@@ -256,8 +246,7 @@ def test_elastic_restart_after_a_killed_node_resumes_from_last_checkpoint(
         decoded_cache_dir, (out, out), train, run_id="elastic", torchrun=("--max-restarts=1",), **RESTARTABLE
     )
     job_cleanup.append(job)
-    deadline = time.monotonic() + 600
-    wait_for_file(out / "last.pt", job, deadline)  # epoch 1's checkpoint is in place
+    wait_for_path(out / "last.pt", job.launchers)  # epoch 1's checkpoint is in place
     os.kill(running_worker(job.marker, 1), signal.SIGKILL)  # no chance to save: a crash
     job.finish()
     # torchrun restarted both nodes' workers, which found this job's last.pt and finished the run.
