@@ -8,10 +8,10 @@ stays with the module that owns it. Most of those modules import torch: filling 
 moment keeps ``resnet-cifar --help`` (which lists each command by the first paragraph of its
 help, naming no value) and the commands that need no torch free of it.
 
-Three format specs read a collection: ``{sweep.BEST_FORMATS:or}`` shows choices as "toml or
+Four format specs read a collection: ``{sweep.BEST_FORMATS:or}`` shows choices as "toml or
 yaml", ``{export.FORMATS:described}`` a registry's names each with its help ("onnx (a model for
 ...), ..."), ``{space.DEFAULT_SPACE:flags}`` dotted settings as their flags ("--lr,
---batch-size"). A literal brace is written twice, as in ``str.format``.
+--batch-size"), ``{corruptions.LEFT_OUT:list}`` the items as they are, comma-separated. A literal brace is written twice, as in ``str.format``.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ class _LibraryValues(string.Formatter):
             return described(value)
         if format_spec == "flags":
             return ", ".join(flag_for(key) for key in value)
+        if format_spec == "list":
+            return ", ".join(value)
         return super().format_field(value, format_spec)
 
 

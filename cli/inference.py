@@ -39,7 +39,7 @@ CorruptionsOption = Annotated[
         "--corruptions",
         help="Also score the split under CIFAR-10-C corruptions computed on the fly: all, families "
         "({corruptions.FAMILIES:or}) or names ({corruptions.AVAILABLE:or}), comma-separated. "
-        "None of {corruptions.LEFT_OUT:or} is computed (see docs/robustness.md).",
+        "Left out, with the reason in docs/robustness.md: {corruptions.LEFT_OUT:list}.",
         show_default=False,
     ),
 ]
