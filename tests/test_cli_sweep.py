@@ -71,7 +71,7 @@ def test_two_processes_share_a_study_and_all_failing_trials_exit_1(
         *cli("sweep"), *TINY, "--config", str(config),
         "--data-dir", str(real_data_root), "--space", str(space), "--out", str(out), "--trials", "4",
     ]  # fmt: skip
-    env = cli_env(decoded_cache_dir)
+    env = cli_env(decoded_cache_dir, OMP_NUM_THREADS="1")  # one thread each: the two share the cores
     workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     results = [worker.communicate(timeout=600) for worker in workers]
 

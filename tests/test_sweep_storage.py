@@ -83,7 +83,8 @@ def _command(*args: str) -> list[str]:
 
 
 def _worker(args: list[str], out: Path, cache: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    # One thread per worker: two or three share the machine's cores (more would spin, not work).
+    env = {**os.environ, "RESNET_CIFAR_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(_command(*args, "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
 
 
@@ -126,7 +127,7 @@ def _kill_mid_trial(url: str, process: subprocess.Popen[str]) -> int:
 
 
 def test_three_workers_on_postgresql_one_killed_one_terminated_finish_exactly(
-    postgres: str, real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+    postgres: str, real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     space = tmp_path / "space.toml"
     space.write_text(LR_SPACE)
@@ -159,7 +160,7 @@ def test_three_workers_on_postgresql_one_killed_one_terminated_finish_exactly(
     expected = best_config(best.user_attrs["config"])
     assert resolve_config(file=outs[2] / "best.toml") == expected
     elsewhere = tmp_path / "laptop"
-    report = subprocess.run(_command("--storage", postgres, "--report", "--out", str(elsewhere)), capture_output=True, text=True, timeout=300)  # fmt: skip
+    report = run_cli_in_process(capsys, "sweep", "--storage", postgres, "--report", "--out", str(elsewhere))  # this process: another machine
     assert report.returncode == 0, report.stderr
     assert resolve_config(file=elsewhere / "best.toml") == expected
     with open(elsewhere / "trials.csv", newline="") as handle:
