@@ -36,3 +36,22 @@ def real_splits(real_data_root: Path, decoded_cache_dir: Path):
     from resnet_cifar.data.load import load_cifar10
 
     return load_cifar10(real_data_root, cache_dir=decoded_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def two_process_run(real_data_root: Path, decoded_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One uninterrupted 2-process job (`torchrun --standalone --nproc_per_node=2 ... train`, 2 epochs,
+    --deterministic, --json), trained once for the session: test_distributed checks its run folder and
+    output, test_multinode compares its stopped and restarted two-node jobs with it (the same world
+    size, so the same training bit for bit). Returns (out, completed process); tests must not change it."""
+    import subprocess
+
+    from test_distributed import SMALL, TORCHRUN, console_script, job_env
+
+    out = tmp_path_factory.mktemp("two-process") / "run"
+    completed = subprocess.run(
+        [*TORCHRUN, "--no-python", console_script(), "train", *SMALL, "--epochs", "2", "--deterministic",
+         "--data-dir", str(real_data_root), "--out", str(out), "--json"],
+        capture_output=True, text=True, env=job_env(decoded_cache_dir), timeout=600,
+    )  # fmt: skip
+    return out, completed

@@ -286,17 +286,26 @@ def test_same_seed_same_batches_and_epochs_differ(small_split: CifarSplit) -> No
         assert torch.equal(a, b) and torch.equal(ta, tb)
 
 
+DALI_SPEC = LoaderSpec(batch_size=128, train=True, seed=2)
+
+
+@pytest.fixture(scope="module")
+def plain_dali_batches(small_split: CifarSplit) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """DALI's epoch 0 of ``small_split`` without a policy or mixing (the same for every policy)."""
+    return list(DaliLoader(small_split, DALI_SPEC, num_threads=2))
+
+
 @pytest.mark.parametrize("policy", ["autoaugment", "randaugment", "trivialaugment"])
 def test_dali_loader_on_cpu_runs_the_policy_seeded_and_mixes_like_the_tensor_loader(
-    small_split: CifarSplit, policy: str
+    small_split: CifarSplit, plain_dali_batches: list[tuple[torch.Tensor, torch.Tensor]], policy: str
 ) -> None:
     options = Augmentation(policy=policy, cutmix=1.0, mixup=0.2, mix_prob=0.8)
-    spec = LoaderSpec(batch_size=128, train=True, seed=2, augmentation=options)
+    spec = replace(DALI_SPEC, augmentation=options)
     dali = DaliLoader(small_split, spec, num_threads=2)
     first = list(dali)
     dali.set_epoch(0)
     replay = list(dali)
-    plain = list(DaliLoader(small_split, replace(spec, augmentation=Augmentation()), num_threads=2))
+    plain = plain_dali_batches
     tensor = list(TensorLoader(small_split, spec))
     changed = 0
     for (images, targets), (again, again_targets), (crops, labels), (_, tensor_targets) in zip(first, replay, plain, tensor):

@@ -1,4 +1,5 @@
-"""`resnet-cifar sweep` through a real subprocess: outputs, a top-up run, exit codes and one-line errors."""
+"""`resnet-cifar sweep`: outputs, a top-up run, exit codes and one-line errors (two workers as real
+subprocesses; the rest in this process, its state restored: helpers.run_cli_in_process)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,20 @@ import typer.main
 from resnet_cifar.config import resolve_config
 from resnet_cifar.tuning import best_config
 
-from helpers import ANSI, LR_SPACE, TINY, cli, cli_env, run_cli
+from helpers import ANSI, LR_SPACE, TINY, cli, cli_env, run_cli_in_process
 
 
 def test_sweep_writes_study_table_and_best_config_then_tops_up(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     space = tmp_path / "space.toml"
     space.write_text(LR_SPACE)
     out = tmp_path / "sweep"
     common = [*TINY, "--batch-size", "16", "--data-dir", str(real_data_root), "--space", str(space), "--out", str(out)]
 
-    first = run_cli("sweep", *common, "--trials", "1", cache=decoded_cache_dir)
+    # In this process (the study, not the process, is under test), the process state restored after.
+    cache = {"RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
+    first = run_cli_in_process(capsys, "sweep", *common, "--trials", "1", env=cache)
     assert first.returncode == 0, first.stderr
     assert not ANSI.search(first.stdout + first.stderr)
     lines = first.stdout.splitlines()
@@ -34,7 +37,7 @@ def test_sweep_writes_study_table_and_best_config_then_tops_up(
     assert f"resnet-cifar train --config {out / 'best.toml'}" in first.stdout
     assert (out / "study.db").is_file() and (out / "trials" / "0" / "last.pt").is_file()
 
-    second = run_cli("sweep", *common, "--trials", "2", "--json", cache=decoded_cache_dir)
+    second = run_cli_in_process(capsys, "sweep", *common, "--trials", "2", "--json", env=cache)
     assert second.returncode == 0, second.stderr
     report = json.loads(second.stdout)  # one JSON object; the trials' progress went to stderr
     assert report["ran"] == 1  # topped up from 1 trial to 2
@@ -68,7 +71,7 @@ def test_two_processes_share_a_study_and_all_failing_trials_exit_1(
         *cli("sweep"), *TINY, "--config", str(config),
         "--data-dir", str(real_data_root), "--space", str(space), "--out", str(out), "--trials", "4",
     ]  # fmt: skip
-    env = cli_env(decoded_cache_dir)
+    env = cli_env(decoded_cache_dir, OMP_NUM_THREADS="1")  # one thread each: the two share the cores
     workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     results = [worker.communicate(timeout=600) for worker in workers]
 
@@ -85,10 +88,13 @@ def test_two_processes_share_a_study_and_all_failing_trials_exit_1(
     assert not (out / "best.toml").exists()
 
 
-def test_bad_space_file_exits_2_naming_file_and_key(real_data_root: Path, tmp_path: Path) -> None:
+def test_bad_space_file_exits_2_naming_file_and_key(
+    real_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     space = tmp_path / "space.toml"
     space.write_text('["model.dropout"]\ntype = "float"\nlow = 0.5\nhigh = 0.1\n')
-    result = run_cli("sweep", "--data-dir", str(real_data_root), "--space", str(space), "--out", str(tmp_path / "s"), cache=tmp_path)
+    args = ("--data-dir", str(real_data_root), "--space", str(space), "--out", str(tmp_path / "s"))
+    result = run_cli_in_process(capsys, "sweep", *args, env={"RESNET_CIFAR_CACHE": str(tmp_path)})
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert errors == [f"error: {space}: model.dropout: low must be below high, got low 0.5 and high 0.1"]

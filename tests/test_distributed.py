@@ -3,18 +3,16 @@
 The job tests launch `torchrun --standalone --nproc_per_node=2 --no-python resnet-cifar train ...`
 (as `python -m torch.distributed.run`, the same program) on the CPU with a reduced model and
 small subsets, so each job takes seconds of compute; most of their time is process start-up.
+The one training job is the session's `two_process_run` (conftest.py), which test_multinode.py
+also uses as its reference; stopping a job by a signal and resuming it is checked there.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,6 @@ from resnet_cifar.distributed import SINGLE_PROCESS, DistEnv, read_env, sync_bat
 from resnet_cifar.data import build_loaders
 from resnet_cifar.engine.checkpoint import load_checkpoint
 from resnet_cifar.engine.step import build_loss
-from resnet_cifar.engine.trainer import build_trainer
 from resnet_cifar.errors import UsageError
 from resnet_cifar.evaluation import evaluate
 from resnet_cifar.models import resnet18
@@ -198,29 +195,22 @@ def test_collectives_reduce_exactly_across_two_processes(tmp_path: Path) -> None
 # --- the train command under torchrun ------------------------------------------------------------
 
 
-def test_two_process_run_writes_one_run_folder_and_counts_each_image_once(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "run"
-    completed = subprocess.run(
-        [*TORCHRUN, "--no-python", console_script(), "train", *SMALL, "--epochs", "1",
-         "--data-dir", str(real_data_root), "--out", str(out), "--json"],
-        capture_output=True, text=True, env=job_env(decoded_cache_dir), timeout=600,
-    )  # fmt: skip
+def test_two_process_run_writes_one_run_folder_and_counts_each_image_once(two_process_run) -> None:
+    out, completed = two_process_run  # 2 epochs (test_multinode's reference too): conftest.py
     assert completed.returncode == 0, completed.stderr[-3000:]
     lines = [line for line in completed.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, completed.stdout  # rank 1 prints nothing
     summary = json.loads(lines[0])
-    assert summary["world_size"] == 2 and summary["epochs_run"] == 1 and summary["interrupted"] is None
+    assert summary["world_size"] == 2 and summary["epochs_run"] == 2 and summary["interrupted"] is None
     # The validation metrics are those of all 100 images: each rank's shard counted once.
-    assert [record["val_count"] for record in summary["history"]] == [100]
+    assert [record["val_count"] for record in summary["history"]] == [100, 100]
     assert completed.stderr.count("training on cpu") == 1  # only rank 0 renders
     assert "256 train / 100 val images" in completed.stderr and "2 processes, global batch 64" in completed.stderr
 
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # one run folder
+    assert sorted(path.name for path in out.parent.iterdir()) == ["run"]  # one run folder
     assert {path.name for path in out.iterdir()} == RUN_FILES  # and no temp files left
     assert json.loads((out / "result.json").read_text()) == without_calibration(summary)
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     checkpoint = load_checkpoint(out / "last.pt")
     assert checkpoint["world_size"] == 2 and len(checkpoint["rng_by_rank"]) == 2
     # The unwrapped module's state (no "module." prefix) loads into a plain model, and one process
@@ -231,7 +221,7 @@ def test_two_process_run_writes_one_run_folder_and_counts_each_image_once(
     cfg = TrainConfig.from_dict(checkpoint["config"])
     val_loader = build_loaders(cfg.data, torch.device("cpu")).val
     whole = evaluate(model, val_loader, num_classes=10, loss_fn=build_loss(cfg.optim.label_smoothing))
-    record = summary["history"][0]
+    record = summary["history"][-1]  # last.pt holds the weights of the last epoch
     assert whole.count == 100 and whole.accuracy == record["val_acc"]
     assert whole.loss == pytest.approx(record["val_loss"], rel=1e-5)
 
@@ -251,56 +241,6 @@ def worker_pid(marker: str, rank: int) -> int | None:
     return None
 
 
-def test_sigterm_to_one_rank_stops_both_and_the_job_resumes(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "run"
-    marker = uuid.uuid4().hex
-    process = subprocess.Popen(
-        [*TORCHRUN, "--no-python", console_script(), "train", *SMALL, "--epochs", "2",
-         "--data-dir", str(real_data_root), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=job_env(decoded_cache_dir, RESNET_CIFAR_TEST_JOB=marker),
-    )  # fmt: skip
-    assert process.stdout is not None
-    try:
-        first = process.stdout.readline()
-        assert first.startswith("training on cpu"), first
-        line = process.stdout.readline()
-        assert line.startswith("epoch 1 "), line
-        # Both ranks trained epoch 1 together (their gradients are all-reduced), so rank 1 runs now.
-        rank1 = worker_pid(marker, 1)
-        assert rank1 is not None, "no worker of rank 1 found"
-        os.kill(rank1, signal.SIGTERM)  # to rank 1 alone, during epoch 2
-        stdout, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:  # a failed check above: stop the job, workers included
-            process.terminate()  # torchrun forwards it to its workers
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-    # Rank 0 never got the signal, yet stopped at the same step, saved and said why.
-    assert "interrupted by SIGTERM" in stdout and "--resume" in stdout, stdout + stderr[-3000:]
-    assert process.returncode != 0  # torchrun reports its workers' exit code 143 as a failure
-    checkpoint = load_checkpoint(out / "last.pt")
-    steps_done = checkpoint["epoch"] * 4 + checkpoint["batches_done_in_epoch"]
-    # Stopped after epoch 1 (the signal came while it was being saved) or within epoch 2.
-    assert 4 <= steps_done <= 8 and checkpoint["world_size"] == 2
-    assert not list(out.glob(".*.tmp"))
-
-    resumed = subprocess.run(
-        [*TORCHRUN, "--no-python", console_script(), "train", "--resume", str(out / "last.pt"), "--json"],
-        capture_output=True, text=True, env=job_env(decoded_cache_dir), timeout=600,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    summary = json.loads(resumed.stdout)
-    assert summary["epochs_run"] == 2 and summary["world_size"] == 2 and summary["interrupted"] is None
-    assert [record["epoch"] for record in summary["history"]] == [1, 2]
-    assert all(record["val_count"] == 100 for record in summary["history"])
-
-    # The same checkpoint in a single process: refused before any work, naming the process count.
-    cfg = TrainConfig.from_dict(checkpoint["config"])
-    cfg = replace(cfg, run=replace(cfg.run, resume=out / "last.pt"))
-    with pytest.raises(UsageError, match=r"was trained by 2 process\(es\), not 1; .*--nproc_per_node 2"):
-        build_trainer(cfg)
+# SIGTERM to one rank (both stop, the job resumes, a single process is refused its checkpoint):
+# tests/test_multinode.py, test_a_stopped_node_stops_the_job_which_resumes_exactly, the same job's
+# processes started by two launchers, its resume compared bit for bit with the run above.

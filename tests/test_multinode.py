@@ -17,7 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,11 @@ import pytest
 import torch
 from test_distributed import SMALL, console_script, job_env, worker_pid
 
+from resnet_cifar.config import TrainConfig
 from resnet_cifar.distributed import DistEnv, PeerLost, peer_lost, read_env
 from resnet_cifar.engine.checkpoint import load_checkpoint
 from resnet_cifar.engine.checkpointer import JOB, elastic_resume
+from resnet_cifar.engine.trainer import build_trainer
 from resnet_cifar.errors import UsageError
 
 from helpers import TIMING_FIELDS, wait_for_path
@@ -135,21 +137,15 @@ def assert_same_training(first: Path, second: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def straight_run(real_data_root: Path, decoded_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted two-node run of 2 epochs, on one shared --out: what the others must equal."""
-    out = tmp_path_factory.mktemp("straight") / "run"
-    job = start_job(
-        decoded_cache_dir, (out, out), [*SMALL, *EPOCHS, "--data-dir", str(real_data_root), "--json"], run_id="straight"
-    )
-    try:
-        job.finish()
-    finally:
-        job.stop()
-    assert job.codes == [0, 0], job.outputs
-    summary = summary_of(job)
+def straight_run(two_process_run: tuple[Path, subprocess.CompletedProcess[str]]) -> Path:
+    """An uninterrupted 2-process run of 2 epochs: what the others must equal. The session's one
+    (conftest.py, a single torchrun of 2 processes): the same world size trains the same bits
+    whichever launchers started the processes, so it serves as the two-node jobs' reference too."""
+    out, completed = two_process_run
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summary = json.loads(completed.stdout)
     assert summary["world_size"] == 2 and summary["epochs_run"] == 2 and summary["interrupted"] is None
     assert [record["val_count"] for record in summary["history"]] == [100, 100]  # each image once
-    assert (out / JOB).read_text().strip() == "straight"
     return out
 
 
@@ -225,6 +221,11 @@ def test_a_stopped_node_stops_the_job_which_resumes_exactly(
     stopped = load_checkpoint(out / "last.pt")
     assert stopped["world_size"] == 2 and 4 <= stopped["epoch"] * 4 + stopped["batches_done_in_epoch"] <= 8
     assert not list(out.glob(".*.tmp"))
+    # The same checkpoint in a single process: refused before any work, naming the process count.
+    cfg = TrainConfig.from_dict(stopped["config"])
+    cfg = replace(cfg, run=replace(cfg.run, resume=out / "last.pt"))
+    with pytest.raises(UsageError, match=r"was trained by 2 process\(es\), not 1; .*--nproc_per_node 2"):
+        build_trainer(cfg)
 
     resumed = start_job(
         decoded_cache_dir, (out, out), ["--resume", str(out / "last.pt"), "--json"], run_id="resumed"
@@ -233,7 +234,9 @@ def test_a_stopped_node_stops_the_job_which_resumes_exactly(
     resumed.finish()
     assert resumed.codes == [0, 0], resumed.outputs
     summary = summary_of(resumed)
-    assert summary["epochs_run"] == 2 and [record["epoch"] for record in summary["history"]] == [1, 2]
+    assert summary["epochs_run"] == 2 and summary["world_size"] == 2 and summary["interrupted"] is None
+    assert [record["epoch"] for record in summary["history"]] == [1, 2]
+    assert all(record["val_count"] == 100 for record in summary["history"])
     assert_same_training(straight_run, out)
 
 
@@ -256,6 +259,7 @@ def test_elastic_restart_after_a_killed_node_resumes_from_last_checkpoint(
     assert "cli/train.py" not in stderr  # the survivor's failed collective was one line, no traceback
     summary = summary_of(job)
     assert summary["interrupted"] is None and [record["epoch"] for record in summary["history"]] == [1, 2]
+    assert (out / JOB).read_text().strip() == "elastic"  # the job's --rdzv-id, recorded with its run
     assert_same_training(straight_run, out)
 
 

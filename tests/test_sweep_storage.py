@@ -28,14 +28,12 @@ import pytest
 from resnet_cifar.config import resolve_config
 from resnet_cifar.tuning import best_config
 
+from helpers import LR_SPACE, run_cli_in_process
+from helpers import TINY as TINY_TRIAL
+
 PASSWORD = "s3cret-p4ss"
 USER = "sweeper"
-# 32 training images in batches of 16: two steps a trial.
-TINY = [
-    "--preset", "smoke", "--depth", "18", "--stem", "imagenet", "--device", "cpu", "--schedule", "constant",
-    "--limit-train", "32", "--limit-val", "32", "--limit-test", "32", "--epochs", "1", "--batch-size", "16",
-]  # fmt: skip
-LR_SPACE = '["optim.lr"]\ntype = "float"\nlow = 0.01\nhigh = 0.1\nlog = true\n'
+TINY = [*TINY_TRIAL, "--batch-size", "16"]  # 32 training images in batches of 16: two steps a trial
 
 
 # ----------------------------------------------------------------------------- a real server
@@ -85,7 +83,8 @@ def _command(*args: str) -> list[str]:
 
 
 def _worker(args: list[str], out: Path, cache: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    # One thread per worker: two or three share the machine's cores (more would spin, not work).
+    env = {**os.environ, "RESNET_CIFAR_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(_command(*args, "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
 
 
@@ -128,7 +127,7 @@ def _kill_mid_trial(url: str, process: subprocess.Popen[str]) -> int:
 
 
 def test_three_workers_on_postgresql_one_killed_one_terminated_finish_exactly(
-    postgres: str, real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+    postgres: str, real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     space = tmp_path / "space.toml"
     space.write_text(LR_SPACE)
@@ -161,7 +160,7 @@ def test_three_workers_on_postgresql_one_killed_one_terminated_finish_exactly(
     expected = best_config(best.user_attrs["config"])
     assert resolve_config(file=outs[2] / "best.toml") == expected
     elsewhere = tmp_path / "laptop"
-    report = subprocess.run(_command("--storage", postgres, "--report", "--out", str(elsewhere)), capture_output=True, text=True, timeout=300)  # fmt: skip
+    report = run_cli_in_process(capsys, "sweep", "--storage", postgres, "--report", "--out", str(elsewhere))  # this process: another machine
     assert report.returncode == 0, report.stderr
     assert resolve_config(file=elsewhere / "best.toml") == expected
     with open(elsewhere / "trials.csv", newline="") as handle:
@@ -207,11 +206,12 @@ def test_journal_storage_shared_by_concurrent_workers_holds_exactly_the_trials(
     ids=["unreachable", "bad-password", "missing-database"],
 )
 def test_bad_storage_urls_are_one_line_exit_2_password_masked(
-    postgres: str, make_url, reason: str, real_data_root: Path, tmp_path: Path
+    postgres: str, make_url, reason: str, real_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = make_url(postgres)
     for mode in (["--data-dir", str(real_data_root), "--trials", "1"], ["--report"]):
-        result = subprocess.run(_command(*mode, "--storage", url, "--out", str(tmp_path / "s")), capture_output=True, text=True, timeout=300)  # fmt: skip
+        # In this process: the refusal comes before any trial (a child would only add its start-up).
+        result = run_cli_in_process(capsys, "sweep", *mode, "--storage", url, "--out", str(tmp_path / "s"))
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 2 and len(lines) == 1, result.stderr
         assert lines[0].startswith(f"error: postgresql+psycopg://{USER}:***@127.0.0.1:") and reason in lines[0]
