@@ -20,7 +20,7 @@ from resnet_cifar.engine.trainer import StepFinished, StopRequest, build_trainer
 from resnet_cifar.errors import UsageError
 
 import helpers
-from helpers import assert_one_line_error, run_cli, without_timing
+from helpers import one_line_error, run_in_process, without_timing
 
 CPU = torch.device("cpu")
 
@@ -54,8 +54,11 @@ def test_soft_targets_compose_with_label_smoothing_and_count_the_dominant_label(
 
 
 def small_config(data_root: Path, cache: Path, out: Path, **overrides: Any) -> TrainConfig:
-    """helpers.small_config, deterministic (runs compared bit for bit)."""
-    return helpers.small_config(data_root, cache, out, **{"precision.deterministic": True, **overrides})
+    """helpers.small_config, deterministic (runs compared bit for bit), on 128 training images in
+    batches of 64 (2 steps an epoch: a stop after the first leaves one to resume) and 64 to
+    validate and test."""
+    smaller = {"data.limit_train": 128, "data.limit_val": 64, "data.limit_test": 64}
+    return helpers.small_config(data_root, cache, out, **{"precision.deterministic": True, **smaller, **overrides})
 
 
 def test_resume_mid_epoch_is_exact_with_a_policy_mixing_and_ema(
@@ -65,7 +68,7 @@ def test_resume_mid_epoch_is_exact_with_a_policy_mixing_and_ema(
                  "optim.ema": True}  # fmt: skip
     straight = build_trainer(small_config(real_data_root, decoded_cache_dir, tmp_path / "straight", **augmented))
     straight_result = straight.fit()
-    # Train accuracy counts dominant labels: a fraction, well below 1 on 256 mixed images.
+    # Train accuracy counts dominant labels: a fraction, well below 1 on 128 mixed images.
     assert all(0.0 <= record.train_acc <= 1.0 for record in straight_result.history)
 
     split_cfg = small_config(real_data_root, decoded_cache_dir, tmp_path / "split", **augmented)
@@ -130,10 +133,11 @@ def test_augmentation_settings_validate_and_round_trip(tmp_path: Path) -> None:
     ],
 )
 def test_bad_augmentation_flags_exit_2_with_one_line(
-    real_data_root: Path, tmp_path: Path, flags: list[str], message: str
+    real_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
 ) -> None:
-    result = run_cli("train", "--data-dir", str(real_data_root), "--out", str(tmp_path / "run"), *flags)
-    assert_one_line_error(result, 2, message)
+    code, _, err = run_in_process(capsys, "train", "--data-dir", str(real_data_root), "--out", str(tmp_path / "run"), *flags)
+    assert code == 2, err
+    one_line_error(err, message)
     assert not (tmp_path / "run").exists()
 
 

@@ -26,10 +26,11 @@ from resnet_cifar.errors import ResnetCifarError
 
 
 def small(real_data_root: Path, cache: Path, out: Path, **more: Any):
+    # ResNet-18 with the ImageNet stem (32 px shrinks to 8 px at once): the loop is the same, cheaper.
     settings = {
         "data.data_dir": real_data_root, "data.cache_dir": cache, "data.batch_size": 32, "data.eval_batch_size": 64,
         "data.limit_train": 128, "data.limit_val": 64, "data.limit_test": 64, "model.depth": 18,
-        "precision.device": "cpu", "optim.epochs": 2, "run.out_dir": out,
+        "model.stem": "imagenet", "precision.device": "cpu", "optim.epochs": 2, "run.out_dir": out,
     }  # fmt: skip
     return resolve_config(overrides={**settings, **more})
 

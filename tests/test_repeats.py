@@ -5,10 +5,7 @@ subset, trained once for the module."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,8 @@ from resnet_cifar.engine.checkpointer import read_trained_checkpoint
 from resnet_cifar.engine.trainer import StepFinished, StopRequest
 from resnet_cifar.evaluation.spread import REPEATS_FILE, spread
 from resnet_cifar.tuning.repeats import SeedStart, parse_seeds, run_repeats
+
+from helpers import run_in_process
 
 SEEDS = (0, 1, 2)
 FLAGS = {
@@ -136,29 +135,28 @@ def test_bad_seed_lists_are_refused(seeds: str | None, repeats: int | None, mess
     assert parse_seeds(None, 3) == (0, 1, 2) and parse_seeds("4,2", None) == (4, 2)
 
 
-def cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "resnet_cifar.cli", *args], capture_output=True, text=True, env=env, timeout=600)
-
-
-def test_cli_continues_finished_repeats_and_prints_the_summary(reference: Path, real_data_root: Path, decoded_cache_dir: Path) -> None:
+def test_cli_continues_finished_repeats_and_prints_the_summary(
+    reference: Path, real_data_root: Path, decoded_cache_dir: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RESNET_CIFAR_CACHE", str(decoded_cache_dir))
     flags = [
         "--preset", "smoke", "--depth", "18", "--stem", "imagenet", "--device", "cpu", "--batch-size", "32",
         "--eval-batch-size", "256", "--limit-train", "96", "--limit-val", "64", "--limit-test", "64", "--epochs", "1",
         "--loader", "tensor", "--data-dir", str(real_data_root), "--out", str(reference),
     ]  # fmt: skip
-    result = cli("train", "--repeats", "3", *flags, "--json", cache=decoded_cache_dir)
-    assert result.returncode == 0, result.stderr
-    printed = json.loads(result.stdout)
+    code, out, err = run_in_process(capsys, "train", "--repeats", "3", *flags, "--json")
+    assert code == 0, err
+    printed = json.loads(out)
     assert {**printed, "out_dir": None} == {**json.loads((reference / REPEATS_FILE).read_text()), "out_dir": None}
-    assert result.stderr.count("finished before, kept") == 3
-    plain = cli("train", "--seeds", "0,1,2", *flags, cache=decoded_cache_dir)
-    assert plain.returncode == 0, plain.stderr
-    lines = plain.stdout.strip().splitlines()
+    assert err.count("finished before, kept") == 3
+    code, out, err = run_in_process(capsys, "train", "--seeds", "0,1,2", *flags)
+    assert code == 0, err
+    lines = out.strip().splitlines()
     assert lines[-3].startswith("val_acc over 3 seeds: mean") and lines[-2].startswith("test_acc over 3 seeds: mean")
     assert f"{printed['test_acc']['mean']:.4f}" in lines[-2]
-    clash = cli("train", "--seeds", "0,1", "--seed", "3", *flags, cache=decoded_cache_dir)
-    assert clash.returncode == 2 and clash.stderr.strip() == "error: --seed does not go with --seeds/--repeats: each run's seed comes from the list"
+    code, _, err = run_in_process(capsys, "train", "--seeds", "0,1", "--seed", "3", *flags)
+    assert code == 2 and err.strip() == "error: --seed does not go with --seeds/--repeats: each run's seed comes from the list"
 
 
 class _Keyed(HTMLParser):
@@ -172,11 +170,15 @@ class _Keyed(HTMLParser):
             self.values[str(attributes["data-key"])] = str(attributes["data-value"])
 
 
-def test_report_writes_one_page_for_all_seeds(reference: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
-    result = cli("report", str(reference), "--out", str(tmp_path), "--json", cache=decoded_cache_dir)
-    assert result.returncode == 0, result.stderr
+def test_report_writes_one_page_for_all_seeds(
+    reference: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RESNET_CIFAR_CACHE", str(decoded_cache_dir))
+    code, out, err = run_in_process(capsys, "report", str(reference), "--out", str(tmp_path), "--json")
+    assert code == 0, err
     page = (tmp_path / "report.html").read_text()
-    assert json.loads(result.stdout)["report"] == str(tmp_path / "report.html")
+    assert json.loads(out)["report"] == str(tmp_path / "report.html")
     summary = json.loads((reference / REPEATS_FILE).read_text())
     parser = _Keyed()
     parser.feed(page)

@@ -13,11 +13,13 @@ from resnet_cifar.config import PRESETS, read_config_file, resolve_config
 from resnet_cifar.engine.trainer import StepFinished, build_trainer
 from resnet_cifar.evaluation.plots import training_curves_figure
 
-from helpers import run_cli
+from helpers import run_in_process
 
 # 128 training images in batches of 32: 4 steps an epoch, enough for one-cycle's two phases.
+# ResNet-18 with the ImageNet stem (32 px shrinks to 8 px at once): these tests are about schedules.
 SMALL_SETTINGS = {
     "model.depth": 18,
+    "model.stem": "imagenet",
     "data.batch_size": 32,
     "data.eval_batch_size": 64,
     "data.limit_train": 128,
@@ -74,29 +76,33 @@ def test_warmup_resolves_from_the_fraction_and_records_what_it_used(tmp_path: Pa
 
 
 def test_explicit_too_long_warmup_is_a_usage_error_naming_both_settings(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("RESNET_CIFAR_CACHE", str(decoded_cache_dir))
     flags = ["train", "--data-dir", str(real_data_root), "--out", str(tmp_path / "run"), "--epochs", "3"]
-    by_flag = run_cli(*flags, "--warmup-epochs", "3", cache=decoded_cache_dir)
-    assert by_flag.returncode == 2
-    assert by_flag.stderr.strip() == "error: --warmup-epochs must be in [0, --epochs 3), got 3"
+    code, _, err = run_in_process(capsys, *flags, "--warmup-epochs", "3")
+    assert code == 2
+    assert err.strip() == "error: --warmup-epochs must be in [0, --epochs 3), got 3"
     config = tmp_path / "warm.toml"
     config.write_text("[optim]\nwarmup_epochs = 9\n")
-    by_file = run_cli(*flags, "--config", str(config), cache=decoded_cache_dir)
-    assert by_file.returncode == 2
-    assert "--warmup-epochs must be in [0, --epochs 3), got 9" in by_file.stderr
-    assert f"optim.warmup_epochs in {config}" in by_file.stderr
+    code, _, err = run_in_process(capsys, *flags, "--config", str(config))
+    assert code == 2
+    assert "--warmup-epochs must be in [0, --epochs 3), got 9" in err
+    assert f"optim.warmup_epochs in {config}" in err
     assert not (tmp_path / "run").exists()  # nothing was written
 
 
 def test_a_saved_config_replays_the_same_per_step_learning_rates(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    small = ["--depth", "18", "--device", "cpu", "--batch-size", "32", "--limit-train", "128", "--limit-val", "64",
+    monkeypatch.setenv("RESNET_CIFAR_CACHE", str(decoded_cache_dir))
+    small = ["--depth", "18", "--stem", "imagenet", "--device", "cpu", "--batch-size", "32", "--limit-train", "128", "--limit-val", "64",
              "--limit-test", "64", "--data-dir", str(real_data_root)]  # fmt: skip
     out = tmp_path / "first"
-    first = run_cli("train", *small, "--epochs", "2", "--out", str(out), "--json", cache=decoded_cache_dir)
-    assert first.returncode == 0, first.stderr
+    code, _, err = run_in_process(capsys, "train", *small, "--epochs", "2", "--out", str(out), "--json")
+    assert code == 0, err
     saved = read_config_file(out / "config.toml")
     assert saved["optim"]["warmup_epochs"] == 0.6 and saved["optim"]["lr"] == 0.025  # 0.4 x 32/512
 
@@ -119,10 +125,14 @@ def test_a_saved_config_replays_the_same_per_step_learning_rates(
     assert step_lrs(direct) == replayed
 
 
-def _help(command: str) -> str:
-    result = run_cli(command, "--help", env={"COLUMNS": "400", "TERM": "dumb"})
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+def _help(command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    # Rich reads the width and the terminal kind when the help is rendered, so this process's
+    # environment, set for the call only, shapes it as a fresh interpreter's would.
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.setenv("TERM", "dumb")
+    code, out, err = run_in_process(capsys, command, "--help")
+    assert code == 0, err
+    return out
 
 
 def _flag_line(text: str, flag: str) -> str:
@@ -131,8 +141,10 @@ def _flag_line(text: str, flag: str) -> str:
 
 
 @pytest.mark.parametrize("command", ["train", "sweep"])
-def test_help_shows_each_flags_help_and_resolved_default(command: str) -> None:
-    text = _help(command)
+def test_help_shows_each_flags_help_and_resolved_default(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = _help(command, capsys, monkeypatch)
     expected = {
         "--lr-base": "[default: 0.4]",
         "--epochs": "Training epochs. [default: 30]",
@@ -159,17 +171,19 @@ def test_every_setting_flag_has_a_one_line_help() -> None:
 
 
 def test_sweep_trains_one_epoch_with_the_default_preset(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("RESNET_CIFAR_CACHE", str(decoded_cache_dir))
     space = tmp_path / "space.toml"
     space.write_text('["optim.weight_decay"]\ntype = "float"\nlow = 1e-4\nhigh = 1e-3\nlog = true\n')
-    result = run_cli(
-        "sweep", "--trials", "1", "--epochs", "1", "--depth", "18", "--device", "cpu", "--batch-size", "32",
-        "--limit-train", "128", "--limit-val", "64", "--limit-test", "64", "--data-dir", str(real_data_root),
-        "--space", str(space), "--out", str(tmp_path / "sweep"), "--json", cache=decoded_cache_dir,
+    code, out, err = run_in_process(
+        capsys, "sweep", "--trials", "1", "--epochs", "1", "--depth", "18", "--stem", "imagenet", "--device", "cpu",
+        "--batch-size", "32", "--limit-train", "128", "--limit-val", "64", "--limit-test", "64",
+        "--data-dir", str(real_data_root), "--space", str(space), "--out", str(tmp_path / "sweep"), "--json",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    assert code == 0, err
+    report = json.loads(out)
     assert [trial["state"] for trial in report["trials"]] == ["COMPLETE"]
     trial_config = read_config_file(tmp_path / "sweep" / "trials" / "0" / "config.toml")
     assert trial_config["run"]["preset"] == "default" and trial_config["optim"]["epochs"] == 1

@@ -19,7 +19,7 @@ from resnet_cifar.engine.trainer import train
 from resnet_cifar.evaluation.temperature import fit_temperature
 from resnet_cifar.inference import calibrate_checkpoint, evaluate_checkpoint, load_trained_model, predict_files
 from resnet_cifar.report import evaluate_and_report
-from helpers import save_checkpoint
+from helpers import run_in_process, save_checkpoint
 
 LIMIT_VAL = 256
 
@@ -124,18 +124,16 @@ def test_predict_and_export_use_the_temperature(
         torch.testing.assert_close(exported(batch), logits / temperature, atol=1e-4, rtol=1e-4)
 
 
-def test_calibrate_command(trained: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
+def test_calibrate_command(
+    trained: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     checkpoint = copy_of(trained, tmp_path / "run")
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
-    command = [sys.executable, "-m", "resnet_cifar.cli", "calibrate"]
-    result = subprocess.run([*command, str(checkpoint), "--device", "cpu", "--json"], capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr
-    printed = json.loads(result.stdout)
+    monkeypatch.setenv("RESNET_CIFAR_CACHE", str(decoded_cache_dir))
+    code, out, err = run_in_process(capsys, "calibrate", str(checkpoint), "--device", "cpu", "--json")
+    assert code == 0, err
+    printed = json.loads(out)
     assert printed["split"] == "val" and printed["count"] == LIMIT_VAL
     assert load_checkpoint(checkpoint)["temperature"]["temperature"] == printed["temperature"]
-    missing = subprocess.run([*command, str(tmp_path / "none.pt")], capture_output=True, text=True, env=env, timeout=600)
-    assert missing.returncode == 2 and missing.stderr.strip() == f"error: checkpoint not found: {tmp_path / 'none.pt'}"
+    code, _, err = run_in_process(capsys, "calibrate", str(tmp_path / "none.pt"))
+    assert code == 2 and err.strip() == f"error: checkpoint not found: {tmp_path / 'none.pt'}"

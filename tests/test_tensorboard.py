@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from resnet_cifar.engine.tensorboard import TensorBoardLogger
 from resnet_cifar.engine.trainer import EpochFinished, EpochRecord, RunStarted, StepFinished
 
-from helpers import SMALL, one_line_error, run_cli, run_in_process
+from helpers import SMALL, one_line_error, run_in_process
 
 
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -46,17 +45,20 @@ def test_logger_writes_step_and_epoch_scalars(tmp_path: Path) -> None:
     assert {"epoch/train_acc", "epoch/val_loss", "epoch/lr", "train/images_per_sec"} <= set(found)
 
 
-def run_train(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    return run_cli("train", *SMALL, *args, cache=cache)
+def run_train(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, cache: Path, *args: str) -> None:
+    """`train SMALL ARGS` in this process, reading the decoded images from ``cache``; it succeeds."""
+    monkeypatch.setenv("RESNET_CIFAR_CACHE", str(cache))
+    code, _, err = run_in_process(capsys, "train", *SMALL, *args)
+    assert code == 0, err
 
 
 def test_train_tensorboard_flag_writes_the_runs_scalars(
-    real_data_root: Path, decoded_cache_dir: Path, real_splits, tmp_path: Path
+    real_data_root: Path, decoded_cache_dir: Path, real_splits, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "run"
-    result = run_train("--epochs", "2", "--tensorboard", "--data-dir", str(real_data_root), "--out", str(out),
-                       cache=decoded_cache_dir)  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    run_train(capsys, monkeypatch, decoded_cache_dir, "--epochs", "2", "--tensorboard", "--data-dir", str(real_data_root),
+              "--out", str(out))  # fmt: skip
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     found = scalars(out / "tensorboard")
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -68,11 +70,13 @@ def test_train_tensorboard_flag_writes_the_runs_scalars(
     assert "tensorboard = true" in (out / "config.toml").read_text()
 
 
-def test_train_without_tensorboard_writes_none(real_data_root: Path, decoded_cache_dir: Path, real_splits, tmp_path: Path) -> None:
+def test_train_without_tensorboard_writes_none(
+    real_data_root: Path, decoded_cache_dir: Path, real_splits, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     out = tmp_path / "run"
-    result = run_train("--epochs", "1", "--limit-train", "128", "--schedule", "constant", "--data-dir", str(real_data_root), "--out", str(out),
-                       cache=decoded_cache_dir)  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    run_train(capsys, monkeypatch, decoded_cache_dir, "--epochs", "1", "--limit-train", "128", "--schedule", "constant",
+              "--data-dir", str(real_data_root), "--out", str(out))  # fmt: skip
     assert (out / "last.pt").is_file() and not (out / "tensorboard").exists()
 
 

@@ -64,7 +64,9 @@ def test_two_epochs_learn_and_write_the_run_files(
 
 
 def test_bf16_autocast_runs_on_the_cpu(real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
-    cfg = small_config(real_data_root, decoded_cache_dir, tmp_path, **{"precision.amp": True, "optim.epochs": 1})
+    # 48 images in 3 steps (the fewest one-cycle takes), 64 to validate and test: bf16 is slow on a CPU.
+    smaller = {"data.batch_size": 16, "data.limit_train": 48, "data.limit_val": 64, "data.limit_test": 64}
+    cfg = small_config(real_data_root, decoded_cache_dir, tmp_path, **{"precision.amp": True, "optim.epochs": 1, **smaller})
     trainer = build_trainer(cfg)
     assert trainer.parts.precision.amp_dtype == torch.bfloat16
     images, _ = next(iter(trainer.parts.loaders.train))
@@ -92,7 +94,9 @@ def test_compile_does_not_recompile_between_epochs(
         real_data_root,
         decoded_cache_dir,
         tmp_path,
-        **{"precision.compile": True, "optim.epochs": 3, "data.limit_val": 64},
+        # Two steps an epoch (128 images), so each epoch runs the compiled graph more than once.
+        **{"precision.compile": True, "optim.epochs": 3, "data.limit_train": 128, "data.limit_val": 64,
+           "data.limit_test": 64},
     )
     result = train(cfg, on_event=on_event)
     assert result.epochs_run == 3
@@ -113,8 +117,12 @@ def _stop_after(stop: StopRequest, *, epoch: int, step: int | None = None):
     return on_event
 
 
-# The runs a resume is compared with: deterministic, with dropout (its random draws must resume too).
-RESUMED_RUN = {"precision.deterministic": True, "model.dropout": 0.2, "optim.epochs": 2}
+# The runs a resume is compared with: deterministic, with dropout (its random draws must resume too);
+# 128 training images in batches of 32 (4 steps an epoch, so step 2 is mid-epoch), 64 to validate and test.
+RESUMED_RUN = {
+    "precision.deterministic": True, "model.dropout": 0.2, "optim.epochs": 2, "data.batch_size": 32,
+    "data.limit_train": 128, "data.limit_val": 64, "data.limit_test": 64,
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
