@@ -5,19 +5,17 @@ on, damaged or foreign checkpoint files).
 One small run is trained once for the module (a ResNet-18 with the ImageNet stem, cheap at 32 px,
 on 8 real images per class, 2 epochs of 5 steps, the first epoch not validated) and every check
 reads or tampers with copies of its files. A diverging run and a diverging sweep train 1 epoch each.
-The training run and the sweep are real processes; the other commands run in this process
-(helpers.run_cli_in_process: the same exit codes and stderr, without the interpreter's start-up).
+The commands run in this process (helpers.run_cli_in_process: the same exit codes and output,
+the process state restored, without the interpreter's start-up).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import struct
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from collections.abc import Callable
@@ -32,7 +30,6 @@ from resnet_cifar.evaluation import evaluate
 
 from helpers import run_cli_in_process
 
-TIMEOUT_S = 600
 TINY = [
     "--preset", "smoke", "--depth", "18", "--stem", "imagenet", "--device", "cpu", "--schedule", "constant",
     "--batch-size", "16", "--limit-val", "10",
@@ -41,17 +38,9 @@ TRAIN_PER_CLASS, TEST_PER_CLASS = 8, 3
 InProcess = Callable[..., subprocess.CompletedProcess[str]]  # the in_process fixture
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "resnet_cifar.cli", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=TIMEOUT_S, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
-
-
 @pytest.fixture()
 def in_process(capsys: pytest.CaptureFixture[str]) -> InProcess:
-    """``cli`` run in this process (helpers.run_cli_in_process): for the commands that are not
-    about the process, without its ~2.5 s of start-up."""
+    """`resnet-cifar ARGS` in this process (helpers.run_cli_in_process), in ``cwd``, 200 columns wide."""
 
     def call(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         return run_cli_in_process(capsys, *args, env={"COLUMNS": "200"}, cwd=cwd)
@@ -101,8 +90,12 @@ def base(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path) -> Path
 
 @pytest.fixture(scope="module")
 def run(base: Path) -> subprocess.CompletedProcess[str]:
-    """The module's one training run, given a *relative* data folder, its first epoch not validated."""
-    return cli("train", *TINY, "--data-dir", "small", "--out", "run", "--epochs", "2", "--eval-from", "2", "--json", cwd=base)
+    """The module's one training run, given a *relative* data folder, its first epoch not validated
+    (in this process, as the other commands)."""
+    return run_cli_in_process(
+        None, "train", *TINY, "--data-dir", "small", "--out", "run", "--epochs", "2", "--eval-from", "2", "--json",
+        env={"COLUMNS": "200"}, cwd=base,
+    )  # fmt: skip
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -260,11 +253,11 @@ def test_a_run_whose_validation_goes_nan_stops_in_one_line_with_the_epoch_record
     assert not (out / "last.pt").exists() and not (out / "best.pt").exists() and not (out / "result.json").exists()
 
 
-def test_a_sweep_fails_a_diverging_trial_with_its_reason_and_goes_on(base: Path, tmp_path: Path) -> None:
+def test_a_sweep_fails_a_diverging_trial_with_its_reason_and_goes_on(in_process: InProcess, base: Path, tmp_path: Path) -> None:
     space = tmp_path / "space.yaml"
     space.write_text("optim.lr: {type: categorical, choices: [10000.0]}\n")
     out = tmp_path / "sweep"
-    result = cli(
+    result = in_process(
         "sweep", *TINY, "--epochs", "1", "--data-dir", str(base / "small"), "--space", str(space), "--out", str(out),
         "--trials", "2", cwd=tmp_path,
     )  # fmt: skip

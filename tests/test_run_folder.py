@@ -50,7 +50,10 @@ def digests(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def finished_run(real_data_root: Path, decoded_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("finished") / "run"
-    result = run_cli("train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out), cache=decoded_cache_dir)
+    result = run_cli_in_process(
+        None, "train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out),
+        env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return out
 
@@ -64,7 +67,7 @@ def test_two_train_processes_on_one_folder_exactly_one_runs(
     out = tmp_path / "run"
     args = ["train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out), "--json"]
     first = subprocess.Popen(
-        cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
+        cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(decoded_cache_dir)
     )
     try:
         assert first.stderr is not None
@@ -132,7 +135,8 @@ def test_a_refused_resume_exits_2_naming_the_flag_and_changes_no_file(
 ) -> None:
     before = digests(finished_run)
     result = run_cli_in_process(
-        capsys, "train", "--resume", str(finished_run / "last.pt"), *flags, env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
+        capsys, "train", "--resume", str(finished_run / "last.pt"), *flags,
+        env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)},
     )
     assert_one_line_error(result, 2, flag, "differs from the checkpoint's", "start a new run")
     assert digests(finished_run) == before
@@ -227,7 +231,8 @@ def test_each_kind_of_damaged_checkpoint_is_told_apart_on_resume(
 ) -> None:
     path = damaged[kind]
     result = run_cli_in_process(
-        capsys, "train", "--resume", str(path), "--out", str(tmp_path / "out"), env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
+        capsys, "train", "--resume", str(path), "--out", str(tmp_path / "out"),
+        env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)},
     )
     assert_one_line_error(result, 1, str(path), needle)
     assert not (tmp_path / "out" / "config.toml").exists()
