@@ -407,18 +407,23 @@ def _process_state_restored() -> Iterator[None]:
 
 
 def run_cli_in_process(
-    capsys: pytest.CaptureFixture[str], *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    capsys: pytest.CaptureFixture[str] | None, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`resnet-cifar ARGS` as ``run_cli`` runs it, but in this process (no interpreter start-up: ~2.5 s
     of CPU less), for tests that are not about the process itself: ``env`` added to the environment
     and ``cwd`` entered for the command only, the process state restored after it
     (_process_state_restored), and the warnings a fresh interpreter would print appended to stderr,
-    so a one-line-error check is as strict as on a child's stderr. Returns what ``run_cli`` returns."""
+    so a one-line-error check is as strict as on a child's stderr. Returns what ``run_cli`` returns.
+    ``capsys`` None (a module-scoped fixture has none): the output is caught by redirecting
+    sys.stdout and sys.stderr instead."""
     with _process_state_restored(), warnings_as_a_fresh_interpreter_prints() as shown:
         os.environ.update(env or {})
         if cwd is not None:
             os.chdir(cwd)
-        code, out, err = run_in_process(capsys, *args)
+        if capsys is not None:
+            code, out, err = run_in_process(capsys, *args)
+        else:
+            code, out, err = _run_redirected(*args)
     err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in shown)
     return subprocess.CompletedProcess(["resnet-cifar", *args], code, out, err)
 
@@ -432,3 +437,15 @@ def warnings_as_a_fresh_interpreter_prints() -> Iterator[list[Any]]:
         for category in _HIDDEN_BY_DEFAULT:
             warnings.simplefilter("ignore", category)
         yield shown
+
+
+def _run_redirected(*args: str) -> tuple[int, str, str]:
+    """The CLI entry point in this process with sys.stdout/sys.stderr caught: exit code, stdout, stderr."""
+    import io
+
+    from resnet_cifar.cli.main import run
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
+        run(list(args))
+    return int(exit_info.value.code), out.getvalue(), err.getvalue()

@@ -1,5 +1,6 @@
-"""The command line through a real subprocess: exit codes, one-line errors, JSON, no ANSI; the
-commands that need no torch start without it; help texts show the library's values."""
+"""The command line: exit codes, one-line errors, JSON, no ANSI; the commands that need no torch
+start without it (a fresh interpreter each); help texts show the library's values. `info` and
+the unknown flag run in this process (helpers.run_cli_in_process: no interpreter start-up)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import ANSI, assert_one_line_error, cli_env, http_server, run_cli
+from helpers import ANSI, assert_one_line_error, cli_env, http_server, run_cli_in_process
 
 LIBRARY_FIELD = re.compile(r"\{\w+\.\w+")  # a help text's {source.NAME}, not filled in
 
@@ -53,16 +54,16 @@ def write_png_folder(root: Path, per_class: int = 2) -> None:
                 Image.fromarray(pixels).save(folder / f"{index}.png")
 
 
-def test_info_json_is_one_object() -> None:
-    result = run_cli("info", "--json")
+def test_info_json_is_one_object(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_cli_in_process(capsys, "info", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["resnet_cifar"] and report["torch"] and "cpu" in report["devices"]
 
 
-def test_unknown_flag_and_command_exit_2_with_one_line() -> None:
-    assert_one_line_error(run_cli("info", "--bogus"), 2, "--bogus")
-    assert_one_line_error(run_cli("frobnicate"), 2, "frobnicate")
+def test_unknown_flag_and_command_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert_one_line_error(run_cli_in_process(capsys, "info", "--bogus"), 2, "--bogus")
+    assert_one_line_error(run_cli_in_process(capsys, "frobnicate"), 2, "frobnicate")
 
 
 def test_data_missing_folder_exits_2(tmp_path: Path) -> None:

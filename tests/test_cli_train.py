@@ -1,4 +1,6 @@
-"""`resnet-cifar train` through a real subprocess: config layering, JSON, signals, bad input."""
+"""`resnet-cifar train`: config layering, JSON, signals (a real subprocess, stopped by SIGTERM),
+bad input; all but the signalled run in this process (helpers.run_cli_in_process: the same exit
+code and output, without the interpreter's start-up)."""
 
 from __future__ import annotations
 
@@ -12,18 +14,18 @@ import pytest
 from resnet_cifar.config import read_config_file
 from resnet_cifar.engine.checkpoint import load_checkpoint
 
-from helpers import ANSI, SMALL, assert_one_line_error, cli, cli_env, read_until, run_cli
+from helpers import ANSI, SMALL, assert_one_line_error, cli, cli_env, read_until, run_cli, run_cli_in_process
 
 
 def test_config_file_then_flags_json_result_and_saved_config(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "run.toml"
     config.write_text('[optim]\nepochs = 1\nlr = 0.02\nlabel_smoothing = 0.0\n[model]\ndropout = 0.1\n')
     out = tmp_path / "run"
-    result = run_cli(
-        "train", *SMALL, "--data-dir", str(real_data_root), "--out", str(out), "--config", str(config),
-        "--lr", "0.03", "--json", cache=decoded_cache_dir,
+    result = run_cli_in_process(
+        capsys, "train", *SMALL, "--data-dir", str(real_data_root), "--out", str(out), "--config", str(config),
+        "--lr", "0.03", "--json", env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)  # exactly one JSON object on stdout
@@ -42,7 +44,9 @@ def test_config_file_then_flags_json_result_and_saved_config(
     assert load_checkpoint(out / "best.pt")["temperature"]["temperature"] == scaling["temperature"]
 
 
-def test_sigterm_leaves_a_resumable_checkpoint(real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
+def test_sigterm_leaves_a_resumable_checkpoint(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     command = cli("train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out))
     process = subprocess.Popen(
@@ -61,7 +65,9 @@ def test_sigterm_leaves_a_resumable_checkpoint(real_data_root: Path, decoded_cac
     assert checkpoint["epoch"] * 4 + checkpoint["batches_done_in_epoch"] >= 1  # at least one step was saved
     assert not list(out.glob(".*.tmp"))
 
-    resumed = run_cli("train", "--resume", str(out / "last.pt"), "--json", cache=decoded_cache_dir)
+    resumed = run_cli_in_process(
+        capsys, "train", "--resume", str(out / "last.pt"), "--json", env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
+    )
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
     assert summary["epochs_run"] == 2 and summary["interrupted"] is None
@@ -79,15 +85,17 @@ def test_sigterm_leaves_a_resumable_checkpoint(real_data_root: Path, decoded_cac
         (["--preset", "fastest"], "fastest"),
     ],
 )
-def test_bad_values_exit_2_with_one_line(real_data_root: Path, tmp_path: Path, flags: list[str], message: str) -> None:
-    result = run_cli("train", "--data-dir", str(real_data_root), "--out", str(tmp_path / "run"), *flags)
+def test_bad_values_exit_2_with_one_line(
+    real_data_root: Path, tmp_path: Path, flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_cli_in_process(capsys, "train", "--data-dir", str(real_data_root), "--out", str(tmp_path / "run"), *flags)
     assert_one_line_error(result, 2, message)
     assert not (tmp_path / "run").exists()  # nothing half-written
 
 
-def test_missing_data_dir_exits_2_without_downloading(tmp_path: Path) -> None:
+def test_missing_data_dir_exits_2_without_downloading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "no-such-folder"
-    result = run_cli("train", "--data-dir", str(missing), "--out", str(tmp_path / "run"))
+    result = run_cli_in_process(capsys, "train", "--data-dir", str(missing), "--out", str(tmp_path / "run"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {missing}: no such folder"
     assert not missing.exists()

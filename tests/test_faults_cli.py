@@ -1,4 +1,4 @@
-"""Faults of the files and the disk, through real `resnet-cifar` processes: broken entries in a
+"""Faults of the files and the disk, through the `resnet-cifar` entry point: broken entries in a
 real image folder (a FIFO, links that dangle or loop, an unreadable class folder), a disk that
 fills up under `download` and `eval`, a read-only download folder, and a decompression bomb given
 to `predict`. Each must end in one line on stderr with the README's exit code, never a traceback
@@ -12,6 +12,10 @@ How the faults are made real although the tests run as root (as CI does):
 - an unreadable folder is chmod 000 with the child process started without
   CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH (dropped from its bounding set before exec), so even
   root's child is denied; as a normal user, chmod alone denies it.
+
+Those cases, the full disks and a FIFO (which would block whoever opened it) run in a real child
+process; the others run the CLI in this process (helpers.run_cli_in_process: the same exit code
+and stderr, warnings included, without ~2.5 s of interpreter start-up each).
 """
 
 from __future__ import annotations
@@ -37,7 +41,15 @@ from resnet_cifar import files
 from resnet_cifar.errors import DataError, UsageError
 from resnet_cifar.evaluation import plots
 
-from helpers import assert_one_line_error, drop_file_permission_override, http_server, random_resnet18, smoke_config, write_checkpoint
+from helpers import (
+    assert_one_line_error,
+    drop_file_permission_override,
+    http_server,
+    random_resnet18,
+    run_cli_in_process,
+    smoke_config,
+    write_checkpoint,
+)
 
 TIMEOUT_S = 120
 IMAGES_PER_CLASS = 2
@@ -229,22 +241,30 @@ def _make_fault(root: Path, case: str) -> tuple[Path, str]:
     raise AssertionError(case)
 
 
+# Faults a real child process must meet: root's child without its permission override (this process
+# keeps it), and a FIFO, whose opening would block forever (a child's hang ends at its timeout).
+IN_A_CHILD = ("fifo", "unreadable class folder")
+
+
 @pytest.mark.parametrize("no_cache", [False, True], ids=["cache", "no-cache"])
 @pytest.mark.parametrize("case", ["fifo", "dangling link", "link loop", "socket", "unreadable class folder"])
 def test_a_broken_entry_in_an_image_folder_is_one_line_naming_it(
-    image_root: Path, tmp_path: Path, case: str, no_cache: bool
+    image_root: Path, tmp_path: Path, case: str, no_cache: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cache = tmp_path / "cache"
     culprit, reason = _make_fault(image_root, case)
+    args = ("data", str(image_root), *(["--no-cache"] if no_cache else []))
+    env = {"RESNET_CIFAR_CACHE": str(cache)}
     try:
-        result = run_cli_with_prelude(
-            "data",
-            str(image_root),
-            *(["--no-cache"] if no_cache else []),
-            env={"RESNET_CIFAR_CACHE": str(cache)},
-            # Root ignores chmod 000; without these capabilities its child does not.
-            preexec_fn=drop_file_permission_override if os.geteuid() == 0 else None,
-        )
+        if case in IN_A_CHILD:
+            result = run_cli_with_prelude(
+                *args,
+                env=env,
+                # Root ignores chmod 000; without these capabilities its child does not.
+                preexec_fn=drop_file_permission_override if os.geteuid() == 0 else None,
+            )
+        else:
+            result = run_cli_in_process(capsys, *args, env=env)
     finally:
         if case == "unreadable class folder":
             culprit.chmod(0o755)  # so tmp_path can be cleaned up
@@ -255,13 +275,15 @@ def test_a_broken_entry_in_an_image_folder_is_one_line_naming_it(
         assert not cache.exists() or not any(cache.iterdir()), line
 
 
-def test_the_intact_folder_loads_and_a_link_to_a_real_image_is_read(image_root: Path, tmp_path: Path) -> None:
+def test_the_intact_folder_loads_and_a_link_to_a_real_image_is_read(
+    image_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The other side of the refusals: links to regular files stay welcome (the GPU run links its
     images), so the checks above refuse the entry, not symlinks as such."""
     source = sorted((image_root / "train" / "cat").iterdir())[0]
     (image_root / "train" / "cat" / "linked.jpg").symlink_to(source)
     for extra in ([], ["--no-cache"]):
-        result = run_cli_with_prelude("data", str(image_root), "--json", *extra, env={"RESNET_CIFAR_CACHE": str(tmp_path / "c")})
+        result = run_cli_in_process(capsys, "data", str(image_root), "--json", *extra, env={"RESNET_CIFAR_CACHE": str(tmp_path / "c")})
         assert result.returncode == 0, result.stderr
         assert '"cat": 3' in result.stdout and f'"count": {10 * IMAGES_PER_CLASS + 1}' in result.stdout
 
@@ -450,7 +472,7 @@ def blank_png(path: Path, width: int, height: int) -> Path:
     ids=["over the limit (Pillow warns)", "over twice the limit (Pillow raises)"],
 )
 def test_predict_refuses_a_decompression_bomb_in_one_line(
-    tmp_path: Path, image_root: Path, size: tuple[int, int]
+    tmp_path: Path, image_root: Path, size: tuple[int, int], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from PIL import Image
 
@@ -459,18 +481,20 @@ def test_predict_refuses_a_decompression_bomb_in_one_line(
     bomb = blank_png(tmp_path / "bomb.png", width, height)
     assert bomb.stat().st_size < 100_000
     checkpoint = _checkpoint(tmp_path, image_root)
-    result = run_cli_with_prelude("predict", str(checkpoint), str(bomb), env={})
+    result = run_cli_in_process(capsys, "predict", str(checkpoint), str(bomb))  # a warning would reach stderr
     line = assert_one_line_error(
         result, 1, f"error: {bomb}: refusing to decode", f"{width * height:,} pixels", f"{Image.MAX_IMAGE_PIXELS:,}"
     )
     assert "DecompressionBombWarning" not in result.stderr, line
 
 
-def test_predict_still_reads_an_image_just_under_the_limit(tmp_path: Path, image_root: Path) -> None:
+def test_predict_still_reads_an_image_just_under_the_limit(
+    tmp_path: Path, image_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The refusal is at Pillow's limit, not below it: a big (but allowed) image is predicted."""
     bomb = blank_png(tmp_path / "big.png", 4_000, 4_000)
     checkpoint = _checkpoint(tmp_path, image_root)
-    result = run_cli_with_prelude("predict", str(checkpoint), str(bomb), "--json", env={})
+    result = run_cli_in_process(capsys, "predict", str(checkpoint), str(bomb), "--json")
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert str(bomb) in result.stdout
 

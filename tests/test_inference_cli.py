@@ -1,5 +1,6 @@
-"""`resnet-cifar eval` and `resnet-cifar predict` on the real images: through a real subprocess for
-the main flows (exit code, files, JSON consistency, no ANSI codes), in-process for the error codes."""
+"""`resnet-cifar eval` and `resnet-cifar predict` on the real images, through the CLI entry point in
+this process (helpers.run_cli_in_process / run_in_process): the main flows (exit code, files, JSON
+consistency, no ANSI codes) and the error codes."""
 
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ from PIL import Image
 
 from resnet_cifar.data.types import CIFAR10_CLASSES
 
-from helpers import ANSI, one_line_error, random_resnet18, run_cli, run_in_process, smoke_config, write_checkpoint
+from helpers import ANSI, one_line_error, random_resnet18, run_cli_in_process, run_in_process, smoke_config, write_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path, real_splits) -> Path:
     """A ResNet-18 (ImageNet stem: cheap at 32 px) checkpoint in the trainer's format, random weights.
 
-    Depends on real_splits so the session's decoded cache is filled before any subprocess reads it.
+    Depends on real_splits so the session's decoded cache is filled before any command reads it.
     """
     cfg = smoke_config(real_data_root, **{"data.limit_val": 300})
     return write_checkpoint(tmp_path_factory.mktemp("run") / "best.pt", cfg, random_resnet18(), epoch=1)
@@ -43,8 +44,11 @@ def check_report_consistency(report: dict[str, Any], count: int) -> None:
         assert report["per_class"][name]["recall"] == pytest.approx(recall)
 
 
-def test_eval_json_on_500_test_images(checkpoint: Path, decoded_cache_dir: Path) -> None:
-    result = run_cli("eval", str(checkpoint), "--limit", "500", "--device", "cpu", "--json", cache=decoded_cache_dir)
+def test_eval_json_on_500_test_images(checkpoint: Path, decoded_cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_cli_in_process(
+        capsys, "eval", str(checkpoint), "--limit", "500", "--device", "cpu", "--json",
+        env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert not ANSI.search(result.stdout) and not ANSI.search(result.stderr)
     report = json.loads(result.stdout)  # exactly one object on stdout
@@ -66,11 +70,13 @@ def test_eval_json_on_500_test_images(checkpoint: Path, decoded_cache_dir: Path)
         assert image.format == "PNG" and image.width > image.height  # counts and rates side by side
 
 
-def test_eval_val_with_tta_prints_a_plain_table(checkpoint: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
+def test_eval_val_with_tta_prints_a_plain_table(
+    checkpoint: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out_dir = tmp_path / "report"
-    result = run_cli(
-        "eval", str(checkpoint), "--split", "val", "--tta", "--batch-size", "128", "--out", str(out_dir),
-        cache=decoded_cache_dir,
+    result = run_cli_in_process(
+        capsys, "eval", str(checkpoint), "--split", "val", "--tta", "--batch-size", "128", "--out", str(out_dir),
+        env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert not ANSI.search(result.stdout) and not ANSI.search(result.stderr)
@@ -89,7 +95,7 @@ def test_eval_val_with_tta_prints_a_plain_table(checkpoint: Path, decoded_cache_
 
 
 def test_predict_on_real_jpegs_and_images_of_other_sizes_and_modes(
-    checkpoint: Path, decoded_cache_dir: Path, real_data_root: Path, tmp_path: Path
+    checkpoint: Path, decoded_cache_dir: Path, real_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rng = np.random.default_rng(0)
     wide, gray = tmp_path / "wide.png", tmp_path / "gray.jpg"
@@ -98,7 +104,10 @@ def test_predict_on_real_jpegs_and_images_of_other_sizes_and_modes(
     jpegs = [real_data_root / "test" / "cat" / "0000.jpg", real_data_root / "test" / "ship" / "0001.jpg"]
     images = [*jpegs, wide, gray]
 
-    result = run_cli("predict", str(checkpoint), *map(str, images), "--top-k", "3", "--json", cache=decoded_cache_dir)
+    result = run_cli_in_process(
+        capsys, "predict", str(checkpoint), *map(str, images), "--top-k", "3", "--json",
+        env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert not ANSI.search(result.stdout)
     predictions = json.loads(result.stdout)["predictions"]

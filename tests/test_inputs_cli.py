@@ -1,9 +1,13 @@
-"""Odd and hostile inputs, through real `resnet-cifar` processes on real files (issue 29, items
+"""Odd and hostile inputs, through the `resnet-cifar` entry point on real files (issue 29, items
 2-6, 9, 10): class names that look like syntax, a command asked to overwrite its own input,
 images of 16 bits or floats, settings files and run files built to explode, a TensorBoard folder
 that is not one, and downloads that redirect, loop, stall, trickle or are killed. Each case must
 end in one line on stderr with the README's exit code (or succeed, showing names as data), never
 a traceback, and leave the inputs as they were.
+
+The commands run in this process (helpers.run_cli_in_process: the same exit codes and stderr,
+without ~2.5 s of interpreter start-up each); the lock is held by another process, and the
+SIGTERM case runs the download in a child, which the signal ends.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from resnet_cifar.engine.checkpointer import LOCK
 from resnet_cifar.files import FOLDER_LOCK
 from resnet_cifar.models import resnet18
 
-from helpers import assert_one_line_error, save_checkpoint
-from test_faults_cli import NO_PROXY, run_cli_with_prelude
+from helpers import assert_one_line_error, run_cli_in_process, save_checkpoint
+from test_faults_cli import NO_PROXY
 
 # Names that are syntax somewhere: a dot (report keys), mathtext (matplotlib), ESC and a newline
 # (the terminal), Rich markup and HTML. Sorted: the image-folder loader orders classes by name.
@@ -76,8 +80,8 @@ def no_raw_controls(result: subprocess.CompletedProcess[str]) -> None:
 # --------------------------------------------------------------------------- class names are data
 
 
-def test_data_shows_every_name_with_controls_escaped(odd_run: Path, env: dict[str, str]) -> None:
-    result = run_cli_with_prelude("data", str(odd_run / "data"), env=env)
+def test_data_shows_every_name_with_controls_escaped(capsys: pytest.CaptureFixture[str], odd_run: Path, env: dict[str, str]) -> None:
+    result = run_cli_in_process(capsys, "data", str(odd_run / "data"), env=env)
     assert result.returncode == 0, result.stderr
     no_raw_controls(result)
     assert "esc\\x1b[31m\\nred" in result.stdout  # shown as escapes, on its own table row
@@ -86,9 +90,9 @@ def test_data_shows_every_name_with_controls_escaped(odd_run: Path, env: dict[st
     assert len(result.stdout.splitlines()) == 2 + 1 + len(ODD_NAMES) + 1  # layout, title, header, rows, total
 
 
-def test_eval_reports_names_as_data_in_tables_json_page_and_heatmap(odd_run: Path, env: dict[str, str], tmp_path: Path) -> None:
+def test_eval_reports_names_as_data_in_tables_json_page_and_heatmap(capsys: pytest.CaptureFixture[str], odd_run: Path, env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    result = run_cli_with_prelude("eval", str(odd_run / "run" / "best.pt"), "--out", str(out), "--json", env=env)
+    result = run_cli_in_process(capsys, "eval", str(odd_run / "run" / "best.pt"), "--out", str(out), "--json", env=env)
     assert result.returncode == 0, result.stderr
     no_raw_controls(result)
     report = json.loads(result.stdout)
@@ -99,7 +103,7 @@ def test_eval_reports_names_as_data_in_tables_json_page_and_heatmap(odd_run: Pat
     assert "&lt;i&gt;x&amp;amp;" in page and "<i>x" not in page
     with Image.open(out / "confusion_matrix.png") as heatmap:
         assert heatmap.size[0] > 0
-    table = run_cli_with_prelude("eval", str(odd_run / "run" / "best.pt"), "--out", str(out), env=env)
+    table = run_cli_in_process(capsys, "eval", str(odd_run / "run" / "best.pt"), "--out", str(out), env=env)
     assert table.returncode == 0, table.stderr
     no_raw_controls(table)
     rows = [line for line in table.stdout.splitlines() if line.split() and line.split()[0] in {"cat.v2", "$\\evil$"}]
@@ -107,14 +111,14 @@ def test_eval_reports_names_as_data_in_tables_json_page_and_heatmap(odd_run: Pat
 
 
 def test_predict_with_a_checkpoint_and_its_onnx_export_shows_names_escaped(
-    odd_run: Path, env: dict[str, str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], odd_run: Path, env: dict[str, str], tmp_path: Path
 ) -> None:
     image = next((odd_run / "data" / "test" / "cat.v2").iterdir())
     onnx = tmp_path / "model.onnx"
-    exported = run_cli_with_prelude("export", str(odd_run / "run" / "best.pt"), "--format", "onnx", "--out", str(onnx), env=env)
+    exported = run_cli_in_process(capsys, "export", str(odd_run / "run" / "best.pt"), "--format", "onnx", "--out", str(onnx), env=env)
     assert exported.returncode == 0, exported.stderr
     for model in (odd_run / "run" / "best.pt", onnx):  # names from the checkpoint, then from ONNX metadata
-        result = run_cli_with_prelude("predict", str(model), str(image), "--top-k", str(len(ODD_NAMES)), env=env)
+        result = run_cli_in_process(capsys, "predict", str(model), str(image), "--top-k", str(len(ODD_NAMES)), env=env)
         assert result.returncode == 0, result.stderr
         no_raw_controls(result)
         assert result.stdout.count("\n") == 1 and "esc\\x1b[31m\\nred" in result.stdout
@@ -123,40 +127,40 @@ def test_predict_with_a_checkpoint_and_its_onnx_export_shows_names_escaped(
 # --------------------------------------------------------------------------- nothing overwrites its own input
 
 
-def test_export_refuses_to_write_over_its_checkpoint_under_any_name(odd_run: Path, env: dict[str, str], tmp_path: Path) -> None:
+def test_export_refuses_to_write_over_its_checkpoint_under_any_name(capsys: pytest.CaptureFixture[str], odd_run: Path, env: dict[str, str], tmp_path: Path) -> None:
     checkpoint = tmp_path / "best.pt"
     shutil.copyfile(odd_run / "run" / "best.pt", checkpoint)
     before = checkpoint.read_bytes()
     (tmp_path / "alias.pt").symlink_to(checkpoint)
     os.link(checkpoint, tmp_path / "hard.pt")
     for out in (checkpoint, tmp_path / "alias.pt", tmp_path / "hard.pt"):
-        result = run_cli_with_prelude("export", str(checkpoint), "--format", "safetensors", "--out", str(out), env=env)
+        result = run_cli_in_process(capsys, "export", str(checkpoint), "--format", "safetensors", "--out", str(out), env=env)
         assert_one_line_error(result, 2, "would overwrite the input")
     assert checkpoint.read_bytes() == before
 
 
-def test_eval_train_and_sweep_refuse_an_output_that_is_their_input(odd_run: Path, env: dict[str, str], tmp_path: Path) -> None:
+def test_eval_train_and_sweep_refuse_an_output_that_is_their_input(capsys: pytest.CaptureFixture[str], odd_run: Path, env: dict[str, str], tmp_path: Path) -> None:
     # eval writes metrics.json into --out: a checkpoint saved under that name is its input.
     checkpoint = tmp_path / "metrics.json"
     shutil.copyfile(odd_run / "run" / "best.pt", checkpoint)
     before = checkpoint.read_bytes()
-    assert_one_line_error(run_cli_with_prelude("eval", str(checkpoint), "--out", str(tmp_path), env=env), 2, "metrics.json")
+    assert_one_line_error(run_cli_in_process(capsys, "eval", str(checkpoint), "--out", str(tmp_path), env=env), 2, "metrics.json")
     assert checkpoint.read_bytes() == before
     # train writes OUT/config.toml; sweep writes OUT/best.toml: a --config read from there is refused.
     config = tmp_path / "run" / "config.toml"
     config.parent.mkdir()
     config.write_text('[optim]\nlr = 0.1\n')
-    result = run_cli_with_prelude("train", "--config", str(config), "--out", str(config.parent), "--data-dir", str(odd_run / "data"), env=env)
+    result = run_cli_in_process(capsys, "train", "--config", str(config), "--out", str(config.parent), "--data-dir", str(odd_run / "data"), env=env)
     assert_one_line_error(result, 2, "would overwrite the input")
     best = tmp_path / "sweep" / "best.toml"
     best.parent.mkdir()
     best.write_text('[optim]\nlr = 0.1\n')
-    result = run_cli_with_prelude("sweep", "--config", str(best), "--out", str(best.parent), "--trials", "1", env=env)
+    result = run_cli_in_process(capsys, "sweep", "--config", str(best), "--out", str(best.parent), "--trials", "1", env=env)
     assert_one_line_error(result, 2, "would overwrite the input")
     assert config.read_text() == best.read_text() == '[optim]\nlr = 0.1\n'
 
 
-def test_no_command_writes_into_a_folder_another_process_holds(odd_run: Path, env: dict[str, str], tmp_path: Path) -> None:
+def test_no_command_writes_into_a_folder_another_process_holds(capsys: pytest.CaptureFixture[str], odd_run: Path, env: dict[str, str], tmp_path: Path) -> None:
     assert FOLDER_LOCK == LOCK  # the run folder's lock is the one the check looks at
     held = tmp_path / "held"
     held.mkdir()
@@ -165,9 +169,9 @@ def test_no_command_writes_into_a_folder_another_process_holds(odd_run: Path, en
     )
     try:
         assert holder.stdout.readline() == "locked\n"  # the event: the other process holds the folder
-        export = run_cli_with_prelude("export", str(odd_run / "run" / "best.pt"), "--format", "safetensors", "--out", str(held / "best.pt"), env=env)
+        export = run_cli_in_process(capsys, "export", str(odd_run / "run" / "best.pt"), "--format", "safetensors", "--out", str(held / "best.pt"), env=env)
         assert_one_line_error(export, 2, "in use by another", f"pid {holder.pid}")
-        evaluated = run_cli_with_prelude("eval", str(odd_run / "run" / "best.pt"), "--out", str(held), env=env)
+        evaluated = run_cli_in_process(capsys, "eval", str(odd_run / "run" / "best.pt"), "--out", str(held), env=env)
         assert_one_line_error(evaluated, 2, "in use by another", f"pid {holder.pid}")
     finally:
         holder.communicate("")  # closing its stdin lets it go
@@ -188,7 +192,7 @@ sys.stdin.read()
 
 
 def test_a_16_bit_image_is_read_with_its_real_range_and_float_images_are_refused(
-    odd_run: Path, env: dict[str, str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], odd_run: Path, env: dict[str, str], tmp_path: Path
 ) -> None:
     gray = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) % 256).astype(np.uint8)
     Image.fromarray(gray).save(tmp_path / "gray8.png")
@@ -196,14 +200,14 @@ def test_a_16_bit_image_is_read_with_its_real_range_and_float_images_are_refused
     with Image.open(tmp_path / "gray16.png") as opened:
         assert opened.mode == "I;16"
     checkpoint = str(odd_run / "run" / "best.pt")
-    result = run_cli_with_prelude("predict", checkpoint, str(tmp_path / "gray8.png"), str(tmp_path / "gray16.png"), "--json", env=env)
+    result = run_cli_in_process(capsys, "predict", checkpoint, str(tmp_path / "gray8.png"), str(tmp_path / "gray16.png"), "--json", env=env)
     assert result.returncode == 0, result.stderr
     eight, sixteen = json.loads(result.stdout)["predictions"]
     assert eight["top"] == sixteen["top"]  # not all white: the same answer as the 8-bit picture
     Image.fromarray(np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)).save(tmp_path / "float.tiff")
     Image.fromarray(np.arange(32 * 32, dtype=np.int32).reshape(32, 32) * 4096).save(tmp_path / "int32.tiff")
     for name, mode in (("float.tiff", "mode F"), ("int32.tiff", "mode I")):
-        assert_one_line_error(run_cli_with_prelude("predict", checkpoint, str(tmp_path / name), env=env), 1, name, mode)
+        assert_one_line_error(run_cli_in_process(capsys, "predict", checkpoint, str(tmp_path / name), env=env), 1, name, mode)
 
 
 # --------------------------------------------------------------------------- inputs that explode
@@ -231,7 +235,7 @@ SPACE_CASES = ("bomb.yaml", "deep.toml", "twice.yaml")
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_SETTINGS))
-def test_a_hostile_config_or_space_is_one_short_line(name: str, env: dict[str, str], tmp_path: Path) -> None:
+def test_a_hostile_config_or_space_is_one_short_line(capsys: pytest.CaptureFixture[str], name: str, env: dict[str, str], tmp_path: Path) -> None:
     text, needle = HOSTILE_SETTINGS[name]
     path = tmp_path / name
     path.write_text(text)
@@ -239,7 +243,7 @@ def test_a_hostile_config_or_space_is_one_short_line(name: str, env: dict[str, s
     if name in SPACE_CASES:  # a search space is read the same way: the bounds are those of the reader
         commands.append(("sweep", "--space", str(path)))
     for args in commands:
-        result = run_cli_with_prelude(*args, "--data-dir", str(tmp_path), "--out", str(tmp_path / "out"), env=env)
+        result = run_cli_in_process(capsys, *args, "--data-dir", str(tmp_path), "--out", str(tmp_path / "out"), env=env)
         line = assert_one_line_error(result, 2, str(path), needle)
         assert len(line) < 400  # values are cut, never expanded into the message
     assert not (tmp_path / "out").exists()
@@ -269,12 +273,12 @@ def test_a_hostile_metrics_jsonl_loses_the_curves_with_a_note(case: str, tmp_pat
     assert read_history(tmp_path)[0] is not None  # NaN (an epoch not validated) is kept
 
 
-def test_report_survives_a_hostile_metrics_jsonl_losing_only_the_curves(odd_run: Path, env: dict[str, str], tmp_path: Path) -> None:
+def test_report_survives_a_hostile_metrics_jsonl_losing_only_the_curves(capsys: pytest.CaptureFixture[str], odd_run: Path, env: dict[str, str], tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     shutil.copyfile(odd_run / "run" / "best.pt", run / "best.pt")
     (run / "metrics.jsonl").write_text(GOOD_EPOCH + HOSTILE_HISTORY["deep"] + "\n" + HOSTILE_HISTORY["far epoch"] + "\n")
-    result = run_cli_with_prelude("report", str(run), env=env)
+    result = run_cli_in_process(capsys, "report", str(run), env=env)
     assert result.returncode == 0, result.stderr
     page = (run / "eval-test" / "report.html").read_text(encoding="utf-8")
     assert "No training curves" in page
@@ -283,7 +287,7 @@ def test_report_survives_a_hostile_metrics_jsonl_losing_only_the_curves(odd_run:
 # --------------------------------------------------------------------------- one line instead of a traceback
 
 
-def test_a_tensorboard_path_that_is_no_folder_is_one_line(odd_run: Path, env: dict[str, str], tmp_path: Path) -> None:
+def test_a_tensorboard_path_that_is_no_folder_is_one_line(capsys: pytest.CaptureFixture[str], odd_run: Path, env: dict[str, str], tmp_path: Path) -> None:
     for case in ("file", "dangling link"):
         out = tmp_path / case.replace(" ", "-")
         out.mkdir()
@@ -291,15 +295,16 @@ def test_a_tensorboard_path_that_is_no_folder_is_one_line(odd_run: Path, env: di
             (out / "tensorboard").write_text("not a folder")
         else:
             (out / "tensorboard").symlink_to(tmp_path / "nowhere")
-        result = run_cli_with_prelude(
+        result = run_cli_in_process(
+            capsys,
             "train", "--preset", "smoke", "--depth", "18", "--epochs", "1", "--batch-size", "2", "--tensorboard",
             "--data-dir", str(odd_run / "data"), "--out", str(out), env=env,
         )
         assert_one_line_error(result, 2, str(out / "tensorboard"), case)
 
 
-def test_an_image_size_past_any_allocation_is_one_line(odd_run: Path, env: dict[str, str], tmp_path: Path) -> None:
-    result = run_cli_with_prelude("train", "--image-size", "100000", "--data-dir", str(odd_run / "data"), "--out", str(tmp_path / "o"), env=env)
+def test_an_image_size_past_any_allocation_is_one_line(capsys: pytest.CaptureFixture[str], odd_run: Path, env: dict[str, str], tmp_path: Path) -> None:
+    result = run_cli_in_process(capsys, "train", "--image-size", "100000", "--data-dir", str(odd_run / "data"), "--out", str(tmp_path / "o"), env=env)
     assert_one_line_error(result, 2, "--image-size", "100000")
 
 
@@ -368,33 +373,33 @@ def server() -> Iterator[Server]:
         thread.join(timeout=5)
 
 
-def download(server: Server, path: str, data: Path, *flags: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return run_cli_with_prelude("download", "--data-dir", str(data), "--url", server.base + path, *flags, env=env)
+def download(capsys: pytest.CaptureFixture[str], server: Server, path: str, data: Path, *flags: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run_cli_in_process(capsys, "download", "--data-dir", str(data), "--url", server.base + path, *flags, env=env)
 
 
-def test_redirects_to_another_scheme_or_in_a_loop_are_one_line(server: Server, env: dict[str, str], tmp_path: Path) -> None:
+def test_redirects_to_another_scheme_or_in_a_loop_are_one_line(capsys: pytest.CaptureFixture[str], server: Server, env: dict[str, str], tmp_path: Path) -> None:
     for path, needle in (("/to-ftp", "ftp://"), ("/to-file", "file://"), ("/loop", "redirect loop")):
-        assert_one_line_error(download(server, path, tmp_path, env=env), 1, needle)
+        assert_one_line_error(download(capsys, server, path, tmp_path, env=env), 1, needle)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_stall_reports_the_bytes_that_arrived(server: Server, env: dict[str, str], tmp_path: Path) -> None:
-    result = download(server, "/stall", tmp_path, "--timeout", "0.5", env=env)
+def test_a_stall_reports_the_bytes_that_arrived(capsys: pytest.CaptureFixture[str], server: Server, env: dict[str, str], tmp_path: Path) -> None:
+    result = download(capsys, server, "/stall", tmp_path, "--timeout", "0.5", env=env)
     assert_one_line_error(result, 1, "after 10 bytes", "timed out")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_deadline_and_a_minimum_rate_end_a_download_that_never_stalls(server: Server, env: dict[str, str], tmp_path: Path) -> None:
-    result = download(server, "/endless", tmp_path, "--deadline", "0.3", "--min-rate", "0", env=env)
+def test_a_deadline_and_a_minimum_rate_end_a_download_that_never_stalls(capsys: pytest.CaptureFixture[str], server: Server, env: dict[str, str], tmp_path: Path) -> None:
+    result = download(capsys, server, "/endless", tmp_path, "--deadline", "0.3", "--min-rate", "0", env=env)
     assert_one_line_error(result, 1, "0.3 s deadline", "--deadline")
-    result = download(server, "/endless", tmp_path, "--timeout", "0.3", "--min-rate", "1e15", env=env)
+    result = download(capsys, server, "/endless", tmp_path, "--timeout", "0.3", "--min-rate", "1e15", env=env)
     assert_one_line_error(result, 1, "under the minimum", "--min-rate")
     assert list(tmp_path.iterdir()) == []
-    assert_one_line_error(download(server, "/endless", tmp_path, "--deadline", "nan", env=env), 2, "deadline")
+    assert_one_line_error(download(capsys, server, "/endless", tmp_path, "--deadline", "nan", env=env), 2, "deadline")
 
 
 def test_sigterm_during_a_download_leaves_no_part_file_and_stale_ones_are_removed(
-    server: Server, env: dict[str, str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], server: Server, env: dict[str, str], tmp_path: Path
 ) -> None:
     code = "import sys\nfrom resnet_cifar.cli.main import run\nrun(sys.argv[1:])\n"
     process = subprocess.Popen(
@@ -416,7 +421,7 @@ def test_sigterm_during_a_download_leaves_no_part_file_and_stale_ones_are_remove
     descriptor = os.open(held, os.O_RDWR)
     fcntl.flock(descriptor, fcntl.LOCK_EX)
     try:
-        result = download(server, "/stall", tmp_path, "--timeout", "0.5", env=env)
+        result = download(capsys, server, "/stall", tmp_path, "--timeout", "0.5", env=env)
     finally:
         os.close(descriptor)
     assert_one_line_error(result, 1, "after 10 bytes")

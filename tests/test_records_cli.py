@@ -5,19 +5,20 @@ on, damaged or foreign checkpoint files).
 One small run is trained once for the module (a ResNet-18 with the ImageNet stem, cheap at 32 px,
 on 8 real images per class, 2 epochs of 5 steps, the first epoch not validated) and every check
 reads or tampers with copies of its files. A diverging run and a diverging sweep train 1 epoch each.
+The commands run in this process (helpers.run_cli_in_process: the same exit codes and output,
+the process state restored, without the interpreter's start-up).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import struct
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,19 +28,24 @@ from resnet_cifar.data.types import CIFAR10_CLASSES
 from resnet_cifar.engine.checkpoint import payload_digest
 from resnet_cifar.evaluation import evaluate
 
-TIMEOUT_S = 600
+from helpers import run_cli_in_process
+
 TINY = [
     "--preset", "smoke", "--depth", "18", "--stem", "imagenet", "--device", "cpu", "--schedule", "constant",
     "--batch-size", "16", "--limit-val", "10",
 ]  # fmt: skip
 TRAIN_PER_CLASS, TEST_PER_CLASS = 8, 3
+InProcess = Callable[..., subprocess.CompletedProcess[str]]  # the in_process fixture
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "resnet_cifar.cli", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=TIMEOUT_S, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+@pytest.fixture()
+def in_process(capsys: pytest.CaptureFixture[str]) -> InProcess:
+    """`resnet-cifar ARGS` in this process (helpers.run_cli_in_process), in ``cwd``, 200 columns wide."""
+
+    def call(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        return run_cli_in_process(capsys, *args, env={"COLUMNS": "200"}, cwd=cwd)
+
+    return call
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
@@ -84,8 +90,12 @@ def base(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path) -> Path
 
 @pytest.fixture(scope="module")
 def run(base: Path) -> subprocess.CompletedProcess[str]:
-    """The module's one training run, given a *relative* data folder, its first epoch not validated."""
-    return cli("train", *TINY, "--data-dir", "small", "--out", "run", "--epochs", "2", "--eval-from", "2", "--json", cwd=base)
+    """The module's one training run, given a *relative* data folder, its first epoch not validated
+    (in this process, as the other commands)."""
+    return run_cli_in_process(
+        None, "train", *TINY, "--data-dir", "small", "--out", "run", "--epochs", "2", "--eval-from", "2", "--json",
+        env={"COLUMNS": "200"}, cwd=base,
+    )  # fmt: skip
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -110,9 +120,9 @@ def test_a_run_records_strict_json_one_run_id_and_the_absolute_data_folder(base:
     assert checkpoint["digest"] == payload_digest(checkpoint) and len(checkpoint["data_fingerprint"]) == 64
 
 
-def test_eval_from_another_folder_scores_the_training_data_and_says_when_it_differs(base: Path, run, tmp_path: Path) -> None:
+def test_eval_from_another_folder_scores_the_training_data_and_says_when_it_differs(in_process: InProcess, base: Path, run, tmp_path: Path) -> None:
     best = base / "run" / "best.pt"
-    same = cli("eval", str(best), "--out", str(tmp_path / "same"), "--json", cwd=tmp_path)
+    same = in_process("eval", str(best), "--out", str(tmp_path / "same"), "--json", cwd=tmp_path)
     assert same.returncode == 0, same.stderr
     report = strict_json(same.stdout)
     assert report["data_dir"] == str(base / "small") and report["data_matches_training"] is True
@@ -120,7 +130,7 @@ def test_eval_from_another_folder_scores_the_training_data_and_says_when_it_diff
 
     other = shutil.copytree(base / "small", tmp_path / "other")
     shutil.copyfile(next((other / "train" / "cat").iterdir()), other / "train" / "dog" / "added.jpg")
-    differs = cli("eval", str(best), "--data-dir", str(other), "--out", str(tmp_path / "differs"), "--json", cwd=tmp_path)
+    differs = in_process("eval", str(best), "--data-dir", str(other), "--out", str(tmp_path / "differs"), "--json", cwd=tmp_path)
     assert differs.returncode == 0, differs.stderr
     report = strict_json(differs.stdout)
     assert report["data_matches_training"] is False and report["data_dir"] == str(other)
@@ -128,19 +138,19 @@ def test_eval_from_another_folder_scores_the_training_data_and_says_when_it_diff
     assert notes == [f"note: {report['data_note']}"] and f"the data in {other} differs" in notes[0]
 
 
-def test_a_checkpoint_without_the_new_records_still_loads(base: Path, run, tmp_path: Path) -> None:
+def test_a_checkpoint_without_the_new_records_still_loads(in_process: InProcess, base: Path, run, tmp_path: Path) -> None:
     payload = load(base / "run" / "best.pt")
     for key in ("run_id", "data_fingerprint", "digest"):
         del payload[key]
     torch.save(payload, tmp_path / "old.pt")
-    result = cli("eval", str(tmp_path / "old.pt"), "--out", str(tmp_path / "eval"), "--json", cwd=tmp_path)
+    result = in_process("eval", str(tmp_path / "old.pt"), "--out", str(tmp_path / "eval"), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert strict_json(result.stdout)["data_matches_training"] is None
 
 
-def test_predict_json_is_strict(base: Path, run) -> None:
+def test_predict_json_is_strict(in_process: InProcess, base: Path, run) -> None:
     image = next((base / "small" / "test" / "ship").iterdir())
-    result = cli("predict", "run/best.pt", str(image), "--json", cwd=base)
+    result = in_process("predict", "run/best.pt", str(image), "--json", cwd=base)
     assert result.returncode == 0, result.stderr
     assert len(strict_json(result.stdout)["predictions"][0]["top"]) == 3
 
@@ -148,38 +158,38 @@ def test_predict_json_is_strict(base: Path, run) -> None:
 # --------------------------------------------------------------------------- run folders
 
 
-def test_a_folder_holding_run_files_but_no_last_pt_is_refused_unless_resumed(base: Path, run, tmp_path: Path) -> None:
+def test_a_folder_holding_run_files_but_no_last_pt_is_refused_unless_resumed(in_process: InProcess, base: Path, run, tmp_path: Path) -> None:
     folder = tmp_path / "reused"
     folder.mkdir()
     for name in ("best.pt", "metrics.jsonl", "result.json"):
         shutil.copyfile(base / "run" / name, folder / name)
     before = files_of(folder)
-    result = cli("train", *TINY, "--data-dir", str(base / "small"), "--out", str(folder), "--epochs", "1", cwd=tmp_path)
+    result = in_process("train", *TINY, "--data-dir", str(base / "small"), "--out", str(folder), "--epochs", "1", cwd=tmp_path)
     one_line_error(result, 2, str(folder), "already holds a run", "metrics.jsonl")
     assert files_of(folder) == before
 
 
-def test_report_leaves_out_the_curves_of_another_run(base: Path, run, tmp_path: Path) -> None:
+def test_report_leaves_out_the_curves_of_another_run(in_process: InProcess, base: Path, run, tmp_path: Path) -> None:
     folder = tmp_path / "mixed"
     folder.mkdir()
     shutil.copyfile(base / "run" / "best.pt", folder / "best.pt")
     records = [json.loads(line) for line in (base / "run" / "metrics.jsonl").read_text().splitlines()]
     lines = [json.dumps({**record, "run_id": "0123456789abcdef"}) for record in records]
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    result = cli("report", str(folder), "--json", cwd=tmp_path)
+    result = in_process("report", str(folder), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     page = (folder / "eval-test" / "report.html").read_text()
     assert "holds epochs of run 0123456789abcdef, not of the checkpoint" in page
 
     shutil.copyfile(base / "run" / "metrics.jsonl", folder / "metrics.jsonl")  # its own run's: curves shown
-    result = cli("report", str(folder), "--json", cwd=tmp_path)
+    result = in_process("report", str(folder), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "No training curves" not in (folder / "eval-test" / "report.html").read_text()
 
 
-def test_a_one_class_image_folder_is_refused_at_train_time(real_data_root: Path, tmp_path: Path) -> None:
+def test_a_one_class_image_folder_is_refused_at_train_time(in_process: InProcess, real_data_root: Path, tmp_path: Path) -> None:
     root = copy_images(real_data_root, tmp_path / "one", classes=("cat",))
-    result = cli("train", *TINY, "--data-dir", str(root), "--out", str(tmp_path / "run"), "--epochs", "1", cwd=tmp_path)
+    result = in_process("train", *TINY, "--data-dir", str(root), "--out", str(tmp_path / "run"), "--epochs", "1", cwd=tmp_path)
     one_line_error(result, 2, "at least two classes", "(cat)")
     assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
 
@@ -200,54 +210,54 @@ def flip_a_byte_in_the_largest_tensor(path: Path) -> None:
         handle.write(bytes([byte ^ 0x10]))
 
 
-def test_a_checkpoint_with_a_flipped_byte_is_refused_in_one_line(base: Path, run, tmp_path: Path) -> None:
+def test_a_checkpoint_with_a_flipped_byte_is_refused_in_one_line(in_process: InProcess, base: Path, run, tmp_path: Path) -> None:
     damaged = shutil.copyfile(base / "run" / "best.pt", tmp_path / "best.pt")
     flip_a_byte_in_the_largest_tensor(damaged)
-    one_line_error(cli("eval", str(damaged), cwd=tmp_path), 1, str(damaged), "digest")
-    one_line_error(cli("train", "--resume", str(damaged), cwd=tmp_path), 1, str(damaged), "digest")
+    one_line_error(in_process("eval", str(damaged), cwd=tmp_path), 1, str(damaged), "digest")
+    one_line_error(in_process("train", "--resume", str(damaged), cwd=tmp_path), 1, str(damaged), "digest")
 
 
-def test_a_torchscript_file_is_named_as_such(tmp_path: Path) -> None:
+def test_a_torchscript_file_is_named_as_such(in_process: InProcess, tmp_path: Path) -> None:
     scripted = torch.jit.script(torch.nn.Linear(2, 2))
     torch.jit.save(scripted, str(tmp_path / "model.pt"))
-    one_line_error(cli("eval", "model.pt", cwd=tmp_path), 1, "model.pt is a TorchScript file")
+    one_line_error(in_process("eval", "model.pt", cwd=tmp_path), 1, "model.pt is a TorchScript file")
 
 
-def test_a_checkpoint_with_nan_weights_is_refused_in_one_line(base: Path, run, tmp_path: Path) -> None:
+def test_a_checkpoint_with_nan_weights_is_refused_in_one_line(in_process: InProcess, base: Path, run, tmp_path: Path) -> None:
     payload = load(base / "run" / "best.pt")
     payload["model"]["fc.weight"][0, 0] = float("nan")
     payload["digest"] = payload_digest(payload)  # a consistent file: the NaN is what is refused
     torch.save(payload, tmp_path / "nan.pt")
-    one_line_error(cli("eval", "nan.pt", cwd=tmp_path), 1, "NaN or infinite", "fc.weight")
+    one_line_error(in_process("eval", "nan.pt", cwd=tmp_path), 1, "NaN or infinite", "fc.weight")
 
 
-def test_a_resume_from_a_checkpoint_whose_schedule_was_altered_is_one_line(base: Path, run, tmp_path: Path) -> None:
+def test_a_resume_from_a_checkpoint_whose_schedule_was_altered_is_one_line(in_process: InProcess, base: Path, run, tmp_path: Path) -> None:
     payload = load(base / "run" / "last.pt")
     payload["scheduler"]["total_iters"] = 7  # constant schedule: its length field
     del payload["digest"]  # as an older checkpoint: the schedule check itself must catch it
     (tmp_path / "altered").mkdir()
     torch.save(payload, tmp_path / "altered" / "last.pt")
-    one_line_error(cli("train", "--resume", "altered/last.pt", cwd=tmp_path), 1, "schedule", "total_iters is 7")
+    one_line_error(in_process("train", "--resume", "altered/last.pt", cwd=tmp_path), 1, "schedule", "total_iters is 7")
     assert sorted(path.name for path in (tmp_path / "altered").iterdir()) == [".lock", "last.pt"]
 
 
 # --------------------------------------------------------------------------- runs that diverge
 
 
-def test_a_run_whose_validation_goes_nan_stops_in_one_line_with_the_epoch_recorded(base: Path, tmp_path: Path) -> None:
+def test_a_run_whose_validation_goes_nan_stops_in_one_line_with_the_epoch_recorded(in_process: InProcess, base: Path, tmp_path: Path) -> None:
     out = tmp_path / "diverged"
-    result = cli("train", *TINY, "--data-dir", str(base / "small"), "--out", str(out), "--epochs", "2", "--lr", "1e4", cwd=tmp_path)
+    result = in_process("train", *TINY, "--data-dir", str(base / "small"), "--out", str(out), "--epochs", "2", "--lr", "1e4", cwd=tmp_path)
     one_line_error(result, 1, "epoch 1: the validation loss is", "diverged")
     records = [strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(record["epoch"], record["diverged"], record["val_loss"]) for record in records] == [(1, True, None)]
     assert not (out / "last.pt").exists() and not (out / "best.pt").exists() and not (out / "result.json").exists()
 
 
-def test_a_sweep_fails_a_diverging_trial_with_its_reason_and_goes_on(base: Path, tmp_path: Path) -> None:
+def test_a_sweep_fails_a_diverging_trial_with_its_reason_and_goes_on(in_process: InProcess, base: Path, tmp_path: Path) -> None:
     space = tmp_path / "space.yaml"
     space.write_text("optim.lr: {type: categorical, choices: [10000.0]}\n")
     out = tmp_path / "sweep"
-    result = cli(
+    result = in_process(
         "sweep", *TINY, "--epochs", "1", "--data-dir", str(base / "small"), "--space", str(space), "--out", str(out),
         "--trials", "2", cwd=tmp_path,
     )  # fmt: skip

@@ -22,7 +22,7 @@ from PIL import Image
 from resnet_cifar.data.types import CIFAR10_CLASSES
 from resnet_cifar.report.gallery import select_mistakes, thumbnail_uri
 
-from helpers import random_resnet18, run_cli, run_in_process, smoke_config, write_checkpoint
+from helpers import random_resnet18, run_cli_in_process, run_in_process, smoke_config, write_checkpoint
 
 LIMIT = 300  # test images scored: 30 per class
 
@@ -50,11 +50,11 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path, real
 
 @pytest.fixture(scope="module")
 def evaluated(run_dir: Path, decoded_cache_dir: Path) -> tuple[dict[str, Any], Path]:
-    """`resnet-cifar eval --json` through a real subprocess: its JSON and its report folder."""
+    """`resnet-cifar eval --json` (in this process, helpers.run_cli_in_process): its JSON and its report folder."""
     out_dir = run_dir / "eval"
-    result = run_cli(
-        "eval", str(run_dir / "best.pt"), "--limit", str(LIMIT), "--device", "cpu", "--out", str(out_dir), "--json",
-        cache=decoded_cache_dir,
+    result = run_cli_in_process(
+        None, "eval", str(run_dir / "best.pt"), "--limit", str(LIMIT), "--device", "cpu", "--out", str(out_dir),
+        "--json", env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout), out_dir

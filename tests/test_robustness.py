@@ -44,16 +44,15 @@ def run_eval(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, 
 
 @pytest.fixture(scope="module")
 def evaluated(checkpoint: Path, decoded_cache_dir: Path) -> tuple[dict[str, Any], Path]:
-    import os
-    import subprocess
-    import sys
+    """`resnet-cifar eval --corruptions ... --json`, in this process (helpers.run_cli_in_process)."""
+    from helpers import run_cli_in_process
 
     out_dir = checkpoint.parent / "eval"
-    command = [sys.executable, "-m", "resnet_cifar.cli", "eval", str(checkpoint), "--limit", str(LIMIT), "--device",
-               "cpu", "--out", str(out_dir), "--corruptions", "contrast,pixelate,frost", "--severities", "1,5",
-               "--json"]  # fmt: skip
-    env = {**os.environ, "RESNET_CIFAR_CACHE": str(decoded_cache_dir)}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    result = run_cli_in_process(
+        None, "eval", str(checkpoint), "--limit", str(LIMIT), "--device", "cpu", "--out", str(out_dir),
+        "--corruptions", "contrast,pixelate,frost", "--severities", "1,5", "--json",
+        env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout), out_dir
 

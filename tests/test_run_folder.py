@@ -20,7 +20,18 @@ import torch
 from resnet_cifar.engine.checkpointer import Checkpointer
 from resnet_cifar.errors import UsageError
 
-from helpers import LR_SPACE, TINY, assert_one_line_error, cli, cli_env, read_until, run_cli, small_run_flags, without_calibration
+from helpers import (
+    LR_SPACE,
+    TINY,
+    assert_one_line_error,
+    cli,
+    cli_env,
+    read_until,
+    run_cli,
+    run_cli_in_process,
+    small_run_flags,
+    without_calibration,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # The default recipe (no preset) on 128 training images in batches of 32: 4 steps an epoch.
@@ -39,7 +50,10 @@ def digests(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def finished_run(real_data_root: Path, decoded_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("finished") / "run"
-    result = run_cli("train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out), cache=decoded_cache_dir)
+    result = run_cli_in_process(
+        None, "train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out),
+        env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return out
 
@@ -117,19 +131,24 @@ def test_taking_the_lock_removes_the_projects_stale_temp_files(tmp_path: Path) -
     [(["--epochs", "4"], "--epochs 4"), (["--lr", "0.9"], "--lr 0.9"), (["--depth", "50"], "--depth 50")],
 )
 def test_a_refused_resume_exits_2_naming_the_flag_and_changes_no_file(
-    finished_run: Path, decoded_cache_dir: Path, flags: list[str], flag: str
+    finished_run: Path, decoded_cache_dir: Path, flags: list[str], flag: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = digests(finished_run)
-    result = run_cli("train", "--resume", str(finished_run / "last.pt"), *flags, cache=decoded_cache_dir)
+    result = run_cli_in_process(
+        capsys, "train", "--resume", str(finished_run / "last.pt"), *flags,
+        env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)},
+    )
     assert_one_line_error(result, 2, flag, "differs from the checkpoint's", "start a new run")
     assert digests(finished_run) == before
 
 
-def test_a_resume_may_change_where_and_how_fast(finished_run: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
+def test_a_resume_may_change_where_and_how_fast(
+    finished_run: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "moved"
-    result = run_cli(
-        "train", "--resume", str(finished_run / "last.pt"), "--out", str(out), "--device", "cpu",
-        "--eval-batch-size", "16", "--checkpoint-every", "2", "--json", cache=decoded_cache_dir,
+    result = run_cli_in_process(
+        capsys, "train", "--resume", str(finished_run / "last.pt"), "--out", str(out), "--device", "cpu",
+        "--eval-batch-size", "16", "--checkpoint-every", "2", "--json", env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -157,9 +176,10 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_last_go
     real_data_root: Path, decoded_cache_dir: Path, small_disk: Path
 ) -> None:
     out = small_disk / "run"
+    # The checkpoints' size (the disk's point) is the same with either stem: SMALL's ImageNet stem,
+    # cheap at 32 px. The second epoch's write is the one that fills the disk.
     result = run_cli(
-        "train", *SMALL, "--stem", "cifar", "--epochs", "3", "--data-dir", str(real_data_root), "--out", str(out),
-        cache=decoded_cache_dir,
+        "train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out), cache=decoded_cache_dir
     )
     assert_one_line_error(result, 1, ".pt: cannot write (No space left on device)")
     assert "Traceback" not in result.stderr
@@ -171,8 +191,10 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_last_go
 # --- damaged checkpoints -------------------------------------------------------------------------
 
 
-def _damaged(finished_run: Path, folder: Path) -> dict[str, Path]:
-    folder.mkdir(exist_ok=True)
+@pytest.fixture(scope="module")
+def damaged(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each kind of damaged checkpoint, made once for the module (the tests only read them)."""
+    folder = tmp_path_factory.mktemp("damaged")
     good = (finished_run / "last.pt").read_bytes()
     files = {name: folder / f"{name}.pt" for name in ("random", "zip", "state", "truncated", "config", "field", "depth")}
     files["random"].write_bytes(os.urandom(5000))
@@ -204,10 +226,14 @@ def _damaged(finished_run: Path, folder: Path) -> dict[str, Path]:
     ],
 )
 def test_each_kind_of_damaged_checkpoint_is_told_apart_on_resume(
-    finished_run: Path, decoded_cache_dir: Path, tmp_path: Path, kind: str, needle: str
+    damaged: dict[str, Path], decoded_cache_dir: Path, tmp_path: Path, kind: str, needle: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    path = _damaged(finished_run, tmp_path / "damaged")[kind]
-    result = run_cli("train", "--resume", str(path), "--out", str(tmp_path / "out"), cache=decoded_cache_dir)
+    path = damaged[kind]
+    result = run_cli_in_process(
+        capsys, "train", "--resume", str(path), "--out", str(tmp_path / "out"),
+        env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)},
+    )
     assert_one_line_error(result, 1, str(path), needle)
     assert not (tmp_path / "out" / "config.toml").exists()
 
