@@ -267,7 +267,8 @@ def imagemagick(images: np.ndarray, radius: float, sigma: float, angle: float, f
     PNG in and out as in make_cifar_c.py, all images in one call."""
     convert = shutil.which("convert")
     version = subprocess.run([convert or "convert", "-version"], capture_output=True, text=True, check=False)
-    assert "ImageMagick" in version.stdout, "these tests need ImageMagick (apt-get install imagemagick; .ci/run does)"
+    # "Version: ImageMagick ...": a stand-in `convert` that only mentions ImageMagick does not count.
+    assert version.stdout.startswith("Version: ImageMagick"), "needs ImageMagick: apt-get install imagemagick (.ci/run does)"
     sources = []
     for index, image in enumerate(images):
         sources.append(folder / f"in-{index}.png")
