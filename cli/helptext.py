@@ -11,7 +11,8 @@ help, naming no value) and the commands that need no torch free of it.
 Four format specs read a collection: ``{sweep.BEST_FORMATS:or}`` shows choices as "toml or
 yaml", ``{export.FORMATS:described}`` a registry's names each with its help ("onnx (a model for
 ...), ..."), ``{space.DEFAULT_SPACE:flags}`` dotted settings as their flags ("--lr,
---batch-size"), ``{corruptions.LEFT_OUT:list}`` the items as they are, comma-separated. A literal brace is written twice, as in ``str.format``.
+--batch-size"), ``{corruptions.LEFT_OUT:list}`` the items as they are, comma-separated. A
+literal brace is written twice, as in ``str.format``.
 """
 
 from __future__ import annotations

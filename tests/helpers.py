@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import os
 import re
 import select
@@ -78,14 +79,20 @@ def run_cli(
     )
 
 
-def run_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """The CLI entry point in this process (no interpreter start-up): exit code, stdout, stderr."""
+def run_in_process(capsys: pytest.CaptureFixture[str] | None, *args: str) -> tuple[int, str, str]:
+    """The CLI entry point in this process (no interpreter start-up): exit code, stdout, stderr.
+    ``capsys`` None (a module-scoped fixture has none): sys.stdout and sys.stderr are redirected."""
     from resnet_cifar.cli.main import run
 
-    with pytest.raises(SystemExit) as exit_info:
+    if capsys is not None:
+        with pytest.raises(SystemExit) as exit_info:
+            run(list(args))
+        captured = capsys.readouterr()
+        return int(exit_info.value.code), captured.out, captured.err
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
         run(list(args))
-    captured = capsys.readouterr()
-    return int(exit_info.value.code), captured.out, captured.err
+    return int(exit_info.value.code), out.getvalue(), err.getvalue()
 
 
 def one_line_error(err: str, *needles: str) -> str:
@@ -420,10 +427,7 @@ def run_cli_in_process(
         os.environ.update(env or {})
         if cwd is not None:
             os.chdir(cwd)
-        if capsys is not None:
-            code, out, err = run_in_process(capsys, *args)
-        else:
-            code, out, err = _run_redirected(*args)
+        code, out, err = run_in_process(capsys, *args)
     err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in shown)
     return subprocess.CompletedProcess(["resnet-cifar", *args], code, out, err)
 
@@ -437,15 +441,3 @@ def warnings_as_a_fresh_interpreter_prints() -> Iterator[list[Any]]:
         for category in _HIDDEN_BY_DEFAULT:
             warnings.simplefilter("ignore", category)
         yield shown
-
-
-def _run_redirected(*args: str) -> tuple[int, str, str]:
-    """The CLI entry point in this process with sys.stdout/sys.stderr caught: exit code, stdout, stderr."""
-    import io
-
-    from resnet_cifar.cli.main import run
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
-        run(list(args))
-    return int(exit_info.value.code), out.getvalue(), err.getvalue()
