@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import SUBSET_PER_CLASS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA_ROOT = Path(
@@ -17,25 +18,54 @@ REAL_DATA_ROOT = Path(
 
 
 @pytest.fixture(scope="session")
-def real_data_root() -> Path:
+def full_data_root() -> Path:
+    """All 60,000 real JPEGs: for the few tests about the whole dataset (its official sizes, a cache
+    entry of all of it). Everything else reads ``real_data_root``."""
     assert (REAL_DATA_ROOT / "train").is_dir(), f"real CIFAR-10 JPEGs not found at {REAL_DATA_ROOT}"
     return REAL_DATA_ROOT
 
 
 @pytest.fixture(scope="session")
+def real_data_root(full_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real subset, in the same layout: the first SUBSET_PER_CLASS[split] JPEGs of each
+    class (by name), linked from the full folder.
+
+    Why not the full folder: every load stats all its files for the decoded cache's key and maps
+    and checks the whole cached array, about 0.25 s per run in this process and more in a fresh
+    one, paid by hundreds of runs that train on a few hundred images. The subset's key is the
+    same in every session (relative paths, and the sizes and times of the files linked to), so a
+    kept $RESNET_CIFAR_CACHE serves it without decoding."""
+    root = tmp_path_factory.mktemp("cifar10-subset") / "cifar10-jpeg"
+    for split, count in SUBSET_PER_CLASS.items():
+        for class_dir in sorted((full_data_root / split).iterdir()):
+            (root / split / class_dir.name).mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:count]:
+                (root / split / class_dir.name / image.name).symlink_to(image)
+    return root
+
+
+@pytest.fixture(scope="session")
 def decoded_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The decoded-image cache the real-data tests share: $RESNET_CIFAR_CACHE (CI sets a fresh
-    one) or a per-session temporary folder, so the ~20 s JPEG decode happens once at most."""
+    one) or a per-session temporary folder, so each folder's JPEGs are decoded once at most."""
     configured = os.environ.get("RESNET_CIFAR_CACHE")
     return Path(configured) if configured else tmp_path_factory.mktemp("decoded-cache")
 
 
 @pytest.fixture(scope="session")
 def real_splits(real_data_root: Path, decoded_cache_dir: Path):
-    """All 60,000 real images (CifarSplits), decoded once per test session."""
+    """The subset's 6,000 real images (CifarSplits: 5,000 train, 1,000 test), decoded once at most."""
     from resnet_cifar.data.load import load_cifar10
 
     return load_cifar10(real_data_root, cache_dir=decoded_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def full_splits(full_data_root: Path, decoded_cache_dir: Path):
+    """All 60,000 real images (CifarSplits), decoded once at most (~20 s)."""
+    from resnet_cifar.data.load import load_cifar10
+
+    return load_cifar10(full_data_root, cache_dir=decoded_cache_dir)
 
 
 @pytest.fixture(scope="session")

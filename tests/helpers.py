@@ -29,6 +29,12 @@ from resnet_cifar.engine.checkpointer import Checkpointer
 from resnet_cifar.engine.trainer import EpochRecord
 from resnet_cifar.models import resnet18
 
+# ------------------------------------------------------------------------------------- the data
+
+# Real JPEGs per class in conftest's `real_data_root`, the subset most tests read: 5,000 training
+# images (a 500-image validation split at the default tenth, 4,500 left to train on) and 1,000 test.
+SUBSET_PER_CLASS = {"train": 500, "test": 100}
+
 # ------------------------------------------------------------------------------------- the CLI
 
 ANSI = re.compile(r"\x1b\[")  # the start of an ANSI escape code: none may reach a pipe

@@ -14,21 +14,37 @@ from resnet_cifar.data import build_loaders, resolve_loader_kind
 from resnet_cifar.data.augment import NO_AUGMENTATION, Augmentation
 from resnet_cifar.errors import UsageError
 
+from helpers import SUBSET_PER_CLASS
+
 CPU = torch.device("cpu")
 
 
+def installed() -> bool:
+    return True
+
+
+def missing() -> bool:
+    return False
+
+
+def never_asked() -> bool:
+    raise AssertionError("DALI was probed where the answer cannot change the loader")
+
+
 def test_auto_means_dali_only_on_a_gpu_with_dali() -> None:
-    assert resolve_loader_kind("auto", torch.device("cuda"), dali_installed=True) == "dali"
-    assert resolve_loader_kind("auto", torch.device("cuda"), dali_installed=False) == "tensor"
-    assert resolve_loader_kind("auto", CPU, dali_installed=True) == "tensor"
-    assert resolve_loader_kind("dali", CPU, dali_installed=True) == "dali"
+    assert resolve_loader_kind("auto", torch.device("cuda"), dali_installed=installed) == "dali"
+    assert resolve_loader_kind("auto", torch.device("cuda"), dali_installed=missing) == "tensor"
+    assert resolve_loader_kind("dali", CPU, dali_installed=installed) == "dali"
     with pytest.raises(UsageError, match="nvidia-dali"):
-        resolve_loader_kind("dali", CPU, dali_installed=False)
+        resolve_loader_kind("dali", CPU, dali_installed=missing)
+    # A CPU run or the tensor loader never pays DALI's import to learn what it would not use.
+    assert resolve_loader_kind("auto", CPU, dali_installed=never_asked) == "tensor"
+    assert resolve_loader_kind("tensor", torch.device("cuda"), dali_installed=never_asked) == "tensor"
     # The names are DataConfig's to check, naming the flag; the resolver only asserts.
     with pytest.raises(UsageError, match="^--loader must be one of auto, tensor, dali, got 'fast'$"):
         DataConfig(data_dir=Path("."), loader="fast")
     with pytest.raises(AssertionError, match="'fast'"):
-        resolve_loader_kind("fast", CPU, dali_installed=True)
+        resolve_loader_kind("fast", CPU, dali_installed=installed)
 
 
 @pytest.mark.parametrize("kind", ["tensor", "dali"])
@@ -55,7 +71,7 @@ def test_real_loaders_with_limits(real_data_root: Path, decoded_cache_dir: Path,
     assert loaders.classes[0] == "airplane" and len(loaders.classes) == 10
     assert (len(loaders.train), loaders.train.num_samples) == (10, 640)
     assert loaders.val.num_samples == 250 and len(loaders.val) == 3
-    assert loaders.test.num_samples == 10_000
+    assert loaders.test.num_samples == 10 * SUBSET_PER_CLASS["test"]  # every test image of the subset
     images, labels = next(iter(loaders.train))
     assert images.shape == (64, 3, 32, 32) and images.dtype == torch.bfloat16
     assert images.is_contiguous(memory_format=torch.channels_last)
@@ -64,8 +80,8 @@ def test_real_loaders_with_limits(real_data_root: Path, decoded_cache_dir: Path,
     assert torch.bincount(val_labels, minlength=10).tolist() == [25] * 10
 
 
-def test_val_is_a_tenth_of_train_and_never_test(real_data_root: Path, decoded_cache_dir: Path) -> None:
-    cfg = DataConfig(data_dir=real_data_root, loader="tensor", cache_dir=decoded_cache_dir)
+def test_val_is_a_tenth_of_train_and_never_test(full_data_root: Path, decoded_cache_dir: Path) -> None:
+    cfg = DataConfig(data_dir=full_data_root, loader="tensor", cache_dir=decoded_cache_dir)
     loaders = build_loaders(cfg, CPU)
     assert loaders.train.num_samples == 45_000 - 45_000 % 512
     assert loaders.val.num_samples == 5_000

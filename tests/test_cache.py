@@ -255,17 +255,17 @@ def test_two_writers_of_one_key_leave_one_intact_entry(folder: Path, cache_dir: 
     assert read_cache_entry(cache_dir / key, key) is not None
 
 
-def test_real_folder_served_from_the_cache(real_data_root: Path, real_splits, tmp_path: Path, monkeypatch) -> None:
+def test_real_folder_served_from_the_cache(full_data_root: Path, full_splits, tmp_path: Path, monkeypatch) -> None:
     """The real 60,000 images: an entry holding them is served back exactly, without decoding.
 
-    The entry is written from the session's real_splits (what a cold load would store) so the
+    The entry is written from the session's full_splits (what a cold load would store) so the
     ~20 s decode is not paid a second time.
     """
-    key = image_folder_fingerprint(real_data_root)
-    write_cache_entry(tmp_path, key, real_splits)
+    key = image_folder_fingerprint(full_data_root)
+    write_cache_entry(tmp_path, key, full_splits)
     forbid_decoding(monkeypatch)
-    served = load_cifar10(real_data_root, cache_dir=tmp_path)
+    served = load_cifar10(full_data_root, cache_dir=tmp_path)
     assert len(served.train) == 50_000 and len(served.test) == 10_000
     assert set(served.train.per_class_counts().values()) == {5_000}
     assert set(served.test.per_class_counts().values()) == {1_000}
-    assert_same_splits(served, real_splits)
+    assert_same_splits(served, full_splits)

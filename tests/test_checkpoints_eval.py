@@ -30,7 +30,7 @@ from resnet_cifar.inference import (
 )
 from resnet_cifar.models import resnet34
 
-from helpers import normalize_by_hand, random_resnet18, save_checkpoint, smoke_config, write_checkpoint
+from helpers import SUBSET_PER_CLASS, normalize_by_hand, random_resnet18, save_checkpoint, smoke_config, write_checkpoint
 
 CPU = torch.device("cpu")
 
@@ -187,7 +187,9 @@ def test_eval_val_is_the_trainers_val_split(cfg: TrainConfig) -> None:
     same = load_eval_split(trainer_cfg.data, "val", limit=300, cache_dir=cfg.data.cache_dir)
     assert np.array_equal(same.images, ours.images)
     whole_val = load_eval_split(trainer_cfg.data, "val", limit=10**6, cache_dir=cfg.data.cache_dir)
-    assert len(whole_val) == 5000 and list(whole_val.per_class_counts().values()) == [500] * 10
+    # The default tenth of the subset's training images, stratified: all of val.
+    per_class = SUBSET_PER_CLASS["train"] // 10
+    assert len(whole_val) == 10 * per_class and list(whole_val.per_class_counts().values()) == [per_class] * 10
 
 
 def test_eval_test_is_the_whole_test_split_or_a_stratified_subset(cfg: TrainConfig, real_splits) -> None:

@@ -93,8 +93,8 @@ def test_data_small_folder_plain_output_has_no_ansi(tmp_path: Path) -> None:
     assert re.search(r"^total\s+4\s+4$", result.stdout, re.MULTILINE), result.stdout
 
 
-def test_data_json_on_the_real_folder(real_data_root: Path, decoded_cache_dir: Path) -> None:
-    result = run_cli_without_torch("data", str(real_data_root), "--json", env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)})
+def test_data_json_on_the_real_folder(full_data_root: Path, decoded_cache_dir: Path) -> None:
+    result = run_cli_without_torch("data", str(full_data_root), "--json", env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)})
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["layout"] == "image-folder"

@@ -46,7 +46,8 @@ def image_folder(real_data_root: Path, tmp_path_factory: pytest.TempPathFactory)
     root = tmp_path_factory.mktemp("folder") / "train"
     for class_dir in sorted((real_data_root / "train").iterdir()):
         (root / class_dir.name).mkdir(parents=True)
-        for source in sorted(class_dir.iterdir())[::250][:FILES_PER_CLASS]:
+        files = sorted(class_dir.iterdir())
+        for source in files[:: len(files) // FILES_PER_CLASS][:FILES_PER_CLASS]:
             shutil.copy(source, root / class_dir.name / source.name)
     return root
 
@@ -252,9 +253,9 @@ def test_loader_auto_on_cuda_picks_the_tensor_loader_without_the_plugin(monkeypa
     from resnet_cifar.data import resolve_loader_kind
 
     cuda = torch.device("cuda")
-    assert resolve_loader_kind("auto", cuda, dali_available()) == "dali"
+    assert resolve_loader_kind("auto", cuda, dali_available) == "dali"
     monkeypatch.setitem(sys.modules, "nvidia.dali.plugin.pytorch", None)
-    assert resolve_loader_kind("auto", cuda, dali_available()) == "tensor"
+    assert resolve_loader_kind("auto", cuda, dali_available) == "tensor"
 
 
 # --- augmentation options: crop, flip, cutout ----------------------------------------------

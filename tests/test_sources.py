@@ -563,12 +563,12 @@ def test_a_file_as_root_is_a_usage_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the real data
 
 
-def test_real_folder_holds_the_full_data_set(real_data_root: Path, real_splits) -> None:
-    assert detect_layout(real_data_root) == ("image-folder", real_data_root)
-    summary = describe(real_splits)
+def test_real_folder_holds_the_full_data_set(full_data_root: Path, full_splits) -> None:
+    assert detect_layout(full_data_root) == ("image-folder", full_data_root)
+    summary = describe(full_splits)
     assert summary["layout"] == "image-folder" and summary["classes"] == list(CIFAR10_CLASSES)
     assert summary["train"] == {"count": 50_000, "per_class": {name: 5_000 for name in CIFAR10_CLASSES}}
     assert summary["test"] == {"count": 10_000, "per_class": {name: 1_000 for name in CIFAR10_CLASSES}}
     # Real photos, not a constant fill: every channel spans most of 0..255.
-    assert real_splits.train.images.dtype == np.uint8
-    assert int(real_splits.test.images.max()) > 250 and int(real_splits.test.images.min()) < 5
+    assert full_splits.train.images.dtype == np.uint8
+    assert int(full_splits.test.images.max()) > 250 and int(full_splits.test.images.min()) < 5

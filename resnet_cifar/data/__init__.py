@@ -11,7 +11,7 @@ data` the torch-free modules (sources, load, cache, split) without torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -48,13 +48,15 @@ class Loaders:
     fingerprint: str = ""  # CifarSplits.fingerprint of the data read ("" when not taken)
 
 
-def resolve_loader_kind(requested: str, device: torch.device, dali_installed: bool) -> str:
+def resolve_loader_kind(requested: str, device: torch.device, dali_installed: Callable[[], bool]) -> str:
     """``requested`` (one of LOADER_KINDS, which DataConfig checked) with auto resolved: DALI on a
-    GPU when it is installed, else the tensor loader."""
+    GPU when it is installed, else the tensor loader. ``dali_installed`` is asked only when the
+    answer matters (--loader dali, or auto on a GPU): importing DALI to find out takes about half
+    a second, which a CPU run or a tensor-loader run should not pay."""
     assert requested in LOADER_KINDS, f"unknown loader {requested!r}"
     if requested == "auto":
-        return "dali" if device.type == "cuda" and dali_installed else "tensor"
-    if requested == "dali" and not dali_installed:
+        return "dali" if device.type == "cuda" and dali_installed() else "tensor"
+    if requested == "dali" and not dali_installed():
         raise UsageError("--loader dali needs NVIDIA DALI: pip install nvidia-dali-cuda120")
     return requested
 
@@ -94,7 +96,7 @@ def build_loaders(
     from resnet_cifar.data.split import limit_split
     from resnet_cifar.data.tensor_loader import TensorLoader
 
-    kind = resolve_loader_kind(cfg.loader, device, dali_available())
+    kind = resolve_loader_kind(cfg.loader, device, dali_available)
     splits = load_cifar10(cfg.data_dir, verify=cfg.verify, cache_dir=cfg.cache_dir)
     if len(splits.train.classes) < 2:  # it would "train" to accuracy 1.0, then no command accepts it
         found = ", ".join(splits.train.classes)
