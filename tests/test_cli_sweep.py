@@ -1,5 +1,6 @@
-"""`resnet-cifar sweep`: outputs, a top-up run, exit codes and one-line errors (two workers as real
-subprocesses; the rest in this process, its state restored: helpers.run_cli_in_process)."""
+"""`resnet-cifar sweep`: outputs, a top-up run, exit codes and one-line errors (two workers sharing a
+study: a real subprocess and this process; the rest in this process too, its state restored:
+helpers.run_cli_in_process)."""
 
 from __future__ import annotations
 
