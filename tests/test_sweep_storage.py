@@ -1,5 +1,7 @@
 """Sweeps past one machine: several workers (separate processes, each with its own --out folder, as
-on separate machines) sharing one study on a real PostgreSQL server or an Optuna journal file.
+on separate machines) sharing one study on a real PostgreSQL server or an Optuna journal file. The
+workers that are killed or stopped are children; the one that finishes last may be this test
+process (helpers.run_cli_in_process: one interpreter start-up less).
 
 The PostgreSQL server is a throwaway cluster that the `postgres` fixture makes with Debian's
 initdb/pg_ctl (the `postgresql` package, which .ci/run installs) under a temporary folder, listening
