@@ -447,3 +447,33 @@ def warnings_as_a_fresh_interpreter_prints() -> Iterator[list[Any]]:
         for category in _HIDDEN_BY_DEFAULT:
             warnings.simplefilter("ignore", category)
         yield shown
+
+
+# ------------------------------------------------------------- a child and an in-process command at once
+
+
+def drain(stream: IO[str]) -> Callable[[], str]:
+    """Read the rest of a child's output ``stream`` in a thread, so the child never blocks on a full
+    pipe while this process is busy (running a command in-process beside it); returns a function
+    that waits for the stream's end and gives what was read."""
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.append(stream.read()), daemon=True)
+    reader.start()
+
+    def rest() -> str:
+        reader.join()
+        return "".join(chunks)
+
+    return rest
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread in this process while the block runs (an in-process worker sharing the
+    cores with a child that has OMP_NUM_THREADS=1: more threads would spin, not work), then as it was."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -1,5 +1,6 @@
-"""`resnet-cifar sweep`: outputs, a top-up run, exit codes and one-line errors (two workers as real
-subprocesses; the rest in this process, its state restored: helpers.run_cli_in_process)."""
+"""`resnet-cifar sweep`: outputs, a top-up run, exit codes and one-line errors (two workers sharing a
+study: a real subprocess and this process; the rest in this process too, its state restored:
+helpers.run_cli_in_process)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import typer.main
 from resnet_cifar.config import resolve_config
 from resnet_cifar.tuning import best_config
 
-from helpers import ANSI, LR_SPACE, TINY, cli, cli_env, run_cli_in_process
+from helpers import ANSI, LR_SPACE, TINY, cli, cli_env, drain, one_torch_thread, run_cli_in_process
 
 
 def test_sweep_writes_study_table_and_best_config_then_tops_up(
@@ -60,7 +61,7 @@ def test_sweep_writes_study_table_and_best_config_then_tops_up(
 
 
 def test_two_processes_share_a_study_and_all_failing_trials_exit_1(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "base.toml"
     config.write_text("[data]\nbatch_size = 16\n")  # a --config setting, unlike a flag, is searched over
@@ -68,20 +69,28 @@ def test_two_processes_share_a_study_and_all_failing_trials_exit_1(
     space.write_text("data.batch_size: {type: categorical, choices: [64]}\n")  # above --limit-train 32: every trial fails
     out = tmp_path / "sweep"
     args = [
-        *cli("sweep"), *TINY, "--config", str(config),
+        "sweep", *TINY, "--config", str(config),
         "--data-dir", str(real_data_root), "--space", str(space), "--out", str(out), "--trials", "4",
     ]  # fmt: skip
     env = cli_env(decoded_cache_dir, OMP_NUM_THREADS="1")  # one thread each: the two share the cores
-    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    results = [worker.communicate(timeout=600) for worker in workers]
+    worker = subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # The second worker is this process (the study's locks are the kernel's, between processes), its
+    # state restored after; the child's output read meanwhile, so it never waits on a full pipe.
+    assert worker.stdout is not None and worker.stderr is not None
+    child_output = [drain(worker.stdout), drain(worker.stderr)]
+    with one_torch_thread():
+        second = run_cli_in_process(capsys, *args, env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)})
+    worker.wait(timeout=600)
+    results = [(child_output[0](), child_output[1]()), (second.stdout, second.stderr)]
+    codes = [worker.returncode, second.returncode]
 
     with open(out / "trials.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     # Each worker starts a trial only while fewer than 4 take a place: exactly 4, whoever ran them.
     assert [row["number"] for row in rows] == ["0", "1", "2", "3"]
     assert {row["state"] for row in rows} == {"FAIL"}
-    for worker, (stdout, stderr) in zip(workers, results):
-        assert worker.returncode == 1, stderr
+    for code, (stdout, stderr) in zip(codes, results):
+        assert code == 1, stderr
         errors = [line for line in stderr.splitlines() if line.strip()]
         assert len(errors) == 1 and errors[0].startswith("error: no trial of study resnet-cifar completed"), stderr
         assert "--limit-train 32 is smaller than --batch-size 64" in errors[0]

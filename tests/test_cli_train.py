@@ -14,7 +14,11 @@ import pytest
 from resnet_cifar.config import read_config_file
 from resnet_cifar.engine.checkpoint import load_checkpoint
 
-from helpers import ANSI, SMALL, assert_one_line_error, cli, cli_env, read_until, run_cli, run_cli_in_process
+from helpers import ANSI, SMALL, assert_one_line_error, cli, cli_env, read_until, run_cli, run_cli_in_process, small_run_flags
+
+# The signalled run: 32 training images in batches of 16 (2 steps an epoch), 32 to validate and to
+# test; what is checked is the stop and the resume, not what is learnt.
+SIGNALLED = small_run_flags(batch_size=16, train=32, val=32, test=32)
 
 
 def test_config_file_then_flags_json_result_and_saved_config(
@@ -48,7 +52,7 @@ def test_sigterm_leaves_a_resumable_checkpoint(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    command = cli("train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out))
+    command = cli("train", *SIGNALLED, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out))
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(decoded_cache_dir)
     )
@@ -62,7 +66,7 @@ def test_sigterm_leaves_a_resumable_checkpoint(
     assert "interrupted by SIGTERM" in stdout and "--resume" in stdout
     assert "Traceback" not in stderr
     checkpoint = load_checkpoint(out / "last.pt")
-    assert checkpoint["epoch"] * 4 + checkpoint["batches_done_in_epoch"] >= 1  # at least one step was saved
+    assert checkpoint["epoch"] * 2 + checkpoint["batches_done_in_epoch"] >= 1  # at least one step was saved (2 an epoch)
     assert not list(out.glob(".*.tmp"))
 
     resumed = run_cli_in_process(

@@ -386,12 +386,14 @@ def _checkpoint(folder: Path, data_dir: Path) -> Path:
 
 
 def test_a_full_disk_under_eval_is_one_line_and_keeps_the_previous_report(
-    small_disk: SmallDisk, image_root: Path, tmp_path: Path
+    small_disk: SmallDisk, image_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     checkpoint = _checkpoint(tmp_path, image_root)
     out = small_disk.folder / "eval"
     env = {"RESNET_CIFAR_CACHE": str(tmp_path / "cache")}
-    first = run_cli_with_prelude("eval", str(checkpoint), "--data-dir", str(image_root), "--out", str(out), env=env)
+    # The previous report, written while the disk has room: in this process (nothing about the
+    # process or the full disk yet); the eval that meets the full disk runs in a child below.
+    first = run_cli_in_process(capsys, "eval", str(checkpoint), "--data-dir", str(image_root), "--out", str(out), env=env)
     assert first.returncode == 0, first.stderr
     written = snapshot(out)
     assert set(written) == {"metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "report.html"}

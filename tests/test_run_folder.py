@@ -26,6 +26,8 @@ from helpers import (
     assert_one_line_error,
     cli,
     cli_env,
+    drain,
+    one_torch_thread,
     read_until,
     run_cli,
     run_cli_in_process,
@@ -34,8 +36,9 @@ from helpers import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-# The default recipe (no preset) on 128 training images in batches of 32: 4 steps an epoch.
-SMALL = small_run_flags(preset=None, batch_size=32, train=128, val=64, test=64)
+# The default recipe (no preset) on 32 training images in batches of 16: 2 steps an epoch (the tests
+# are about the run folder, not about what is learnt; each epoch still writes full-size checkpoints).
+SMALL = small_run_flags(preset=None, batch_size=16, train=32, val=32, test=32)
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -62,7 +65,7 @@ def finished_run(real_data_root: Path, decoded_cache_dir: Path, tmp_path_factory
 
 
 def test_two_train_processes_on_one_folder_exactly_one_runs(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
     args = ["train", *SMALL, "--epochs", "2", "--data-dir", str(real_data_root), "--out", str(out), "--json"]
@@ -76,7 +79,9 @@ def test_two_train_processes_on_one_folder_exactly_one_runs(
         read_until(first.stderr, "training on cpu")
         first.send_signal(signal.SIGSTOP)
         assert (out / ".lock").read_text().split()[0] == str(first.pid)  # then a token other machines look for
-        second = run_cli(*args, cache=decoded_cache_dir)
+        # The second process is this one (the lock is the kernel's, between processes): the same
+        # command, refused before it trains, without a second interpreter's start-up.
+        second = run_cli_in_process(capsys, *args, env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)})
     finally:
         first.send_signal(signal.SIGCONT)
     assert_one_line_error(second, 2, str(out), f"pid {first.pid}", "in use by another run")
@@ -256,7 +261,7 @@ def test_a_hostile_checkpoint_is_refused_unread(tmp_path: Path, decoded_cache_di
 
 
 def test_two_sweep_workers_stop_at_exactly_the_trials_asked_for(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     space = tmp_path / "space.toml"
     space.write_text(LR_SPACE)
@@ -265,15 +270,21 @@ def test_two_sweep_workers_stop_at_exactly_the_trials_asked_for(
         "sweep", "--trials", "3", *TINY, "--batch-size", "16",
         "--data-dir", str(real_data_root), "--space", str(space), "--out", str(out), "--json",
     ]  # fmt: skip
-    env = cli_env(decoded_cache_dir)
-    workers = [subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)]
-    assert workers[0].stderr is not None
+    # One thread each: the two workers share the cores (more would spin, not work).
+    env = cli_env(decoded_cache_dir, OMP_NUM_THREADS="1")
+    first = subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert first.stdout is not None and first.stderr is not None
     # The second starts once the first has opened the study and begun trial 0 (it says so on
-    # stderr), so the two share the study while trials are running.
-    read_until(workers[0].stderr, "trial 0:")
-    workers.append(subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    outputs = [worker.communicate(timeout=900) for worker in workers]
-    assert [worker.returncode for worker in workers] == [0, 0], [err for _, err in outputs]
+    # stderr), so the two share the study while trials are running. The second worker is this
+    # process (the study's locks are the kernel's, between processes), the first's output read
+    # meanwhile so that it never waits on a full pipe.
+    read_until(first.stderr, "trial 0:")
+    first_output = [drain(first.stdout), drain(first.stderr)]
+    with one_torch_thread():
+        second = run_cli_in_process(capsys, *args, env={"RESNET_CIFAR_CACHE": str(decoded_cache_dir)})
+    first.wait(timeout=900)
+    outputs = [(first_output[0](), first_output[1]()), (second.stdout, second.stderr)]
+    assert [first.returncode, second.returncode] == [0, 0], [err for _, err in outputs]
     final = json.loads(outputs[0][0]) if len(json.loads(outputs[0][0])["trials"]) == 3 else json.loads(outputs[1][0])
     assert [trial["state"] for trial in final["trials"]] == ["COMPLETE"] * 3
     assert sum(json.loads(out_text)["ran"] for out_text, _ in outputs) == 3

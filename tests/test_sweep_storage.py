@@ -1,5 +1,7 @@
 """Sweeps past one machine: several workers (separate processes, each with its own --out folder, as
-on separate machines) sharing one study on a real PostgreSQL server or an Optuna journal file.
+on separate machines) sharing one study on a real PostgreSQL server or an Optuna journal file. The
+workers that are killed or stopped are children; the one that finishes last may be this test
+process (helpers.run_cli_in_process: one interpreter start-up less).
 
 The PostgreSQL server is a throwaway cluster that the `postgres` fixture makes with Debian's
 initdb/pg_ctl (the `postgresql` package, which .ci/run installs) under a temporary folder, listening
@@ -28,7 +30,7 @@ import pytest
 from resnet_cifar.config import resolve_config
 from resnet_cifar.tuning import best_config
 
-from helpers import LR_SPACE, run_cli_in_process
+from helpers import LR_SPACE, drain, one_torch_thread, run_cli_in_process
 from helpers import TINY as TINY_TRIAL
 
 PASSWORD = "s3cret-p4ss"
@@ -88,6 +90,14 @@ def _worker(args: list[str], out: Path, cache: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(_command(*args, "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
 
 
+def _in_process_worker(
+    capsys: pytest.CaptureFixture[str], args: list[str], out: Path, cache: Path
+) -> subprocess.CompletedProcess[str]:
+    """A worker as _worker runs it, but in this process (another process than the children: one
+    worker more without an interpreter's start-up), to its end."""
+    return run_cli_in_process(capsys, "sweep", *args, "--out", str(out), env={"RESNET_CIFAR_CACHE": str(cache)})
+
+
 def _next_trial_started(process: subprocess.Popen[str]) -> int:
     """Wait (reading the worker's output) for its next "trial N: ..." line: trial N is running."""
     assert process.stdout is not None
@@ -98,11 +108,6 @@ def _next_trial_started(process: subprocess.Popen[str]) -> int:
         if started:
             return int(started[1])
     raise AssertionError("the worker ended before starting a trial:\n" + "".join(seen))
-
-
-def _finished(process: subprocess.Popen[str]) -> tuple[int, str]:
-    output, _ = process.communicate(timeout=600)
-    return process.returncode, output
 
 
 def _study(url: str) -> optuna.Study:
@@ -133,15 +138,19 @@ def test_three_workers_on_postgresql_one_killed_one_terminated_finish_exactly(
     space.write_text(LR_SPACE)
     args = [*TINY, "--data-dir", str(real_data_root), "--space", str(space), "--storage", postgres, "--trials", "4", "--heartbeat", "5"]  # fmt: skip
     outs = [tmp_path / f"machine-{index}" for index in range(3)]
-    workers = [_worker(args, out, decoded_cache_dir) for out in outs]
+    workers = [_worker(args, out, decoded_cache_dir) for out in outs[:2]]
 
     killed = _kill_mid_trial(postgres, workers[0])
     _next_trial_started(workers[1])
     workers[1].send_signal(signal.SIGTERM)
-    code, output = _finished(workers[1])
-    assert code == 143, output
-    code, output = _finished(workers[2])
-    assert code == 0, output
+    # The third worker, the one that finishes the study, is this process (started while the
+    # terminated one still winds down: its output is read meanwhile), on one thread as the others.
+    terminated_output = drain(workers[1].stdout)
+    with one_torch_thread():
+        survivor = _in_process_worker(capsys, args, outs[2], decoded_cache_dir)
+    workers[1].wait(timeout=600)
+    assert workers[1].returncode == 143, terminated_output()
+    assert survivor.returncode == 0, survivor.stdout + survivor.stderr
 
     trials = _study(postgres).get_trials(deepcopy=False)
     complete = [trial for trial in trials if trial.state.name == "COMPLETE"]
@@ -173,7 +182,7 @@ def test_three_workers_on_postgresql_one_killed_one_terminated_finish_exactly(
 
 
 def test_journal_storage_shared_by_concurrent_workers_holds_exactly_the_trials(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     space = tmp_path / "space.toml"
     space.write_text(LR_SPACE)
@@ -181,10 +190,16 @@ def test_journal_storage_shared_by_concurrent_workers_holds_exactly_the_trials(
     journal.parent.mkdir()
     args = [*TINY, "--data-dir", str(real_data_root), "--space", str(space), "--storage", f"journal:{journal}", "--trials", "3"]  # fmt: skip
     outs = [tmp_path / f"machine-{index}" for index in range(2)]
-    workers = [_worker(args, out, decoded_cache_dir) for out in outs]
-    for worker in workers:
-        code, output = _finished(worker)
-        assert code == 0, output
+    # The first worker a child, the second this process, started once the first is running a
+    # trial (so the two share the journal while trials run); the child's output read meanwhile.
+    worker = _worker(args, outs[0], decoded_cache_dir)
+    _next_trial_started(worker)
+    output = drain(worker.stdout)
+    with one_torch_thread():
+        second = _in_process_worker(capsys, args, outs[1], decoded_cache_dir)
+    worker.wait(timeout=600)
+    assert worker.returncode == 0, output()
+    assert second.returncode == 0, second.stdout + second.stderr
 
     study = optuna.load_study(
         study_name="resnet-cifar", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
