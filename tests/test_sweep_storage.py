@@ -1,7 +1,8 @@
 """Sweeps past one machine: several workers (separate processes, each with its own --out folder, as
 on separate machines) sharing one study on a real PostgreSQL server or an Optuna journal file. The
-workers that are killed or stopped are children; the one that finishes last may be this test
-process (helpers.run_cli_in_process: one interpreter start-up less).
+PostgreSQL test's three workers are children (one killed, one stopped, one finishing); the
+journal test's second worker is this test process (helpers.run_cli_in_process: one interpreter
+start-up less).
 
 The PostgreSQL server is a throwaway cluster that the `postgres` fixture makes with Debian's
 initdb/pg_ctl (the `postgresql` package, which .ci/run installs) under a temporary folder, listening
@@ -110,6 +111,11 @@ def _next_trial_started(process: subprocess.Popen[str]) -> int:
     raise AssertionError("the worker ended before starting a trial:\n" + "".join(seen))
 
 
+def _finished(process: subprocess.Popen[str]) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=600)
+    return process.returncode, output
+
+
 def _study(url: str) -> optuna.Study:
     return optuna.load_study(study_name="resnet-cifar", storage=url)
 
@@ -138,19 +144,17 @@ def test_three_workers_on_postgresql_one_killed_one_terminated_finish_exactly(
     space.write_text(LR_SPACE)
     args = [*TINY, "--data-dir", str(real_data_root), "--space", str(space), "--storage", postgres, "--trials", "4", "--heartbeat", "5"]  # fmt: skip
     outs = [tmp_path / f"machine-{index}" for index in range(3)]
-    workers = [_worker(args, out, decoded_cache_dir) for out in outs[:2]]
+    # Three separate processes from the start: the survivor runs trials beside the two that die,
+    # so the killed trial is failed by the heartbeat of a study in full use.
+    workers = [_worker(args, out, decoded_cache_dir) for out in outs]
 
     killed = _kill_mid_trial(postgres, workers[0])
     _next_trial_started(workers[1])
     workers[1].send_signal(signal.SIGTERM)
-    # The third worker, the one that finishes the study, is this process (started while the
-    # terminated one still winds down: its output is read meanwhile), on one thread as the others.
-    terminated_output = drain(workers[1].stdout)
-    with one_torch_thread():
-        survivor = _in_process_worker(capsys, args, outs[2], decoded_cache_dir)
-    workers[1].wait(timeout=600)
-    assert workers[1].returncode == 143, terminated_output()
-    assert survivor.returncode == 0, survivor.stdout + survivor.stderr
+    code, output = _finished(workers[1])
+    assert code == 143, output
+    code, output = _finished(workers[2])
+    assert code == 0, output
 
     trials = _study(postgres).get_trials(deepcopy=False)
     complete = [trial for trial in trials if trial.state.name == "COMPLETE"]
