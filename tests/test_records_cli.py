@@ -3,7 +3,7 @@
 on, damaged or foreign checkpoint files).
 
 One small run is trained once for the module (a ResNet-18 with the ImageNet stem, cheap at 32 px,
-on 8 real images per class, 2 epochs of 5 steps, the first epoch not validated) and every check
+on 8 real images per class, 2 epochs of one 16-image step, the first epoch not validated) and every check
 reads or tampers with copies of its files. A diverging run and a diverging sweep train 1 step an epoch.
 The commands run in this process (helpers.run_cli_in_process: the same exit codes and output,
 the process state restored, without the interpreter's start-up).
@@ -93,7 +93,8 @@ def run(base: Path) -> subprocess.CompletedProcess[str]:
     """The module's one training run, given a *relative* data folder, its first epoch not validated
     (in this process, as the other commands)."""
     return run_cli_in_process(
-        None, "train", *TINY, "--data-dir", "small", "--out", "run", "--epochs", "2", "--eval-from", "2", "--json",
+        None, "train", *TINY, "--limit-train", "16", "--data-dir", "small", "--out", "run", "--epochs", "2",
+        "--eval-from", "2", "--json",
         env={"COLUMNS": "200"}, cwd=base,
     )  # fmt: skip
 
