@@ -3,8 +3,8 @@
 on, damaged or foreign checkpoint files).
 
 One small run is trained once for the module (a ResNet-18 with the ImageNet stem, cheap at 32 px,
-on 8 real images per class, 2 epochs of 5 steps, the first epoch not validated) and every check
-reads or tampers with copies of its files. A diverging run and a diverging sweep train 1 epoch each.
+on 8 real images per class, 2 epochs of one 16-image step, the first epoch not validated) and every check
+reads or tampers with copies of its files. A diverging run and a diverging sweep train 1 step an epoch.
 The commands run in this process (helpers.run_cli_in_process: the same exit codes and output,
 the process state restored, without the interpreter's start-up).
 """
@@ -93,7 +93,8 @@ def run(base: Path) -> subprocess.CompletedProcess[str]:
     """The module's one training run, given a *relative* data folder, its first epoch not validated
     (in this process, as the other commands)."""
     return run_cli_in_process(
-        None, "train", *TINY, "--data-dir", "small", "--out", "run", "--epochs", "2", "--eval-from", "2", "--json",
+        None, "train", *TINY, "--limit-train", "16", "--data-dir", "small", "--out", "run", "--epochs", "2",
+        "--eval-from", "2", "--json",
         env={"COLUMNS": "200"}, cwd=base,
     )  # fmt: skip
 
@@ -246,7 +247,11 @@ def test_a_resume_from_a_checkpoint_whose_schedule_was_altered_is_one_line(in_pr
 
 def test_a_run_whose_validation_goes_nan_stops_in_one_line_with_the_epoch_recorded(in_process: InProcess, base: Path, tmp_path: Path) -> None:
     out = tmp_path / "diverged"
-    result = in_process("train", *TINY, "--data-dir", str(base / "small"), "--out", str(out), "--epochs", "2", "--lr", "1e4", cwd=tmp_path)
+    # One step of 16 images at a rate of 1e4 is divergence enough: the epoch's validation loss is NaN.
+    result = in_process(
+        "train", *TINY, "--limit-train", "16", "--data-dir", str(base / "small"), "--out", str(out), "--epochs", "2",
+        "--lr", "1e4", cwd=tmp_path,
+    )  # fmt: skip
     one_line_error(result, 1, "epoch 1: the validation loss is", "diverged")
     records = [strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(record["epoch"], record["diverged"], record["val_loss"]) for record in records] == [(1, True, None)]
@@ -258,8 +263,8 @@ def test_a_sweep_fails_a_diverging_trial_with_its_reason_and_goes_on(in_process:
     space.write_text("optim.lr: {type: categorical, choices: [10000.0]}\n")
     out = tmp_path / "sweep"
     result = in_process(
-        "sweep", *TINY, "--epochs", "1", "--data-dir", str(base / "small"), "--space", str(space), "--out", str(out),
-        "--trials", "2", cwd=tmp_path,
+        "sweep", *TINY, "--epochs", "1", "--limit-train", "16", "--data-dir", str(base / "small"), "--space", str(space),
+        "--out", str(out), "--trials", "2", cwd=tmp_path,
     )  # fmt: skip
     one_line_error(result, 1, "no trial of study")
     with open(out / "trials.csv", newline="") as handle:
