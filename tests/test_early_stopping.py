@@ -7,7 +7,6 @@ off the min_delta edge, by Lightning's own ``EarlyStopping``.
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import random
@@ -340,27 +339,9 @@ def _near_the_edge(min_delta: float, values: list[float], rel_tol: float = 1e-6)
     )
 
 
-# Each sequence's reference trace, edge test and Lightning trace, computed once for the tests below
-# that read them (by the sequence's index in SEQUENCES: its values are a list, not hashable).
-@functools.cache
-def _reference_of(index: int) -> Trace:
-    return _reference_trace(*SEQUENCES[index])
-
-
-@functools.cache
-def _on_the_edge(index: int) -> bool:
-    _, _, min_delta, values = SEQUENCES[index]
-    return _near_the_edge(min_delta, values)
-
-
-@functools.cache
-def _lightning_of(index: int, dtype: torch.dtype) -> Trace:
-    return _lightning_trace(*SEQUENCES[index], dtype=dtype)
-
-
 def test_random_sequences_cover_every_case() -> None:
     """The sequences reach the cases the comparisons below are for, so those could fail."""
-    traces = [_reference_of(index) for index in range(len(SEQUENCES))]
+    traces = [_reference_trace(*sequence) for sequence in SEQUENCES]
     assert {mode for mode, *_ in SEQUENCES} == {"max", "min"}
     assert {patience for _, patience, _, _ in SEQUENCES} == {0, 1, 2, 3, 4}
     assert sum(any(math.isnan(v) for v in values) for *_, values in SEQUENCES) > 100
@@ -369,21 +350,21 @@ def test_random_sequences_cover_every_case() -> None:
     assert sum(not trace[-1][0] for trace in traces) > 100
     # Many sequences hold a change of exactly min_delta as decimals, and there plain float
     # comparisons (Lightning's, in float32 or float64) decide some of them wrongly.
-    assert sum(_on_the_edge(index) for index in range(len(SEQUENCES))) > 1000
+    assert sum(_near_the_edge(min_delta, values) for _, _, min_delta, values in SEQUENCES) > 1000
     for dtype in (torch.float32, torch.float64):
-        wrong = sum(_lightning_of(index, dtype) != trace for index, trace in enumerate(traces))
+        wrong = sum(_lightning_trace(*seq, dtype=dtype) != trace for seq, trace in zip(SEQUENCES, traces))
         assert wrong >= 15, dtype
 
 
 def test_random_sequences_agree_with_exact_decimal_arithmetic() -> None:
-    mismatches = [seq for index, seq in enumerate(SEQUENCES) if _trace(*seq) != _reference_of(index)]
+    mismatches = [seq for seq in SEQUENCES if _trace(*seq) != _reference_trace(*seq)]
     assert mismatches == []
 
 
 def test_random_sequences_off_the_edge_agree_with_lightning() -> None:
-    off_edge = [index for index in range(len(SEQUENCES)) if not _on_the_edge(index)]
+    off_edge = [seq for seq in SEQUENCES if not _near_the_edge(seq[2], seq[3])]
     assert len(off_edge) > 1000
-    mismatches = [SEQUENCES[index] for index in off_edge if _trace(*SEQUENCES[index]) != _lightning_of(index, torch.float32)]
+    mismatches = [seq for seq in off_edge if _trace(*seq) != _lightning_trace(*seq)]
     assert mismatches == []
     # Off the edge float32 does not matter: Lightning agrees with the exact reference there too.
-    assert all(_lightning_of(index, torch.float32) == _reference_of(index) for index in off_edge)
+    assert all(_lightning_trace(*seq) == _reference_trace(*seq) for seq in off_edge)
