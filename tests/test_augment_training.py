@@ -54,10 +54,10 @@ def test_soft_targets_compose_with_label_smoothing_and_count_the_dominant_label(
 
 
 def small_config(data_root: Path, cache: Path, out: Path, **overrides: Any) -> TrainConfig:
-    """helpers.small_config, deterministic (runs compared bit for bit), on 128 training images in
-    batches of 64 (2 steps an epoch: a stop after the first leaves one to resume) and 64 to
+    """helpers.small_config, deterministic (runs compared bit for bit), on 32 training images in
+    batches of 16 (2 steps an epoch: a stop after the first leaves one to resume) and 32 to
     validate and test."""
-    smaller = {"data.limit_train": 128, "data.limit_val": 64, "data.limit_test": 64}
+    smaller = {"data.batch_size": 16, "data.limit_train": 32, "data.limit_val": 32, "data.limit_test": 32}
     return helpers.small_config(data_root, cache, out, **{"precision.deterministic": True, **smaller, **overrides})
 
 
@@ -68,7 +68,7 @@ def test_resume_mid_epoch_is_exact_with_a_policy_mixing_and_ema(
                  "optim.ema": True}  # fmt: skip
     straight = build_trainer(small_config(real_data_root, decoded_cache_dir, tmp_path / "straight", **augmented))
     straight_result = straight.fit()
-    # Train accuracy counts dominant labels: a fraction, well below 1 on 128 mixed images.
+    # Train accuracy counts dominant labels: a fraction, well below 1 on 32 mixed images.
     assert all(0.0 <= record.train_acc <= 1.0 for record in straight_result.history)
 
     split_cfg = small_config(real_data_root, decoded_cache_dir, tmp_path / "split", **augmented)

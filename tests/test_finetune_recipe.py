@@ -7,7 +7,7 @@ a published-style name computed from the stand-in's own sha256 (``PRETRAINED_FIL
 the test only); a separate test keeps the real name and shows the real prefix is what is checked.
 Every test here runs with socket connections refused, so any network access fails it.
 
-Runs are tiny (48 px, 32 training images in 4 steps, 1 epoch): they check wiring, not accuracy.
+Runs are tiny (48 px, 16 training images in 4 steps, 1 epoch): they check wiring, not accuracy.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ PUBLISHED_V2 = "resnet50-11ad3fa6.pth"
 TINY = {
     "precision.device": "cpu",
     "model.image_size": 48,  # upsampled from 32, as 128 would be, at a fraction of the cost
-    "data.batch_size": 8,
+    "data.batch_size": 4,
     "data.eval_batch_size": 32,
-    "data.limit_train": 32,  # 4 steps
-    "data.limit_val": 16,
-    "data.limit_test": 16,
+    "data.limit_train": 16,  # 4 steps
+    "data.limit_val": 8,
+    "data.limit_test": 8,
     "optim.epochs": 1,
 }
 

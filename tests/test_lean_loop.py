@@ -26,10 +26,12 @@ from resnet_cifar.errors import ResnetCifarError
 
 
 def small(real_data_root: Path, cache: Path, out: Path, **more: Any):
-    # ResNet-18 with the ImageNet stem (32 px shrinks to 8 px at once): the loop is the same, cheaper.
+    # ResNet-18 with the ImageNet stem (32 px shrinks to 8 px at once) on 32 training images in
+    # batches of 8: 4 steps an epoch, the loop's every path, at a fraction of the cost. 64 to
+    # validate (stratified: every class is there, so a barely trained model scores above 0.01).
     settings = {
-        "data.data_dir": real_data_root, "data.cache_dir": cache, "data.batch_size": 32, "data.eval_batch_size": 64,
-        "data.limit_train": 128, "data.limit_val": 64, "data.limit_test": 64, "model.depth": 18,
+        "data.data_dir": real_data_root, "data.cache_dir": cache, "data.batch_size": 8, "data.eval_batch_size": 64,
+        "data.limit_train": 32, "data.limit_val": 64, "data.limit_test": 64, "model.depth": 18,
         "model.stem": "imagenet", "precision.device": "cpu", "optim.epochs": 2, "run.out_dir": out,
     }  # fmt: skip
     return resolve_config(overrides={**settings, **more})
@@ -126,7 +128,8 @@ class Patcher:  # pytest's monkeypatch.setattr, for a script
 
 job = read_env(os.environ)
 cfg = small(Path(sys.argv[1]), Path(os.environ["RESNET_CIFAR_CACHE"]), Path(sys.argv[2]) / "run",
-            **{"optim.epochs": 1, "data.batch_size": 8, "data.limit_train": 192})
+            **{"optim.epochs": 1, "data.batch_size": 4, "data.limit_train": 96, "data.limit_val": 16,
+               "data.limit_test": 16})
 with process_group(job, torch.device("cpu")):
     marks = []
     trainer = build_trainer(cfg, distributed=job,
@@ -152,7 +155,7 @@ def test_a_torchrun_step_syncs_once_and_agrees_on_stops_every_few_steps(
     assert done.returncode == 0, done.stderr[-3000:]
     for rank in (0, 1):
         windows = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert len(windows) == 11  # 12 steps of 8 images per rank
+        assert len(windows) == 11  # 12 steps of 4 images per rank
         # The window after step k holds the stop agreement when k is a multiple of 8, else only
         # the next step's loss read.
         for after_step, window in enumerate(windows, start=1):
@@ -163,9 +166,11 @@ def test_a_torchrun_step_syncs_once_and_agrees_on_stops_every_few_steps(
                 assert window[0].startswith("distributed.py:"), (rank, after_step, window)
 
 
-def test_checkpoints_are_written_in_the_background_from_one_serialization(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture(scope="module")
+def two_epoch_run(real_data_root: Path, decoded_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One 2-epoch run of ``small`` with every checkpoint write recorded (name, bytes), trained once
+    for the tests that read it: (run folder, FitResult, writes). Its target, 1.0, is never reached,
+    so it trains and writes exactly as a run without one (the target only ends a run early)."""
     writes: list[tuple[str, bytes]] = []
     original = checkpointer_module.write_checkpoint_bytes
 
@@ -173,10 +178,15 @@ def test_checkpoints_are_written_in_the_background_from_one_serialization(
         writes.append((Path(path).name, bytes(data)))
         original(path, data)
 
-    monkeypatch.setattr(checkpointer_module, "write_checkpoint_bytes", recording)
-    out = tmp_path / "run"
-    events: list[Any] = []
-    result = build_trainer(small(real_data_root, decoded_cache_dir, out), on_event=events.append).fit()
+    out = tmp_path_factory.mktemp("two-epochs") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpointer_module, "write_checkpoint_bytes", recording)
+        result = build_trainer(small(real_data_root, decoded_cache_dir, out, **{"run.target_acc": 1.0})).fit()
+    return out, result, writes
+
+
+def test_checkpoints_are_written_in_the_background_from_one_serialization(two_epoch_run) -> None:
+    out, result, writes = two_epoch_run
     assert result.epochs_run == 2
     names = [name for name, _ in writes]
     assert names.count(LAST) == 2 and 1 <= names.count(BEST) <= 2
@@ -217,9 +227,12 @@ def test_a_failed_background_write_fails_the_run_with_one_line(
     assert not (out / "result.json").exists()
 
 
-def test_checkpoint_every_writes_last_pt_every_n_epochs_and_at_the_end(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture(scope="module")
+def three_epoch_run(real_data_root: Path, decoded_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One 3-epoch run of ``small`` with --checkpoint-every 2 and --eval-from 3, no target, trained
+    once for the tests that read it: (FitResult, events, (epoch, names) of every Checkpointer.save).
+    The two settings are independent: one picks the epochs that write last.pt, the other the
+    epochs that validate (and so may write best.pt)."""
     saved: list[tuple[int, tuple[str, ...]]] = []
     original = Checkpointer.save
 
@@ -227,15 +240,23 @@ def test_checkpoint_every_writes_last_pt_every_n_epochs_and_at_the_end(
         saved.append((payload["epoch"], tuple(names)))
         return original(self, names, payload, **kwargs)
 
-    monkeypatch.setattr(Checkpointer, "save", recording)
-    cfg = small(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": 3, "run.checkpoint_every": 2})
-    build_trainer(cfg).fit()
+    settings = {"optim.epochs": 3, "run.checkpoint_every": 2, "run.eval_from": 3}
+    cfg = small(real_data_root, decoded_cache_dir, tmp_path_factory.mktemp("three-epochs") / "run", **settings)
+    events: list[Any] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Checkpointer, "save", recording)
+        result = build_trainer(cfg, on_event=events.append).fit()
+    return result, events, saved
+
+
+def test_checkpoint_every_writes_last_pt_every_n_epochs_and_at_the_end(three_epoch_run) -> None:
+    _, _, saved = three_epoch_run
     last_epochs = [epoch for epoch, names in saved if LAST in names]
     assert last_epochs == [2, 3]  # every 2nd epoch, and the last one
 
 
 def test_target_accuracy_stops_the_run_and_is_reported(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, two_epoch_run, three_epoch_run
 ) -> None:
     reached = build_trainer(
         small(real_data_root, decoded_cache_dir, tmp_path / "a", **{"optim.epochs": 3, "run.target_acc": 0.01})
@@ -245,16 +266,14 @@ def test_target_accuracy_stops_the_run_and_is_reported(
     assert reached.time_to_target_s <= reached.train_seconds
     result = json.loads((tmp_path / "a" / "result.json").read_text())
     assert result["reached_target"] is True and result["compile_seconds"] == 0.0
-    missed = build_trainer(small(real_data_root, decoded_cache_dir, tmp_path / "b", **{"run.target_acc": 1.0})).fit()
+    _, missed, _ = two_epoch_run  # the target 1.0
     assert missed.epochs_run == 2 and missed.reached_target is False and missed.time_to_target_s is None
-    plain = build_trainer(small(real_data_root, decoded_cache_dir, tmp_path / "c", **{"optim.epochs": 1})).fit()
+    plain, _, _ = three_epoch_run  # no target
     assert plain.reached_target is None
 
 
-def test_eval_from_validates_only_the_last_epochs(real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path) -> None:
-    events: list[Any] = []
-    cfg = small(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": 3, "run.eval_from": 3})
-    result = build_trainer(cfg, on_event=events.append).fit()
+def test_eval_from_validates_only_the_last_epochs(three_epoch_run) -> None:
+    result, events, _ = three_epoch_run
     history = result.history
     assert [record.val_count for record in history] == [0, 0, 64]
     assert [record.validated for record in history] == [False, False, True]

@@ -5,28 +5,32 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from resnet_cifar.config import PRESETS, read_config_file, resolve_config
-from resnet_cifar.engine.trainer import StepFinished, build_trainer
+from resnet_cifar.config import PRESETS, TrainConfig, read_config_file, resolve_config
+from resnet_cifar.engine.trainer import FitResult, StepFinished, build_trainer
 from resnet_cifar.evaluation.plots import training_curves_figure
 
 from helpers import run_in_process
 
-# 128 training images in batches of 32: 4 steps an epoch, enough for one-cycle's two phases.
+# 32 training images in batches of 8: 4 steps an epoch, enough for one-cycle's two phases.
 # ResNet-18 with the ImageNet stem (32 px shrinks to 8 px at once): these tests are about schedules.
 SMALL_SETTINGS = {
     "model.depth": 18,
     "model.stem": "imagenet",
-    "data.batch_size": 32,
+    "data.batch_size": 8,
     "data.eval_batch_size": 64,
-    "data.limit_train": 128,
-    "data.limit_val": 64,
-    "data.limit_test": 64,
+    "data.limit_train": 32,
+    "data.limit_val": 32,
+    "data.limit_test": 32,
     "precision.device": "cpu",
 }
+# The same, as `train` flags.
+SMALL_FLAGS = ["--depth", "18", "--stem", "imagenet", "--device", "cpu", "--batch-size", "8", "--limit-train", "32",
+               "--limit-val", "32", "--limit-test", "32"]  # fmt: skip
 
 
 def small_overrides(real_data_root: Path, cache: Path, out: Path, **more: object):
@@ -45,24 +49,46 @@ def test_the_finetune_preset_keeps_its_shape_for_one_and_two_epochs(tmp_path: Pa
     assert 0 < cfg.optim.warmup_epochs < epochs
 
 
+def step_lrs(cfg: TrainConfig) -> tuple[FitResult, list[float]]:
+    """Train ``cfg``: its result and the rate of each step, in order."""
+    lrs: list[float] = []
+    trainer = build_trainer(cfg, on_event=lambda event: lrs.append(event.lr) if isinstance(event, StepFinished) else None)
+    return trainer.fit(), lrs
+
+
+@pytest.fixture(scope="module")
+def preset_run(
+    real_data_root: Path, decoded_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, int], tuple[TrainConfig, FitResult, list[float]]]:
+    """``preset_run(preset, epochs)``: SMALL_SETTINGS with ``preset`` for ``epochs`` epochs, trained
+    once for the module (a test that needs the same run reads it): its config, result and per-step rates."""
+    runs: dict[tuple[str, int], tuple[TrainConfig, FitResult, list[float]]] = {}
+
+    def trained(preset: str, epochs: int) -> tuple[TrainConfig, FitResult, list[float]]:
+        if (preset, epochs) not in runs:
+            out = tmp_path_factory.mktemp(f"{preset}-{epochs}") / "run"
+            overrides = small_overrides(real_data_root, decoded_cache_dir, out, **{"optim.epochs": epochs})
+            cfg = resolve_config(preset=preset, overrides=overrides)
+            runs[preset, epochs] = (cfg, *step_lrs(cfg))
+        return runs[preset, epochs]
+
+    return trained
+
+
 @pytest.mark.parametrize("epochs", [1, 2])
 @pytest.mark.parametrize("preset", TRAINED_HERE)
 def test_every_preset_trains_one_and_two_epochs(
-    real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, preset: str, epochs: int
+    preset_run: Callable[[str, int], tuple[TrainConfig, FitResult, list[float]]], preset: str, epochs: int
 ) -> None:
-    overrides = small_overrides(real_data_root, decoded_cache_dir, tmp_path / "run", **{"optim.epochs": epochs})
-    cfg = resolve_config(preset=preset, overrides=overrides)
+    cfg, result, lrs = preset_run(preset, epochs)
     # The preset's warm-up is a share of the run, so it fits any number of epochs.
     assert cfg.optim.warmup_epochs == pytest.approx(cfg.optim.warmup_fraction * epochs)
     assert 0 < cfg.optim.warmup_epochs < epochs
-    lrs: list[float] = []
-    trainer = build_trainer(cfg, on_event=lambda event: lrs.append(event.lr) if isinstance(event, StepFinished) else None)
-    result = trainer.fit()
     assert result.epochs_run == epochs and result.interrupted is None
     # Cosine ends at 0 on the last step; every other rate is positive.
     assert len(lrs) == 4 * epochs and all(math.isfinite(lr) and lr >= 0 for lr in lrs) and lrs[0] > 0
     assert len(set(lrs)) > 1  # the schedule moves at every preset's shape, however short the run
-    assert result.test_acc is not None and (tmp_path / "run" / "curves.png").is_file()
+    assert result.test_acc is not None and (cfg.run.out_dir / "curves.png").is_file()
 
 
 def test_warmup_resolves_from_the_fraction_and_records_what_it_used(tmp_path: Path) -> None:
@@ -95,34 +121,30 @@ def test_explicit_too_long_warmup_is_a_usage_error_naming_both_settings(
 
 def test_a_saved_config_replays_the_same_per_step_learning_rates(
     real_data_root: Path, decoded_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, preset_run: Callable[[str, int], tuple[TrainConfig, FitResult, list[float]]],
 ) -> None:
     monkeypatch.setenv("RESNET_CIFAR_CACHE", str(decoded_cache_dir))
-    small = ["--depth", "18", "--stem", "imagenet", "--device", "cpu", "--batch-size", "32", "--limit-train", "128", "--limit-val", "64",
-             "--limit-test", "64", "--data-dir", str(real_data_root)]  # fmt: skip
     out = tmp_path / "first"
-    code, _, err = run_in_process(capsys, "train", *small, "--epochs", "2", "--out", str(out), "--json")
+    flags = [*SMALL_FLAGS, "--data-dir", str(real_data_root), "--epochs", "2", "--out", str(out), "--json"]
+    code, _, err = run_in_process(capsys, "train", *flags)
     assert code == 0, err
     saved = read_config_file(out / "config.toml")
-    assert saved["optim"]["warmup_epochs"] == 0.6 and saved["optim"]["lr"] == 0.025  # 0.4 x 32/512
-
-    def step_lrs(cfg) -> list[float]:
-        lrs: list[float] = []
-        trainer = build_trainer(cfg, on_event=lambda event: lrs.append(event.lr) if isinstance(event, StepFinished) else None)
-        trainer.fit()
-        return lrs
+    assert saved["optim"]["warmup_epochs"] == 0.6 and saved["optim"]["lr"] == 0.00625  # 0.4 x 8/512
 
     original = resolve_config(file=out / "config.toml", overrides={"run.out_dir": tmp_path / "again"})
-    replayed = step_lrs(original)
+    _, replayed = step_lrs(original)
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(replayed) == 8
     # The run's own per-epoch lr records are the rate at each epoch's last step.
     assert [entry["lr"] for entry in history] == pytest.approx([replayed[3], replayed[7]], rel=1e-12)
-    # And a run resolved from the same flags (not the file) steps through the same rates.
+    # And a run resolved from the same flags (not the file) steps through the same rates: the
+    # default preset's 2-epoch run, which test_every_preset_trains_one_and_two_epochs trains too.
+    default_cfg, _, direct_lrs = preset_run("default", 2)
     direct = resolve_config(
-        overrides=small_overrides(real_data_root, decoded_cache_dir, tmp_path / "direct", **{"optim.epochs": 2})
+        overrides=small_overrides(real_data_root, decoded_cache_dir, default_cfg.run.out_dir, **{"optim.epochs": 2})
     )
-    assert step_lrs(direct) == replayed
+    assert direct == default_cfg
+    assert direct_lrs == replayed
 
 
 def _help(command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
@@ -178,8 +200,7 @@ def test_sweep_trains_one_epoch_with_the_default_preset(
     space = tmp_path / "space.toml"
     space.write_text('["optim.weight_decay"]\ntype = "float"\nlow = 1e-4\nhigh = 1e-3\nlog = true\n')
     code, out, err = run_in_process(
-        capsys, "sweep", "--trials", "1", "--epochs", "1", "--depth", "18", "--stem", "imagenet", "--device", "cpu",
-        "--batch-size", "32", "--limit-train", "128", "--limit-val", "64", "--limit-test", "64",
+        capsys, "sweep", "--trials", "1", "--epochs", "1", *SMALL_FLAGS,
         "--data-dir", str(real_data_root), "--space", str(space), "--out", str(tmp_path / "sweep"), "--json",
     )  # fmt: skip
     assert code == 0, err

@@ -13,7 +13,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from resnet_cifar.engine.tensorboard import TensorBoardLogger
 from resnet_cifar.engine.trainer import EpochFinished, EpochRecord, RunStarted, StepFinished
 
-from helpers import SMALL, one_line_error, run_in_process
+from helpers import SMALL, one_line_error, run_in_process, small_run_flags
+
+# 64 training images in batches of 16 (4 steps an epoch), 32 to validate and 32 to test.
+TRAINED = small_run_flags(batch_size=16, train=64, val=32, test=32)
 
 
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -46,9 +49,9 @@ def test_logger_writes_step_and_epoch_scalars(tmp_path: Path) -> None:
 
 
 def run_train(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, cache: Path, *args: str) -> None:
-    """`train SMALL ARGS` in this process, reading the decoded images from ``cache``; it succeeds."""
+    """`train TRAINED ARGS` in this process, reading the decoded images from ``cache``; it succeeds."""
     monkeypatch.setenv("RESNET_CIFAR_CACHE", str(cache))
-    code, _, err = run_in_process(capsys, "train", *SMALL, *args)
+    code, _, err = run_in_process(capsys, "train", *TRAINED, *args)
     assert code == 0, err
 
 
@@ -65,7 +68,7 @@ def test_train_tensorboard_flag_writes_the_runs_scalars(
     for name in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_sec"):
         assert [step for step, _ in found[f"epoch/{name}"]] == [1, 2], name
         assert [value for _, value in found[f"epoch/{name}"]] == pytest.approx([r[name] for r in history], rel=1e-6)
-    # 256 images at batch 64: 4 steps an epoch, logged every 10 steps and at each epoch's end.
+    # 64 images at batch 16: 4 steps an epoch, logged every 10 steps and at each epoch's end.
     assert [step for step, _ in found["train/loss"]] == [4, 8]
     assert "tensorboard = true" in (out / "config.toml").read_text()
 
@@ -75,7 +78,7 @@ def test_train_without_tensorboard_writes_none(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "run"
-    run_train(capsys, monkeypatch, decoded_cache_dir, "--epochs", "1", "--limit-train", "128", "--schedule", "constant",
+    run_train(capsys, monkeypatch, decoded_cache_dir, "--epochs", "1", "--limit-train", "32", "--schedule", "constant",
               "--data-dir", str(real_data_root), "--out", str(out))  # fmt: skip
     assert (out / "last.pt").is_file() and not (out / "tensorboard").exists()
 
