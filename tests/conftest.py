@@ -8,8 +8,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-from helpers import SUBSET_PER_CLASS
+# Under pytest-xdist (README's `-n 2`: one worker per core) each worker runs torch on one thread,
+# set before torch is first imported: two workers of two OpenMP threads each on two cores spin
+# waiting for each other, and the suite then takes as long as with one worker. The children the
+# tests start inherit it, as they share the same cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402 (helpers imports torch: after the thread count above)
+from helpers import SUBSET_PER_CLASS  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA_ROOT = Path(

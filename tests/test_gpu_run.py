@@ -60,7 +60,9 @@ gpu_plan = load_benchmark_module("gpu_plan")
 def clean_env(**extra: str) -> dict[str, str]:
     drop = ("OUT", "DRY_RUN", "PYTHONPATH", "GPU_RUN_CALL", "GPU_RUN_BUDGET_S", "GPU_RUN_STEPS", "GPU_RUN_KEEP",
             "GPU_RUN_FENCE", "GPU_RUN_STEP", "VIRTUAL_ENV")  # fmt: skip
-    env = {key: value for key, value in os.environ.items() if key not in drop}
+    # Nor pytest's own variables: under pytest-xdist, PYTEST_XDIST_WORKER would turn pytest-benchmark
+    # off in the benchmark steps (a device shell runs none of this suite).
+    env = {key: value for key, value in os.environ.items() if key not in drop and not key.startswith("PYTEST_")}
     env.update(extra)
     return env
 
