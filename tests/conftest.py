@@ -16,7 +16,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402 (helpers imports torch: after the thread count above)
-from helpers import SUBSET_PER_CLASS  # noqa: E402
+from helpers import SUBSET_PER_CLASS, link_image_subset  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA_ROOT = Path(
@@ -42,13 +42,7 @@ def real_data_root(full_data_root: Path, tmp_path_factory: pytest.TempPathFactor
     one, paid by hundreds of runs that train on a few hundred images. The subset's key is the
     same in every session (relative paths, and the sizes and times of the files linked to), so a
     kept $RESNET_CIFAR_CACHE serves it without decoding."""
-    root = tmp_path_factory.mktemp("cifar10-subset") / "cifar10-jpeg"
-    for split, count in SUBSET_PER_CLASS.items():
-        for class_dir in sorted((full_data_root / split).iterdir()):
-            (root / split / class_dir.name).mkdir(parents=True)
-            for image in sorted(class_dir.iterdir())[:count]:
-                (root / split / class_dir.name / image.name).symlink_to(image)
-    return root
+    return link_image_subset(full_data_root, tmp_path_factory.mktemp("cifar10-subset") / "cifar10-jpeg", SUBSET_PER_CLASS)
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,17 @@ from resnet_cifar.models import resnet18
 # images (a 500-image validation split at the default tenth, 4,500 left to train on) and 1,000 test.
 SUBSET_PER_CLASS = {"train": 500, "test": 100}
 
+
+def link_image_subset(source: Path, root: Path, per_class: dict[str, int]) -> Path:
+    """``root``: an image folder of ``source``'s layout holding, per split and class, the first
+    ``per_class[split]`` images (by name), linked rather than copied."""
+    for split, count in per_class.items():
+        for class_dir in sorted((source / split).iterdir()):
+            (root / split / class_dir.name).mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:count]:
+                (root / split / class_dir.name / image.name).symlink_to(image)
+    return root
+
 # ------------------------------------------------------------------------------------- the CLI
 
 ANSI = re.compile(r"\x1b\[")  # the start of an ANSI escape code: none may reach a pipe

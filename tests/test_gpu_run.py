@@ -33,6 +33,8 @@ from types import ModuleType
 import pytest
 from packaging.utils import canonicalize_name
 
+from helpers import link_image_subset
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO_ROOT / "benchmarks"
 SCRIPT = BENCHMARKS / "gpu_run.sh"
@@ -87,13 +89,7 @@ def venv_path(venv: Path) -> str:
 def data_subset(tmp_path_factory: pytest.TempPathFactory, real_data_root: Path) -> Path:
     """20 train and 10 test real images per class, linked, under a folder of another name (the
     archive's top folder is cifar10-jpeg whatever the source is called)."""
-    root = tmp_path_factory.mktemp("images") / "subset"
-    for split, count in (("train", 20), ("test", 10)):
-        for class_dir in sorted((real_data_root / split).iterdir()):
-            (root / split / class_dir.name).mkdir(parents=True)
-            for image in sorted(class_dir.glob("*.jpg"))[:count]:
-                (root / split / class_dir.name / image.name).symlink_to(image)
-    return root
+    return link_image_subset(real_data_root, tmp_path_factory.mktemp("images") / "subset", {"train": 20, "test": 10})
 
 
 def wheel_from_installed(name: str, folder: Path) -> Path:
